@@ -1,0 +1,532 @@
+"""The CanaryRollout API: the single source of truth for spec, status and the CRD.
+
+Field descriptions become the CRD's OpenAPI descriptions (`kubectl explain`), and
+`cel(...)` rules become `x-kubernetes-validations`, so invalid input is refused at
+`kubectl apply` time. Status models are what the operator writes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+GROUP = "canary-operator.dev"
+VERSION = "v1alpha1"
+KIND = "CanaryRollout"
+PLURAL = "canaryrollouts"
+SINGULAR = "canaryrollout"
+SHORT_NAMES = ["cro"]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse a Go-style duration ("90s", "1m30s", "250ms")."""
+    if not re.fullmatch(DURATION, text):
+        raise ValueError(f"invalid duration {text!r}; use e.g. 30s, 5m, 1h30m")
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    return timedelta(seconds=seconds)
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    """One `x-kubernetes-validations` entry."""
+    entry: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ApiModel(BaseModel):
+    """Base for API objects: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
+    )
+
+
+class OpenObject(BaseModel):
+    """A Kubernetes object body kept as-is (e.g. a PodSpec); the API server validates it."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"x-preserve": True})
+
+
+# --------------------------------------------------------------------------- spec
+
+
+class TargetRef(ApiModel):
+    deployment: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the stable Deployment (same namespace) that the rollout updates.",
+    )
+    service: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description=(
+            "The stable Service in front of the Deployment. Required for gatewayAPI routing; "
+            "otherwise used to copy ports onto the canary Service."
+        ),
+    )
+
+
+class ObjectMeta(ApiModel):
+    labels: dict[str, str] | None = Field(default=None, description="Pod labels.")
+    annotations: dict[str, str] | None = Field(default=None, description="Pod annotations.")
+
+
+class PodTemplate(ApiModel):
+    metadata: ObjectMeta | None = Field(
+        default=None,
+        description="Labels and annotations of the new version's pods (tooling such as "
+        "Spinnaker adds its own here).",
+    )
+    spec: OpenObject = Field(description="The new version's PodSpec.")
+
+
+class ImageOverride(ApiModel):
+    container: str = Field(min_length=1, description="Container name in the target's template.")
+    image: str = Field(min_length=1, description="New image for that container.")
+
+
+class ReplicasRouting(ApiModel):
+    """No traffic router: traffic follows the canary's share of ready pods behind the
+    stable Service. The stable Deployment is never scaled down."""
+
+
+class GatewayAPIRouting(ApiModel):
+    http_route: str = Field(
+        alias="httpRoute",
+        pattern=DNS_SUBDOMAIN,
+        description="HTTPRoute (same namespace) whose backendRef to the stable Service is "
+        "weighted against the canary Service the operator creates.",
+    )
+
+
+class TrafficRouting(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.replicas), has(self.gatewayAPI)].filter(x, x).size() <= 1",
+                    "set at most one traffic router",
+                )
+            ]
+        }
+    )
+    replicas: ReplicasRouting | None = Field(
+        default=None, description="Weight by pod count (the default)."
+    )
+    gateway_api: GatewayAPIRouting | None = Field(
+        default=None, alias="gatewayAPI", description="Weight by Gateway API HTTPRoute."
+    )
+
+
+class CanaryStepSpec(ApiModel):
+    replicas: int = Field(default=1, ge=1, le=1000, description="Canary pods to start.")
+
+
+class PauseStepSpec(ApiModel):
+    duration: str | None = Field(
+        default=None,
+        pattern=DURATION,
+        description="How long to wait (e.g. 30s, 5m). Without it the rollout waits until "
+        "resumed (annotation canary-operator.dev/resume set to this step's number).",
+    )
+
+
+class JobTemplate(ApiModel):
+    metadata: ObjectMeta | None = None
+    spec: OpenObject = Field(description="A batch/v1 JobSpec.")
+
+
+class WebhookHeader(ApiModel):
+    name: str = Field(min_length=1)
+    value: str | None = None
+
+
+class WebhookSpec(ApiModel):
+    url: str = Field(pattern=r"^https?://", description="URL the rollout's context is POSTed to.")
+    timeout: str = Field(default="10s", pattern=DURATION, description="Per-call timeout.")
+    retries: int = Field(default=2, ge=0, le=10, description="Retries after a failed call.")
+    headers: list[WebhookHeader] | None = None
+
+
+class TestStepSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.job) != has(self.webhook)", "a test sets exactly one of job, webhook")
+            ]
+        }
+    )
+    job: JobTemplate | None = Field(
+        default=None,
+        description="Run this Job; pass when it succeeds. It gets CANARY_SERVICE, CANARY_URL, "
+        "STABLE_SERVICE, ROLLOUT_NAME and ROLLOUT_STEP in its environment.",
+    )
+    webhook: WebhookSpec | None = Field(default=None, description="POST to a URL; 2xx passes.")
+
+
+class AnalysisStepSpec(ApiModel):
+    """Metric analysis (see the analysis documentation)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"x-preserve": True})
+
+
+class PromoteStepSpec(ApiModel):
+    """Roll the new version into the stable Deployment and wait until it is available."""
+
+
+_STEP_KINDS = ["canary", "setWeight", "pause", "test", "parallel", "analysis", "promote"]
+_PARALLEL_KINDS = ["pause", "test", "analysis"]
+
+
+def _exactly_one(kinds: list[str]) -> str:
+    return "[" + ", ".join(f"has(self.{k})" for k in kinds) + "].filter(x, x).size() == 1"
+
+
+class ParallelItem(ApiModel):
+    """A step inside a parallel group: a test, a pause or an analysis."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    _exactly_one(_PARALLEL_KINDS),
+                    "a parallel item sets exactly one of: " + ", ".join(_PARALLEL_KINDS),
+                )
+            ]
+        }
+    )
+    name: str | None = Field(default=None, max_length=63, description="Display name.")
+    timeout: str | None = Field(default=None, pattern=DURATION, description="Step deadline.")
+    pause: PauseStepSpec | None = None
+    test: TestStepSpec | None = None
+    analysis: AnalysisStepSpec | None = None
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in _PARALLEL_KINDS if getattr(self, _attr(k)) is not None)
+
+
+class Step(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    _exactly_one(_STEP_KINDS),
+                    "a step sets exactly one of: " + ", ".join(_STEP_KINDS),
+                )
+            ]
+        }
+    )
+    name: str | None = Field(default=None, max_length=63, description="Display name.")
+    timeout: str | None = Field(default=None, pattern=DURATION, description="Step deadline.")
+    canary: CanaryStepSpec | None = Field(default=None, description="Start/scale the canary.")
+    set_weight: int | None = Field(
+        default=None, ge=0, le=100, description="Percent of traffic to the canary."
+    )
+    pause: PauseStepSpec | None = None
+    test: TestStepSpec | None = None
+    parallel: list[ParallelItem] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20,
+        description="Steps run at once; all must pass; the first failure cancels the rest.",
+    )
+    analysis: AnalysisStepSpec | None = None
+    promote: PromoteStepSpec | None = None
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in _STEP_KINDS if getattr(self, _attr(k)) is not None)
+
+
+def _attr(kind: str) -> str:
+    return "set_weight" if kind == "setWeight" else kind
+
+
+class CleanupStep(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.job) != has(self.webhook)", "a cleanup step sets one of job, webhook")
+            ]
+        }
+    )
+    name: str | None = Field(default=None, max_length=63)
+    job: JobTemplate | None = None
+    webhook: WebhookSpec | None = None
+
+
+class ConcurrencyPolicy(StrEnum):
+    QUEUE = "Queue"
+    SUPERSEDE = "Supersede"
+    REJECT = "Reject"
+
+
+class Concurrency(ApiModel):
+    policy: ConcurrencyPolicy = Field(
+        default=ConcurrencyPolicy.QUEUE,
+        description="Queue: wait in creation order. Supersede: when several wait, only the "
+        "newest runs and older waiting ones end Superseded. Reject: fail at once if the lock "
+        "is taken.",
+    )
+
+
+class CleanupPolicy(ApiModel):
+    retry_backoff_seconds: int = Field(
+        default=2, ge=1, le=300, description="First retry delay of a failing cleanup."
+    )
+    max_backoff_seconds: int = Field(
+        default=60, ge=1, le=3600, description="Longest delay between cleanup retries."
+    )
+
+
+class CanaryRolloutSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.template) || has(self.images)",
+                    "set the new version: spec.template or spec.images",
+                ),
+                cel(
+                    "!(has(self.trafficRouting) && has(self.trafficRouting.gatewayAPI))"
+                    " || has(self.target.service)",
+                    "gatewayAPI routing needs spec.target.service (the stable Service)",
+                    ".target.service",
+                ),
+                cel(
+                    "(has(self.trafficRouting) && has(self.trafficRouting.gatewayAPI))"
+                    " || self.steps.all(s, !has(s.setWeight) || s.setWeight < 100)",
+                    "the replicas router cannot send 100% to the canary; use promote",
+                    ".steps",
+                ),
+            ]
+        }
+    )
+    target: TargetRef = Field(description="What is rolled out.")
+    lock_group: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=50,
+        description="Lock key shared by several targets (e.g. shared networking). "
+        "Defaults to the target Deployment.",
+    )
+    template: PodTemplate | None = Field(
+        default=None, description="The new version's full pod template."
+    )
+    images: list[ImageOverride] | None = Field(
+        default=None,
+        min_length=1,
+        description="The new version as image overrides of the target's current template.",
+    )
+    traffic_routing: TrafficRouting | None = Field(
+        default=None, description="How traffic is split (default: replicas)."
+    )
+    steps: list[Step] = Field(min_length=1, max_length=100, description="The rollout, in order.")
+    cleanup: list[CleanupStep] | None = Field(
+        default=None,
+        max_length=20,
+        description="User steps run at the end of the built-in cleanup, whatever the outcome.",
+    )
+    concurrency: Concurrency | None = None
+    cleanup_policy: CleanupPolicy | None = None
+    progress_deadline_seconds: int = Field(
+        default=3600,
+        ge=10,
+        description="The rollout fails if it has not finished its steps this long after it "
+        "started (time spent paused does not count).",
+    )
+    paused: bool = Field(default=False, description="Hold the rollout at its current step.")
+    abort: bool = Field(default=False, description="Stop the rollout; cleanup runs.")
+
+    def step_at(self, index: int) -> Step:
+        return self.steps[index]
+
+    @property
+    def lock_key(self) -> str:
+        return self.lock_group or self.target.deployment
+
+    @property
+    def policy(self) -> ConcurrencyPolicy:
+        return self.concurrency.policy if self.concurrency else ConcurrencyPolicy.QUEUE
+
+    @property
+    def router_kind(self) -> str:
+        if self.traffic_routing and self.traffic_routing.gateway_api:
+            return "gatewayAPI"
+        return "replicas"
+
+    def run_fingerprint(self) -> str:
+        """Hash of everything that defines a run; control fields are left out so that
+        pausing or aborting is not mistaken for a new version."""
+        import hashlib
+        import json
+
+        body = self.model_dump(by_alias=True, exclude={"paused", "abort"}, exclude_none=True)
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------- status
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    CLEANING_UP = "CleaningUp"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    ABORTED = "Aborted"
+    SUPERSEDED = "Superseded"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED, Phase.SUPERSEDED})
+
+
+class Result(StrEnum):
+    """Why a run ended: decided before cleanup starts."""
+
+    SUCCEEDED = "Succeeded"
+    STEP_FAILED = "StepFailed"
+    ABORTED = "Aborted"
+    DELETED = "Deleted"
+    SUPERSEDED = "Superseded"
+    DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    SPEC_CHANGED = "SpecChanged"
+    REJECTED = "LockBusy"
+    INVALID = "InvalidSpec"
+    TARGET_NOT_FOUND = "TargetNotFound"
+    LOCK_LOST = "LockLost"
+
+    @property
+    def final_phase(self) -> Phase:
+        return {
+            Result.SUCCEEDED: Phase.SUCCEEDED,
+            Result.ABORTED: Phase.ABORTED,
+            Result.DELETED: Phase.ABORTED,
+            Result.SUPERSEDED: Phase.SUPERSEDED,
+        }.get(self, Phase.FAILED)
+
+
+class StepPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+class StatusModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Condition(StatusModel):
+    type: str
+    status: str = Field(description="True, False or Unknown.")
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class ChildStepStatus(StatusModel):
+    """One item of a parallel group (structural schemas cannot recurse)."""
+
+    name: str
+    kind: str
+    phase: StepPhase = StepPhase.PENDING
+    started_at: str | None = None
+    finished_at: str | None = None
+    message: str | None = None
+    job: str | None = Field(default=None, description="The Job this step created.")
+
+
+class StepStatus(ChildStepStatus):
+    children: list[ChildStepStatus] | None = None
+
+
+class Outcome(StatusModel):
+    result: Result
+    message: str
+    failed_step: int | None = Field(default=None, description="1-based number of the step.")
+    decided_at: str
+
+
+class QueueStatus(StatusModel):
+    lock: str = Field(description="Name of the Lease serialising this target.")
+    holder: str | None = Field(default=None, description="Rollout holding the lock.")
+    holder_phase: str | None = None
+    position: int = Field(default=0, description="0 while holding the lock, else 1-based.")
+    waiting: int = Field(default=0, description="Rollouts waiting for this lock.")
+
+
+class LockStatus(StatusModel):
+    name: str
+    token: int = Field(description="Fencing token: the Lease's transition count at acquire.")
+    acquired_at: str
+    recovered_from: str | None = Field(
+        default=None, description="Previous holder whose leftovers were cleaned at takeover."
+    )
+
+
+class CleanupStatus(StatusModel):
+    stage: str = Field(default="Routing", description="Routing, Deleting, UserSteps, Verifying.")
+    user_step: int = 0
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class CanaryRolloutStatus(StatusModel):
+    phase: Phase = Phase.PENDING
+    observed_generation: int | None = None
+    run: int = Field(default=0, description="Run number; a spec change or retry starts another.")
+    fingerprint: str | None = None
+    message: str | None = None
+    current_step: int | None = Field(default=None, description="0-based index of the step.")
+    step_label: str | None = Field(default=None, description="e.g. 3/7 setWeight")
+    weight: int | None = Field(default=None, description="Observed canary traffic percent.")
+    queue_label: str | None = Field(
+        default=None, description="Holding, or the position in the lock's queue and the holder."
+    )
+    stable_replicas: int | None = None
+    queue: QueueStatus | None = None
+    lock: LockStatus | None = None
+    outcome: Outcome | None = None
+    cleanup: CleanupStatus | None = None
+    steps: list[StepStatus] | None = None
+    started_at: str | None = None
+    deadline_at: str | None = None
+    paused_at: str | None = None
+    completed_at: str | None = None
+    conditions: list[Condition] | None = None
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions or [] if c.type == type_), None)
+
+
+def dump_status(status: CanaryRolloutStatus) -> dict[str, Any]:
+    """Status as written to the API (camelCase, no nulls)."""
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
