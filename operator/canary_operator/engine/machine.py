@@ -1,0 +1,746 @@
+"""The rollout state machine: (rollout, observations) -> (next status, actions).
+
+Pure: no I/O, no clock (time comes in `Observed.now`). Level-triggered: every call
+recomputes what must happen from the status and what is observed, so calling it again
+after a crash, a lost write or a duplicate event converges on the same result.
+
+Lifecycle: Pending -> Queued -> Progressing <-> Paused -> CleaningUp -> terminal.
+The outcome of a run is recorded *before* CleaningUp starts; cleanup always follows
+once the lock was taken (the "finally"), and the lock is released only after the
+cleanup has been verified.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from canary_operator.api.models import (
+    TERMINAL_PHASES,
+    CanaryRolloutSpec,
+    CanaryRolloutStatus,
+    ChildStepStatus,
+    CleanupStatus,
+    Condition,
+    LockStatus,
+    Outcome,
+    ParallelItem,
+    Phase,
+    QueueStatus,
+    Result,
+    Step,
+    StepPhase,
+    StepStatus,
+    parse_duration,
+)
+from canary_operator.engine.types import (
+    Action,
+    AddFinalizer,
+    DeleteCanaryObjects,
+    DeleteJob,
+    Emit,
+    EnsureCanary,
+    EnsureJob,
+    Observed,
+    Plan,
+    PromoteStable,
+    ReleaseLock,
+    RemoveFinalizer,
+    ResetRoute,
+    Rollout,
+    SetRouteWeight,
+)
+from canary_operator.traffic.base import plan_weight
+
+RESUME_ANNOTATION = "canary-operator.dev/resume"
+RETRY_ANNOTATION = "canary-operator.dev/retry"
+
+# Polling is only a safety net: progress is driven by watch events on the rollout,
+# its Deployments, Jobs and the Lease. These bound how stale a missed event can leave us.
+POLL_RUNNING = 5.0
+POLL_WAITING = 15.0
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def step_label(spec: CanaryRolloutSpec, index: int | None) -> str | None:
+    if index is None:
+        return None
+    if index >= len(spec.steps):
+        return f"{len(spec.steps)}/{len(spec.steps)} done"
+    step = spec.steps[index]
+    return f"{index + 1}/{len(spec.steps)} {step.name or step.kind}"
+
+
+def job_name(rollout: Rollout, suffix: str) -> str:
+    """Deterministic, unique per rollout and run, at most 63 characters."""
+    base = f"{rollout.name[:30].rstrip('-')}-{rollout.uid[:5]}-r{rollout.status.run}-{suffix}"
+    return base[:63].rstrip("-")
+
+
+def run_id(rollout: Rollout) -> str:
+    return f"{rollout.uid}/{rollout.status.run}"
+
+
+class _Context:
+    """Per-call helpers bound to one rollout and one observation."""
+
+    def __init__(self, rollout: Rollout, obs: Observed) -> None:
+        self.rollout = rollout
+        self.spec = rollout.spec
+        self.obs = obs
+        self.now = obs.now
+        self.status = rollout.status.model_copy(deep=True)
+        self.plan = Plan(status=self.status)
+
+    # -- status helpers --------------------------------------------------------
+
+    def act(self, *actions: Action) -> None:
+        self.plan.actions.extend(actions)
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.act(Emit(reason, message, warning))
+
+    def set_condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+        value = "True" if status else "False"
+        conditions = self.status.conditions or []
+        existing = next((c for c in conditions if c.type == type_), None)
+        if existing and existing.status == value and existing.reason == reason:
+            existing.message = message
+            existing.observed_generation = self.rollout.generation
+            return
+        changed = Condition(
+            type=type_,
+            status=value,
+            reason=reason,
+            message=message,
+            last_transition_time=(
+                existing.last_transition_time
+                if existing and existing.status == value
+                else iso(self.now)
+            ),
+            observed_generation=self.rollout.generation,
+        )
+        self.status.conditions = [c for c in conditions if c.type != type_] + [changed]
+
+    def enter(self, phase: Phase, message: str) -> None:
+        if self.status.phase != phase:
+            self.event(phase.value, message)
+        self.status.phase = phase
+        self.status.message = message
+
+
+def plan(rollout: Rollout, obs: Observed) -> Plan:
+    """Decide the next status and actions for one rollout."""
+    ctx = _Context(rollout, obs)
+    status = ctx.status
+    phase = status.phase
+
+    if phase in TERMINAL_PHASES:
+        _terminal(ctx)
+    elif phase == Phase.PENDING:
+        _pending(ctx)
+    elif phase == Phase.QUEUED:
+        _queued(ctx)
+    elif phase in (Phase.PROGRESSING, Phase.PAUSED):
+        _progressing(ctx)
+    elif phase == Phase.CLEANING_UP:
+        _cleaning_up(ctx)
+    status = ctx.status  # a new run replaces the status object
+    _finalizer(ctx)
+    if obs.lock.held and status.phase in (Phase.PROGRESSING, Phase.PAUSED, Phase.CLEANING_UP):
+        status.weight = obs.route.weight
+    elif status.phase in TERMINAL_PHASES and status.cleanup is not None:
+        status.weight = 0
+    status.step_label = step_label(rollout.spec, status.current_step)
+    return ctx.plan
+
+
+# ---------------------------------------------------------------------- phases
+
+
+def _finalizer(ctx: _Context) -> None:
+    """The finalizer guards a run that may still owe a cleanup; an ended one needs none.
+
+    Adding it comes before any side effect (actions run in order); removing it after
+    the terminal status is written (the reconciler runs RemoveFinalizer last)."""
+    rollout = ctx.rollout
+    terminal = ctx.status.phase in TERMINAL_PHASES
+    if not terminal and not rollout.has_finalizer and not rollout.deleting:
+        ctx.plan.actions.insert(0, AddFinalizer())
+    if terminal and rollout.has_finalizer:
+        ctx.act(RemoveFinalizer())
+
+
+def _terminal(ctx: _Context) -> None:
+    rollout, status = ctx.rollout, ctx.status
+    if ctx.obs.lock.held:  # the release after a verified cleanup did not go through
+        ctx.act(ReleaseLock())
+    if rollout.deleting:
+        return
+    retry = rollout.annotations.get(RETRY_ANNOTATION)
+    wants_retry = retry is not None and retry != str(status.run) and retry.isdigit()
+    if status.fingerprint != rollout.spec.run_fingerprint() or wants_retry:
+        why = "retry requested" if wants_retry else "spec changed"
+        _new_run(ctx, f"{why}: starting run {status.run + 1}")
+        _pending(ctx)
+
+
+def _new_run(ctx: _Context, message: str) -> None:
+    old = ctx.status
+    fresh = CanaryRolloutStatus(run=old.run + 1, conditions=old.conditions)
+    ctx.status = fresh
+    ctx.plan.status = fresh
+    ctx.event("NewRun", message)
+
+
+def _pending(ctx: _Context) -> None:
+    rollout, status, obs = ctx.rollout, ctx.status, ctx.obs
+    status.run = max(status.run, 1)
+    status.fingerprint = rollout.spec.run_fingerprint()
+    status.observed_generation = rollout.generation
+    if rollout.deleting:
+        _end_without_run(ctx, Result.DELETED, "deleted before it started")
+        return
+    if rollout.spec.abort:
+        _end_without_run(ctx, Result.ABORTED, "aborted before it started")
+        return
+    if obs.target is None:
+        _end_without_run(
+            ctx,
+            Result.TARGET_NOT_FOUND,
+            f"target Deployment {rollout.spec.target.deployment!r} not found",
+        )
+        return
+    ctx.enter(Phase.QUEUED, f"waiting for lock {obs.lock.name}")
+    ctx.set_condition("Progressing", True, "Queued", status.message or "")
+    ctx.plan.requeue(0)
+
+
+def _queued(ctx: _Context) -> None:
+    rollout, status, obs, spec = ctx.rollout, ctx.status, ctx.obs, ctx.rollout.spec
+    lock = obs.lock
+    _record_queue(ctx)
+    if rollout.deleting:
+        _end_without_run(ctx, Result.DELETED, "deleted while queued", lock.held)
+        return
+    if spec.abort:
+        _end_without_run(ctx, Result.ABORTED, "aborted while queued", lock.held)
+        return
+    if status.fingerprint != spec.run_fingerprint():
+        status.fingerprint = spec.run_fingerprint()
+        status.observed_generation = rollout.generation
+    if obs.target is None:
+        _end_without_run(
+            ctx,
+            Result.TARGET_NOT_FOUND,
+            f"target Deployment {spec.target.deployment!r} not found",
+            lock.held,
+        )
+        return
+    if lock.superseded_by and not lock.held:
+        _end_without_run(
+            ctx, Result.SUPERSEDED, f"superseded by newer rollout {lock.superseded_by}"
+        )
+        return
+    if not lock.held:
+        if lock.busy and spec.policy.value == "Reject":
+            _end_without_run(
+                ctx, Result.REJECTED, f"lock {lock.name} is held by {lock.holder} (policy Reject)"
+            )
+            return
+        holder = f"held by {lock.holder} ({lock.holder_phase})" if lock.holder else "free"
+        status.message = f"waiting for lock {lock.name}: {holder}, position {lock.position}"
+        ctx.set_condition("Progressing", True, "Queued", status.message)
+        ctx.plan.requeue(POLL_WAITING)
+        return
+    # Holding the lock. The target must be clean before the first step: a previous
+    # holder may have died half-way (takeover), so undo whatever it left behind.
+    if status.lock is None or status.lock.token != lock.token:
+        status.lock = LockStatus(
+            name=lock.name,
+            token=lock.token or 0,
+            acquired_at=iso(ctx.now),
+            recovered_from=lock.recovered_from,
+        )
+        ctx.event("LockAcquired", f"acquired lock {lock.name} (token {lock.token})")
+    if obs.route.weight != 0:
+        status.message = "recovery: routing 100% to stable before starting"
+        ctx.act(ResetRoute())
+        ctx.plan.requeue(1)
+        return
+    if _leftovers(obs):
+        status.message = "recovery: deleting canary objects left by a previous run"
+        ctx.act(DeleteCanaryObjects())
+        ctx.plan.requeue(1)
+        return
+    status.started_at = iso(ctx.now)
+    status.deadline_at = iso(ctx.now + timedelta(seconds=spec.progress_deadline_seconds))
+    assert obs.target is not None
+    status.stable_replicas = obs.target.replicas
+    status.current_step = 0
+    status.steps = [_fresh_step_status(s) for s in spec.steps]
+    ctx.enter(Phase.PROGRESSING, "started")
+    ctx.set_condition("Progressing", True, "Started", "rollout started")
+    ctx.plan.requeue(0)
+
+
+def _progressing(ctx: _Context) -> None:
+    rollout, status, obs, spec = ctx.rollout, ctx.status, ctx.obs, ctx.rollout.spec
+    _record_queue(ctx)
+    if not obs.lock.held:
+        _decide(ctx, Result.LOCK_LOST, f"lock {obs.lock.name} was taken by {obs.lock.holder}")
+        return
+    if rollout.deleting:
+        _decide(ctx, Result.DELETED, "the rollout was deleted")
+        return
+    if spec.abort:
+        _decide(ctx, Result.ABORTED, "aborted by the user (spec.abort)")
+        return
+    if status.fingerprint != spec.run_fingerprint():
+        _decide(ctx, Result.SPEC_CHANGED, "spec changed during the run; a new run will follow")
+        return
+    if obs.target is None:
+        _decide(ctx, Result.TARGET_NOT_FOUND, "the target Deployment disappeared")
+        return
+
+    if spec.paused:
+        if status.phase != Phase.PAUSED or status.paused_at is None:
+            status.paused_at = iso(ctx.now)
+        ctx.enter(Phase.PAUSED, "paused by the user (spec.paused)")
+        ctx.set_condition("Paused", True, "UserPaused", "spec.paused is true")
+        return
+    if status.paused_at is not None:  # resumed: paused time does not count
+        paused_for = ctx.now - parse_time(status.paused_at)
+        if status.deadline_at:
+            status.deadline_at = iso(parse_time(status.deadline_at) + paused_for)
+        status.paused_at = None
+    if status.deadline_at and ctx.now > parse_time(status.deadline_at):
+        _decide(
+            ctx,
+            Result.DEADLINE_EXCEEDED,
+            f"not finished within progressDeadlineSeconds={spec.progress_deadline_seconds}",
+        )
+        return
+
+    index = status.current_step or 0
+    if index >= len(spec.steps):
+        _decide(ctx, Result.SUCCEEDED, "all steps passed")
+        return
+    step = spec.steps[index]
+    assert status.steps is not None
+    step_status = status.steps[index]
+    if step_status.phase == StepPhase.PENDING:
+        step_status.phase = StepPhase.RUNNING
+        step_status.started_at = iso(ctx.now)
+        ctx.event("StepStarted", f"step {index + 1}/{len(spec.steps)} {step.kind} started")
+    result = _run_step(ctx, index, step, step_status)
+    in_pause = step.kind == "pause" and result is None
+    if in_pause:
+        ctx.enter(Phase.PAUSED, f"paused at step {index + 1}")
+        ctx.set_condition("Paused", True, "PauseStep", f"step {index + 1} is a pause")
+    else:
+        if status.phase != Phase.PROGRESSING:
+            ctx.enter(Phase.PROGRESSING, f"running step {index + 1}")
+        status.message = f"running step {index + 1}: {step.name or step.kind}"
+        ctx.set_condition("Paused", False, "Running", "")
+    if result is None:
+        return
+    ok, message = result
+    step_status.finished_at = iso(ctx.now)
+    step_status.message = message
+    if ok:
+        step_status.phase = StepPhase.SUCCEEDED
+        ctx.event("StepSucceeded", f"step {index + 1} {step.kind}: {message}")
+        status.current_step = index + 1
+        ctx.plan.requeue(0)
+    else:
+        step_status.phase = StepPhase.FAILED
+        _decide(ctx, Result.STEP_FAILED, f"step {index + 1} ({step.kind}) failed: {message}")
+        assert status.outcome is not None
+        status.outcome.failed_step = index + 1
+
+
+def _cleaning_up(ctx: _Context) -> None:
+    status, obs, spec = ctx.status, ctx.obs, ctx.rollout.spec
+    cleanup = status.cleanup or CleanupStatus(started_at=iso(ctx.now))
+    status.cleanup = cleanup
+    _record_queue(ctx)
+    if not obs.lock.held:
+        # Cleanup touches the target: it waits for the lock like a step would.
+        status.message = f"cleanup waiting for lock {obs.lock.name} ({obs.lock.holder})"
+        ctx.plan.requeue(POLL_WAITING)
+        return
+    if cleanup.next_attempt_at and ctx.now < parse_time(cleanup.next_attempt_at):
+        remaining = (parse_time(cleanup.next_attempt_at) - ctx.now).total_seconds()
+        ctx.plan.requeue(remaining)
+        return
+    if obs.route.error:
+        _cleanup_failed(ctx, f"cannot read the route: {obs.route.error}")
+        return
+    if obs.route.weight != 0:
+        cleanup.stage = "Routing"
+        status.message = "cleanup: routing 100% to stable"
+        ctx.act(ResetRoute())
+        ctx.plan.requeue(1)
+        return
+    if _leftovers(obs) or _test_jobs(ctx):
+        cleanup.stage = "Deleting"
+        status.message = "cleanup: deleting canary objects"
+        ctx.act(DeleteCanaryObjects())
+        ctx.plan.requeue(1)
+        return
+    user_steps = spec.cleanup or []
+    while cleanup.user_step < len(user_steps):
+        cleanup.stage = "UserSteps"
+        k = cleanup.user_step
+        user = user_steps[k]
+        label = f"cleanup {k + 1}/{len(user_steps)} {user.name or 'job'}"
+        if user.job is None:  # webhook cleanup steps arrive with the webhook runner
+            cleanup.user_step += 1
+            continue
+        name = job_name(ctx.rollout, f"c{k + 1}-a{cleanup.attempts}")
+        job = obs.jobs.get(name)
+        if job is None or not (job.succeeded or job.failed):
+            status.message = f"cleanup: running {label}"
+            ctx.act(EnsureJob(name=name, template=user.job, step_label=label))
+            ctx.plan.requeue(POLL_RUNNING)
+            return
+        if job.failed:
+            _cleanup_failed(ctx, f"{label} failed: {job.message}")
+            return
+        ctx.event("CleanupStepSucceeded", f"{label} succeeded")
+        cleanup.user_step += 1
+    # Verify: the router reads 100 % stable and no canary pod remains.
+    if obs.canary_pods > 0:
+        status.message = f"cleanup: waiting for {obs.canary_pods} canary pods to go"
+        cleanup.stage = "Verifying"
+        ctx.plan.requeue(1)
+        return
+    cleanup.stage = "Done"
+    cleanup.finished_at = iso(ctx.now)
+    cleanup.last_error = None
+    cleanup.next_attempt_at = None
+    ctx.set_condition("CleanupVerified", True, "Verified", "100% stable, no canary left")
+    ctx.event("CleanupFinished", "cleanup verified: 100% stable, no canary objects left")
+    ctx.act(ReleaseLock())
+    ctx.event("LockReleased", f"released lock {obs.lock.name}")
+    outcome = status.outcome
+    assert outcome is not None
+    if outcome.result == Result.SPEC_CHANGED and not ctx.rollout.deleting:
+        _new_run(ctx, "previous run cleaned up; the new spec queues")
+        _pending(ctx)
+        return
+    _finish(ctx, outcome)
+
+
+# ------------------------------------------------------------------------ steps
+
+StepResult = tuple[bool, str] | None  # None: still running
+
+
+def _run_step(ctx: _Context, index: int, step: Step, st: StepStatus) -> StepResult:
+    timeout = _timed_out(ctx, step.timeout, st)
+    if timeout:
+        _cancel_children(ctx, st)
+        return False, timeout
+    kind = step.kind
+    if kind == "canary":
+        assert step.canary is not None
+        return _ensure_canary(ctx, step.canary.replicas)
+    if kind == "setWeight":
+        assert step.set_weight is not None
+        return _set_weight(ctx, step.set_weight)
+    if kind == "promote":
+        return _promote(ctx)
+    if kind == "parallel":
+        assert step.parallel is not None
+        return _parallel(ctx, index, step.parallel, st)
+    return _leaf(ctx, step, st, f"s{index + 1}", f"step {index + 1}")
+
+
+def _leaf(
+    ctx: _Context, item: Step | ParallelItem, st: ChildStepStatus, suffix: str, label: str
+) -> StepResult:
+    """Steps that can also run inside a parallel group: pause, test, analysis."""
+    if item.pause is not None:
+        if item.pause.duration:
+            assert st.started_at is not None
+            until = parse_time(st.started_at) + parse_duration(item.pause.duration)
+            if ctx.now >= until:
+                return True, f"paused {item.pause.duration}"
+            ctx.plan.requeue((until - ctx.now).total_seconds())
+            return None
+        wanted = str((ctx.status.current_step or 0) + 1)
+        if ctx.rollout.annotations.get(RESUME_ANNOTATION) == wanted:
+            return True, "resumed"
+        return None
+    if item.test is not None:
+        if item.test.job is None:
+            return False, "webhook tests are not available in this version"
+        name = job_name(ctx.rollout, suffix)
+        st.job = name
+        job = ctx.obs.jobs.get(name)
+        if job is not None and job.succeeded:
+            return True, f"Job {name} succeeded"
+        if job is not None and job.failed:
+            return False, f"Job {name} failed{': ' + job.message if job.message else ''}"
+        ctx.act(EnsureJob(name=name, template=item.test.job, step_label=label))
+        ctx.plan.requeue(POLL_RUNNING)
+        return None
+    return False, "analysis steps are not available in this version"
+
+
+def _parallel(ctx: _Context, index: int, items: list[ParallelItem], st: StepStatus) -> StepResult:
+    if not st.children:
+        st.children = [
+            ChildStepStatus(name=i.name or f"{i.kind}-{n + 1}", kind=i.kind)
+            for n, i in enumerate(items)
+        ]
+    failures: list[str] = []
+    for n, (item, child) in enumerate(zip(items, st.children, strict=True)):
+        if child.phase in (StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.CANCELLED):
+            continue
+        if child.phase == StepPhase.PENDING:
+            child.phase = StepPhase.RUNNING
+            child.started_at = iso(ctx.now)
+        result = _timed_out(ctx, item.timeout, child)
+        res: StepResult = (
+            (False, result)
+            if result
+            else _leaf(ctx, item, child, f"s{index + 1}-{n + 1}", f"step {index + 1}.{n + 1}")
+        )
+        if res is None:
+            continue
+        ok, message = res
+        child.phase = StepPhase.SUCCEEDED if ok else StepPhase.FAILED
+        child.finished_at = iso(ctx.now)
+        child.message = message
+        if not ok:
+            failures.append(f"{child.name}: {message}")
+    if failures:
+        _cancel_children(ctx, st)
+        return False, "; ".join(failures)
+    if all(c.phase == StepPhase.SUCCEEDED for c in st.children):
+        return True, f"all {len(items)} passed"
+    return None
+
+
+def _cancel_children(ctx: _Context, st: StepStatus) -> None:
+    for child in st.children or []:
+        if child.phase in (StepPhase.RUNNING, StepPhase.PENDING):
+            child.phase = StepPhase.CANCELLED
+            child.finished_at = iso(ctx.now)
+            child.message = "cancelled: another step in the group failed"
+            if child.job:
+                ctx.act(DeleteJob(child.job))
+
+
+def _timed_out(ctx: _Context, timeout: str | None, st: ChildStepStatus) -> str | None:
+    if not timeout or st.started_at is None:
+        return None
+    deadline = parse_time(st.started_at) + parse_duration(timeout)
+    if ctx.now >= deadline:
+        return f"timed out after {timeout}"
+    ctx.plan.requeue((deadline - ctx.now).total_seconds())
+    return None
+
+
+def _stable_replicas(ctx: _Context) -> int:
+    return ctx.status.stable_replicas or (ctx.obs.target.replicas if ctx.obs.target else 1)
+
+
+def _ensure_canary(ctx: _Context, replicas: int) -> StepResult:
+    ctx.act(EnsureCanary(replicas))
+    canary = ctx.obs.canary
+    if canary is not None and canary.replicas == replicas and canary.rolled_out:
+        ctx.status.weight = ctx.obs.route.weight
+        return True, f"{replicas} canary pods ready"
+    ctx.plan.requeue(POLL_RUNNING)
+    return None
+
+
+def _canary_minimum(ctx: _Context) -> int:
+    steps = ctx.rollout.spec.steps[: (ctx.status.current_step or 0) + 1]
+    sizes = [s.canary.replicas for s in steps if s.canary is not None]
+    return sizes[-1] if sizes else 1
+
+
+def _set_weight(ctx: _Context, weight: int) -> StepResult:
+    spec = ctx.rollout.spec
+    wp = plan_weight(spec.router_kind, _stable_replicas(ctx), weight, _canary_minimum(ctx))
+    canary = ctx.obs.canary
+    ctx.act(EnsureCanary(wp.canary_replicas))
+    canary_ready = (
+        canary is not None and canary.replicas == wp.canary_replicas and (canary.rolled_out)
+    )
+    if not canary_ready and wp.canary_replicas > 0:
+        ctx.plan.requeue(POLL_RUNNING)
+        return None
+    if spec.router_kind != "replicas":
+        ctx.act(SetRouteWeight(weight))
+    ctx.status.weight = ctx.obs.route.weight
+    if ctx.obs.route.weight == wp.expected_weight:
+        return True, f"weight {ctx.obs.route.weight}% read back ({wp.canary_replicas} canary pods)"
+    ctx.plan.requeue(1)
+    return None
+
+
+def _promote(ctx: _Context) -> StepResult:
+    target = ctx.obs.target
+    assert target is not None
+    rid = run_id(ctx.rollout)
+    if target.promoted_by != rid:
+        ctx.act(PromoteStable(rid))
+        ctx.plan.requeue(POLL_RUNNING)
+        return None
+    if not target.rolled_out:
+        ctx.status.message = (
+            f"promoting: {target.available}/{target.replicas} stable pods on the new version"
+        )
+        ctx.plan.requeue(POLL_RUNNING)
+        return None
+    if ctx.obs.route.weight != 0:
+        ctx.act(ResetRoute())
+        ctx.plan.requeue(1)
+        return None
+    ctx.status.weight = 0
+    return True, "stable runs the new version and takes 100% of traffic"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _fresh_step_status(step: Step) -> StepStatus:
+    return StepStatus(name=step.name or step.kind, kind=step.kind)
+
+
+def _leftovers(obs: Observed) -> bool:
+    return obs.canary is not None or obs.canary_service or obs.canary_pods > 0
+
+
+def _test_jobs(ctx: _Context) -> bool:
+    """Test Jobs that still exist (cleanup Jobs are kept for their logs)."""
+    return any(not job.cleanup for job in ctx.obs.jobs.values())
+
+
+def _record_queue(ctx: _Context) -> None:
+    lock = ctx.obs.lock
+    ctx.status.queue = QueueStatus(
+        lock=lock.name,
+        holder=lock.holder,
+        holder_phase=lock.holder_phase,
+        position=0 if lock.held else lock.position,
+        waiting=lock.waiting,
+    )
+    if lock.held:
+        ctx.status.queue_label = "holding" + (f" (+{lock.waiting} waiting)" if lock.waiting else "")
+    elif lock.holder:
+        ctx.status.queue_label = f"#{lock.position} behind {lock.holder}"
+    else:
+        ctx.status.queue_label = f"#{lock.position}"
+
+
+def _decide(ctx: _Context, result: Result, message: str) -> None:
+    """Record why the run ends, then hand over to cleanup (the finally)."""
+    status = ctx.status
+    status.outcome = Outcome(result=result, message=message, decided_at=iso(ctx.now))
+    status.cleanup = CleanupStatus(started_at=iso(ctx.now))
+    status.paused_at = None
+    ctx.enter(Phase.CLEANING_UP, f"{result.value}: {message}; cleaning up")
+    ctx.set_condition("Paused", False, "CleaningUp", "")
+    ctx.set_condition("Progressing", True, "CleaningUp", message)
+    ctx.set_condition("CleanupVerified", False, "CleanupRunning", "cleanup in progress")
+    ctx.event(
+        "CleanupStarted",
+        f"outcome {result.value} ({message}); cleanup started",
+        warning=result != Result.SUCCEEDED,
+    )
+    ctx.plan.requeue(0)
+
+
+def _cleanup_failed(ctx: _Context, error: str) -> None:
+    """A cleanup that cannot finish keeps the lock and retries with backoff."""
+    cleanup_failed(ctx.status, ctx.rollout.spec, error, ctx.now, ctx.rollout.generation)
+    ctx.event("CleanupBlocked", f"{error}; retrying, lock kept", warning=True)
+    assert ctx.status.cleanup is not None and ctx.status.cleanup.next_attempt_at
+    ctx.plan.requeue((parse_time(ctx.status.cleanup.next_attempt_at) - ctx.now).total_seconds())
+
+
+def cleanup_failed(
+    status: CanaryRolloutStatus, spec: CanaryRolloutSpec, error: str, now: datetime, generation: int
+) -> None:
+    """Record a failed cleanup attempt (also used by the reconciler for API errors)."""
+    cleanup = status.cleanup or CleanupStatus(started_at=iso(now))
+    status.cleanup = cleanup
+    policy = spec.cleanup_policy
+    base = policy.retry_backoff_seconds if policy else 2
+    cap = policy.max_backoff_seconds if policy else 60
+    delay = min(cap, base * 2 ** min(cleanup.attempts, 16))
+    cleanup.attempts += 1
+    cleanup.last_error = error
+    cleanup.next_attempt_at = iso(now + timedelta(seconds=delay))
+    status.message = f"cleanup blocked: {error}; retry {cleanup.attempts} in {delay}s"
+    conditions = [c for c in status.conditions or [] if c.type != "CleanupVerified"]
+    conditions.append(
+        Condition(
+            type="CleanupVerified",
+            status="False",
+            reason="CleanupBlocked",
+            message=status.message,
+            last_transition_time=iso(now),
+            observed_generation=generation,
+        )
+    )
+    status.conditions = conditions
+
+
+def _end_without_run(ctx: _Context, result: Result, message: str, holding: bool = False) -> None:
+    """End a rollout that never touched the target: nothing to clean up."""
+    status = ctx.status
+    status.outcome = Outcome(result=result, message=message, decided_at=iso(ctx.now))
+    if holding:  # lock acquired in this very round, before any step: give it back
+        ctx.act(ReleaseLock())
+    _finish(ctx, status.outcome)
+
+
+def _finish(ctx: _Context, outcome: Outcome) -> None:
+    status = ctx.status
+    final = outcome.result.final_phase
+    status.completed_at = iso(ctx.now)
+    status.queue_label = None
+    status.queue = None
+    ctx.enter(final, f"{outcome.result.value}: {outcome.message}")
+    ctx.set_condition("Progressing", False, outcome.result.value, outcome.message)
+    ctx.set_condition("Paused", False, outcome.result.value, "")
+    succeeded = final == Phase.SUCCEEDED
+    ctx.set_condition("Completed", succeeded, outcome.result.value, outcome.message)
+    ctx.set_condition("Failed", not succeeded, outcome.result.value, outcome.message)
+
+
+def action_failed(rollout: Rollout, obs: Observed, status: CanaryRolloutStatus, error: str) -> Plan:
+    """An action failed for good (bad input, a missing object): end the step or retry
+    the cleanup. `status` is the planned status the failed action belonged to."""
+    ctx = _Context(rollout.__class__(**{**rollout.__dict__, "status": status}), obs)
+    phase = ctx.status.phase
+    if phase in (Phase.PROGRESSING, Phase.PAUSED):
+        index = ctx.status.current_step or 0
+        if ctx.status.steps and index < len(ctx.status.steps):
+            step = ctx.status.steps[index]
+            step.phase = StepPhase.FAILED
+            step.finished_at = iso(ctx.now)
+            step.message = error
+        _decide(ctx, Result.STEP_FAILED, f"step {index + 1} failed: {error}")
+        assert ctx.status.outcome is not None
+        ctx.status.outcome.failed_step = index + 1
+    elif phase == Phase.CLEANING_UP:
+        _cleanup_failed(ctx, error)
+    elif phase not in TERMINAL_PHASES:
+        _end_without_run(ctx, Result.INVALID, error, obs.lock.held)
+    ctx.status.step_label = step_label(rollout.spec, ctx.status.current_step)
+    return ctx.plan

@@ -1,0 +1,186 @@
+"""What the state machine sees (observations) and what it asks for (actions).
+
+Both are plain immutable values so the machine stays pure: the reconciler fills an
+`Observed` from the API, calls `plan()`, then executes the returned actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from canary_operator.api.models import CanaryRolloutSpec, CanaryRolloutStatus, JobTemplate
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The resource as the machine needs it."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: CanaryRolloutSpec
+    status: CanaryRolloutStatus
+    deleting: bool = False
+    has_finalizer: bool = True
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LockView:
+    """The per-target lock as seen from one rollout (computed by the lock manager)."""
+
+    name: str
+    held: bool = False
+    token: int | None = None
+    holder: str | None = None
+    holder_phase: str | None = None
+    position: int = 0
+    waiting: int = 0
+    busy: bool = False  # another rollout holds it
+    superseded_by: str | None = None  # a newer waiting rollout replaces this one
+    recovered_from: str | None = None  # taken over from a stale holder
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """A Deployment's observed state."""
+
+    replicas: int
+    ready: int
+    available: int
+    updated: int
+    current: bool  # the controller has observed the latest generation
+    promoted_by: str | None = None  # annotation naming the run that promoted it
+
+    @property
+    def rolled_out(self) -> bool:
+        return (
+            self.current
+            and self.updated == self.replicas
+            and self.available == self.replicas
+            and self.ready == self.replicas
+        )
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    succeeded: bool = False
+    failed: bool = False
+    message: str = ""
+    cleanup: bool = False  # a user cleanup Job (kept), not a test Job (deleted by cleanup)
+
+
+@dataclass(frozen=True)
+class RouteView:
+    """Traffic as the router reads it back."""
+
+    weight: int  # percent of traffic going to the canary
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    now: datetime
+    lock: LockView
+    target: WorkloadView | None
+    canary: WorkloadView | None = None
+    canary_service: bool = False
+    route: RouteView = RouteView(weight=0)
+    jobs: Mapping[str, JobView] = field(default_factory=dict)
+    canary_pods: int = 0
+
+
+# ---------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class AddFinalizer:
+    pass
+
+
+@dataclass(frozen=True)
+class RemoveFinalizer:
+    pass
+
+
+@dataclass(frozen=True)
+class ReleaseLock:
+    pass
+
+
+@dataclass(frozen=True)
+class EnsureCanary:
+    """Create or scale the canary Deployment (and its Service)."""
+
+    replicas: int
+
+
+@dataclass(frozen=True)
+class SetRouteWeight:
+    weight: int
+
+
+@dataclass(frozen=True)
+class ResetRoute:
+    """Send 100 % of traffic to stable and remove canary routing."""
+
+
+@dataclass(frozen=True)
+class DeleteCanaryObjects:
+    """Delete canary/baseline Deployments, the canary Service and the test Jobs."""
+
+
+@dataclass(frozen=True)
+class EnsureJob:
+    name: str
+    template: JobTemplate
+    step_label: str
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+
+
+@dataclass(frozen=True)
+class PromoteStable:
+    """Put the new version into the stable Deployment, marked with `run_id`."""
+
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Emit:
+    reason: str
+    message: str
+    warning: bool = False
+
+
+Action = (
+    AddFinalizer
+    | RemoveFinalizer
+    | ReleaseLock
+    | EnsureCanary
+    | SetRouteWeight
+    | ResetRoute
+    | DeleteCanaryObjects
+    | EnsureJob
+    | DeleteJob
+    | PromoteStable
+    | Emit
+)
+
+
+@dataclass
+class Plan:
+    status: CanaryRolloutStatus
+    actions: list[Action] = field(default_factory=list)
+    requeue_after: float | None = None  # seconds; None = wait for an event
+
+    def requeue(self, seconds: float) -> None:
+        if self.requeue_after is None or seconds < self.requeue_after:
+            self.requeue_after = max(0.0, seconds)

@@ -1,0 +1,109 @@
+"""kopf wiring only: watches feed the work queue; the reconciler does the work.
+
+No kopf state is stored on the objects (only `on.event` handlers are used), and the
+finalizer is the operator's own, so cleanup is decided by the state machine alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from canary_operator.api import models
+from canary_operator.kube import objects
+from canary_operator.kube.api import Kube, load_config
+from canary_operator.kube.events import EventRecorder
+from canary_operator.lock.lease import LOCK_LABEL, LeaseLock
+from canary_operator.reconciler import Reconciler, RolloutIndex, parse_spec
+from canary_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self.index = RolloutIndex()
+        self.reconciler = Reconciler(kube, LeaseLock(kube), self.index, EventRecorder(kube))
+        self.queue = WorkQueue(lambda key: self.reconciler.reconcile(*key))
+
+    def on_rollout(self, event_type: str | None, body: dict[str, Any]) -> None:
+        self.index.update(body, deleted=event_type == "DELETED")
+        if event_type != "DELETED":
+            self.queue.add((body["metadata"]["namespace"], body["metadata"]["name"]))
+        # A rollout that changed phase may unblock others sharing its lock.
+        self.wake_lock_group(body)
+
+    def wake_lock_group(self, body: dict[str, Any]) -> None:
+        try:
+            key = parse_spec(body).lock_key
+        except Exception:
+            return
+        ns = body["metadata"]["namespace"]
+        for other in self.index.sharing_lock(ns, key):
+            if other["metadata"]["name"] != body["metadata"]["name"]:
+                self.queue.add((ns, other["metadata"]["name"]))
+
+    def on_lease(self, body: dict[str, Any]) -> None:
+        """A lock changed hands: wake every rollout that shares it (event-driven handoff)."""
+        ns = body["metadata"]["namespace"]
+        key = (body["metadata"].get("annotations") or {}).get("canary-operator.dev/lock-key")
+        if key is None:
+            return
+        for other in self.index.sharing_lock(ns, key):
+            self.queue.add((ns, other["metadata"]["name"]))
+
+    def on_owned(self, body: dict[str, Any]) -> None:
+        """A canary Deployment or a Job changed: reconcile the rollout it belongs to."""
+        labels = body["metadata"].get("labels") or {}
+        name = labels.get(objects.ROLLOUT_LABEL)
+        if name:
+            self.queue.add((body["metadata"]["namespace"], name))
+
+    def on_deployment(self, body: dict[str, Any]) -> None:
+        self.on_owned(body)
+        ns = body["metadata"]["namespace"]
+        for name in self.index.targeting(ns, body["metadata"]["name"]):
+            self.queue.add((ns, name))
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Safety between operator replicas comes from the Lease protocol and resourceVersion
+    # preconditions, not from kopf peering.
+    settings.peering.standalone = True
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 120
+    api_client = await load_config()
+    controller = Controller(Kube(api_client))
+    controller.queue.start()
+    memo["controller"] = controller
+    memo["api_client"] = api_client
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo["controller"].queue.stop()
+    await memo["api_client"].close()
+
+
+@kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
+async def rollout_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    memo["controller"].on_rollout(event.get("type"), dict(event["object"]))
+
+
+@kopf.on.event("coordination.k8s.io", "v1", "leases", labels={LOCK_LABEL: "true"})
+async def lease_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    memo["controller"].on_lease(dict(event["object"]))
+
+
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    memo["controller"].on_deployment(dict(event["object"]))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={objects.MANAGED_BY: objects.OPERATOR})
+async def job_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    memo["controller"].on_owned(dict(event["object"]))

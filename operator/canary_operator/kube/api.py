@@ -1,0 +1,145 @@
+"""A small async REST client over kubernetes_asyncio's ApiClient, working in plain dicts.
+
+Plain dicts keep objects exactly as the API server sent them (no model round-trip
+dropping unknown fields), which matters when we write them back with a
+resourceVersion precondition.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+JsonObj = dict[str, Any]
+FIELD_MANAGER = "canary-operator"
+
+
+class Conflict(Exception):
+    """A write lost an optimistic-concurrency race (HTTP 409)."""
+
+
+def _reason(data: bytes, default: str | None) -> str:
+    try:
+        return str(json.loads(data).get("message") or default)
+    except (ValueError, AttributeError):
+        return default or ""
+
+
+def is_status(exc: BaseException, *codes: int) -> bool:
+    return isinstance(exc, ApiException) and exc.status in codes
+
+
+async def load_config(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        cfg = client.Configuration()
+        await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        return client.ApiClient(configuration=cfg)
+
+
+def path(
+    group: str, version: str, plural: str, namespace: str | None = None, name: str | None = None
+) -> str:
+    base = f"/api/{version}" if group in ("", "core") else f"/apis/{group}/{version}"
+    if namespace:
+        base += f"/namespaces/{namespace}"
+    base += f"/{plural}"
+    if name:
+        base += f"/{name}"
+    return base
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+
+    async def request(
+        self,
+        method: str,
+        resource_path: str,
+        body: Any = None,
+        query: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        raw = await self.api_client.call_api(
+            resource_path,
+            method,
+            query_params=list((query or {}).items()),
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=30,
+        )
+        response = raw[0] if isinstance(raw, tuple) else raw
+        async with response:
+            data = await response.read()
+            if response.status >= 400:
+                # Without preloading, the client leaves error statuses to us.
+                exc = ApiException(status=response.status, reason=_reason(data, response.reason))
+                exc.body = data
+                if response.status == 409:
+                    raise Conflict(f"{method} {resource_path}: {exc.reason}") from exc
+                raise exc
+        return json.loads(data) if data else None
+
+    async def get(self, resource_path: str) -> JsonObj | None:
+        try:
+            result: JsonObj = await self.request("GET", resource_path)
+            return result
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(
+        self, resource_path: str, label_selector: str | None = None
+    ) -> builtins.list[JsonObj]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        result = await self.request("GET", resource_path, query=query)
+        items: builtins.list[JsonObj] = result.get("items", [])
+        return items
+
+    async def create(self, resource_path: str, body: JsonObj) -> JsonObj:
+        result: JsonObj = await self.request("POST", resource_path, body)
+        return result
+
+    async def replace(self, resource_path: str, body: JsonObj) -> JsonObj:
+        """PUT; the body's metadata.resourceVersion makes it conditional."""
+        result: JsonObj = await self.request("PUT", resource_path, body)
+        return result
+
+    async def merge_patch(self, resource_path: str, patch: JsonObj) -> JsonObj:
+        result: JsonObj = await self.request(
+            "PATCH", resource_path, patch, content_type="application/merge-patch+json"
+        )
+        return result
+
+    async def apply(self, resource_path: str, body: JsonObj) -> JsonObj:
+        """Server-side apply: idempotent create-or-update of the fields we own."""
+        result: JsonObj = await self.request(
+            "PATCH",
+            resource_path,
+            body,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    async def delete(self, resource_path: str, propagation: str = "Background") -> bool:
+        """Delete; False if it was already gone."""
+        try:
+            await self.request("DELETE", resource_path, {"propagationPolicy": propagation})
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise

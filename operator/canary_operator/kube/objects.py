@@ -1,0 +1,212 @@
+"""Manifests of the objects a rollout creates. Pure functions of the rollout and target.
+
+Every created object carries the labels below, so cleanup (including recovery cleanup
+by a later rollout that took the lock over) finds them by label, not by memory.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from canary_operator.api import models
+from canary_operator.api.models import CanaryRolloutSpec, JobTemplate
+
+JsonObj = dict[str, Any]
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+OPERATOR = "canary-operator"
+TARGET_LABEL = "canary-operator.dev/target"
+ROLE_LABEL = "canary-operator.dev/role"
+ROLLOUT_LABEL = "canary-operator.dev/rollout"
+PURPOSE_LABEL = "canary-operator.dev/purpose"
+PROMOTED_BY = "canary-operator.dev/promoted-by"
+FENCING = "canary-operator.dev/fencing-token"
+
+
+def canary_name(spec: CanaryRolloutSpec) -> str:
+    return f"{spec.target.deployment[:56]}-canary"
+
+
+def selector_labels(spec: CanaryRolloutSpec) -> dict[str, str]:
+    return {TARGET_LABEL: _label_value(spec.target.deployment), ROLE_LABEL: "canary"}
+
+
+def _label_value(text: str) -> str:
+    return text[:63].rstrip("-.")
+
+
+def owner_reference(name: str, uid: str) -> JsonObj:
+    return {
+        "apiVersion": f"{models.GROUP}/{models.VERSION}",
+        "kind": models.KIND,
+        "name": name,
+        "uid": uid,
+        "blockOwnerDeletion": True,
+    }
+
+
+def new_pod_template(spec: CanaryRolloutSpec, target: JsonObj) -> JsonObj:
+    """The new version's pod template: spec.template, or the target's with new images."""
+    current: JsonObj = copy.deepcopy(target["spec"]["template"])
+    if spec.template is not None:
+        template: JsonObj = spec.template.model_dump(by_alias=True, exclude_none=True)
+        meta = template.setdefault("metadata", {})
+        # Keep the target's pod labels: its Deployment selector must still match after
+        # promotion; the user's labels are added on top.
+        labels = dict(current.get("metadata", {}).get("labels") or {})
+        labels.update(meta.get("labels") or {})
+        meta["labels"] = labels
+        return template
+    containers = {c["name"]: c for c in current["spec"].get("containers", [])}
+    for override in spec.images or []:
+        if override.container not in containers:
+            raise ValueError(
+                f"spec.images: container {override.container!r} not in the target "
+                f"(has {', '.join(sorted(containers)) or 'none'})"
+            )
+        containers[override.container]["image"] = override.image
+    return current
+
+
+def canary_deployment(
+    spec: CanaryRolloutSpec,
+    rollout_name: str,
+    rollout_uid: str,
+    namespace: str,
+    target: JsonObj,
+    service_selector: dict[str, str] | None,
+    replicas: int,
+) -> JsonObj:
+    template = new_pod_template(spec, target)
+    meta = template.setdefault("metadata", {})
+    labels = dict(meta.get("labels") or {})
+    if spec.router_kind == "gatewayAPI" and service_selector:
+        # With a real router the stable Service must not reach canary pods: drop the
+        # labels its selector uses, the canary Service selects ours instead.
+        for key in service_selector:
+            labels.pop(key, None)
+    labels.update(selector_labels(spec))
+    labels[ROLLOUT_LABEL] = _label_value(rollout_name)
+    meta["labels"] = labels
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": canary_name(spec),
+            "namespace": namespace,
+            "labels": {
+                **selector_labels(spec),
+                MANAGED_BY: OPERATOR,
+                ROLLOUT_LABEL: _label_value(rollout_name),
+            },
+            "ownerReferences": [owner_reference(rollout_name, rollout_uid)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(spec)},
+            "template": template,
+        },
+    }
+
+
+def canary_service(
+    spec: CanaryRolloutSpec,
+    rollout_name: str,
+    rollout_uid: str,
+    namespace: str,
+    stable_service: JsonObj | None,
+    target: JsonObj,
+) -> JsonObj:
+    if stable_service is not None:
+        ports = [
+            {k: v for k, v in p.items() if k in ("name", "port", "targetPort", "protocol")}
+            for p in stable_service["spec"].get("ports", [])
+        ]
+    else:
+        ports = [
+            {
+                "name": p.get("name") or f"p{p['containerPort']}",
+                "port": p["containerPort"],
+                "targetPort": p["containerPort"],
+                "protocol": p.get("protocol", "TCP"),
+            }
+            for c in target["spec"]["template"]["spec"].get("containers", [])
+            for p in c.get("ports", [])
+        ] or [{"name": "http", "port": 80, "targetPort": 80, "protocol": "TCP"}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": canary_name(spec),
+            "namespace": namespace,
+            "labels": {
+                **selector_labels(spec),
+                MANAGED_BY: OPERATOR,
+                ROLLOUT_LABEL: _label_value(rollout_name),
+            },
+            "ownerReferences": [owner_reference(rollout_name, rollout_uid)],
+        },
+        "spec": {"selector": selector_labels(spec), "ports": ports},
+    }
+
+
+def job_manifest(
+    spec: CanaryRolloutSpec,
+    rollout_name: str,
+    rollout_uid: str,
+    namespace: str,
+    job_name: str,
+    template: JobTemplate,
+    step_label: str,
+    cleanup: bool,
+    service_port: int | None,
+) -> JsonObj:
+    body = template.model_dump(by_alias=True, exclude_none=True)
+    job_spec: JsonObj = copy.deepcopy(body["spec"])
+    job_spec.setdefault("backoffLimit", 0)
+    pod = job_spec.setdefault("template", {}).setdefault("spec", {})
+    pod.setdefault("restartPolicy", "Never")
+    canary_host = f"{canary_name(spec)}.{namespace}.svc"
+    env = [
+        {"name": "ROLLOUT_NAME", "value": rollout_name},
+        {"name": "ROLLOUT_NAMESPACE", "value": namespace},
+        {"name": "ROLLOUT_STEP", "value": step_label},
+        {"name": "CANARY_SERVICE", "value": canary_host},
+        {
+            "name": "CANARY_URL",
+            "value": f"http://{canary_host}" + (f":{service_port}" if service_port else ""),
+        },
+        {
+            "name": "STABLE_SERVICE",
+            "value": f"{spec.target.service or spec.target.deployment}.{namespace}.svc",
+        },
+    ]
+    for container in pod.get("containers", []):
+        names = {e.get("name") for e in container.get("env", [])}
+        container["env"] = list(container.get("env", [])) + [
+            e for e in env if e["name"] not in names
+        ]
+    meta = body.get("metadata") or {}
+    labels = {
+        **(meta.get("labels") or {}),
+        MANAGED_BY: OPERATOR,
+        TARGET_LABEL: _label_value(spec.target.deployment),
+        ROLLOUT_LABEL: _label_value(rollout_name),
+        PURPOSE_LABEL: "cleanup" if cleanup else "test",
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {
+                **(meta.get("annotations") or {}),
+                "canary-operator.dev/step": step_label,
+            },
+            "ownerReferences": [owner_reference(rollout_name, rollout_uid)],
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,84 @@
+"""The per-lock queue: who may try to take the lock next. Pure functions.
+
+Order: rollouts that still owe a cleanup come first (they already touched the
+target), then waiting rollouts in creation order (FIFO). Under the Supersede policy
+only the newest waiting rollout may start; older waiting ones are superseded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from canary_operator.api.models import TERMINAL_PHASES, ConcurrencyPolicy, Phase
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    uid: str
+    created: str  # RFC 3339; sorts chronologically
+    phase: Phase
+    policy: ConcurrencyPolicy = ConcurrencyPolicy.QUEUE
+    deleting: bool = False
+
+    @property
+    def owes_cleanup(self) -> bool:
+        return self.phase in (Phase.PROGRESSING, Phase.PAUSED, Phase.CLEANING_UP)
+
+    @property
+    def waiting(self) -> bool:
+        return self.phase in (Phase.PENDING, Phase.QUEUED)
+
+    @property
+    def active(self) -> bool:
+        return self.phase not in TERMINAL_PHASES
+
+
+@dataclass(frozen=True)
+class QueueView:
+    position: int  # 1-based position among those that do not hold the lock
+    waiting: int  # how many do not hold the lock and want it
+    may_acquire: bool  # this rollout is at the head and the lock can be had
+    superseded_by: str | None
+
+
+def order(candidates: Iterable[Candidate], holder_uid: str | None) -> list[Candidate]:
+    """Everyone that wants the lock and does not hold it, in the order they get it."""
+    wanting = [
+        c for c in candidates if c.active and c.uid != holder_uid and not (c.waiting and c.deleting)
+    ]
+    return sorted(wanting, key=lambda c: (not c.owes_cleanup, c.created, c.name))
+
+
+def newest_waiting(candidates: Iterable[Candidate]) -> Candidate | None:
+    waiting = [c for c in candidates if c.waiting and not c.deleting]
+    return max(waiting, key=lambda c: (c.created, c.name), default=None)
+
+
+def view(
+    me: Candidate, candidates: list[Candidate], holder_uid: str | None, lock_free: bool
+) -> QueueView:
+    """Where `me` stands. `lock_free` means nobody holds the lock or it may be taken over."""
+    queue = order(candidates, holder_uid)
+    superseded_by: str | None = None
+    if me.policy == ConcurrencyPolicy.SUPERSEDE and me.waiting:
+        newest = newest_waiting(candidates)
+        if newest is not None and newest.uid != me.uid:
+            superseded_by = newest.name
+    # Under Supersede the newest waiting rollout jumps ahead of older waiting ones;
+    # rollouts owing a cleanup still go first.
+    if superseded_by is None and me.policy == ConcurrencyPolicy.SUPERSEDE:
+        queue = [c for c in queue if c.owes_cleanup or c.uid == me.uid] + [
+            c for c in queue if not c.owes_cleanup and c.uid != me.uid
+        ]
+    position = next((i + 1 for i, c in enumerate(queue) if c.uid == me.uid), 0)
+    may_acquire = (
+        lock_free
+        and position == 1
+        and superseded_by is None
+        and (me.owes_cleanup or not me.deleting)
+    )
+    return QueueView(
+        position=position, waiting=len(queue), may_acquire=may_acquire, superseded_by=superseded_by
+    )

@@ -1,0 +1,496 @@
+"""One reconcile of one rollout: observe, plan (pure), act, write status.
+
+This is the only place that joins the state machine to the API. Order matters:
+side effects first, then the status write (with a resourceVersion precondition), and
+only after the status is durably terminal: release the lock and drop the finalizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from canary_operator.api import models
+from canary_operator.api.models import (
+    CanaryRolloutSpec,
+    CanaryRolloutStatus,
+    Phase,
+    dump_status,
+)
+from canary_operator.engine import machine
+from canary_operator.engine.types import (
+    Action,
+    AddFinalizer,
+    DeleteCanaryObjects,
+    DeleteJob,
+    Emit,
+    EnsureCanary,
+    EnsureJob,
+    JobView,
+    Observed,
+    Plan,
+    PromoteStable,
+    ReleaseLock,
+    RemoveFinalizer,
+    ResetRoute,
+    Rollout,
+    SetRouteWeight,
+    WorkloadView,
+)
+from canary_operator.kube import objects
+from canary_operator.kube.api import Conflict, JsonObj, Kube, path
+from canary_operator.kube.events import EventRecorder
+from canary_operator.lock.lease import LeaseLock
+from canary_operator.lock.queue import Candidate
+from canary_operator.traffic.base import TrafficRouter
+from canary_operator.traffic.gateway_api import GatewayAPIRouter, PermanentRouteError
+from canary_operator.traffic.replicas import ReplicasRouter
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "canary-operator.dev/cleanup"
+LOCK_HELD_REQUEUE = 8.0  # the holder renews its Lease at least this often
+TRANSIENT = (ApiException, Conflict, aiohttp.ClientError, TimeoutError, OSError)
+
+
+def rollout_path(namespace: str, name: str | None = None) -> str:
+    return path(models.GROUP, models.VERSION, models.PLURAL, namespace, name)
+
+
+def parse_spec(body: JsonObj) -> CanaryRolloutSpec:
+    return CanaryRolloutSpec.model_validate(body.get("spec") or {})
+
+
+def candidate(body: JsonObj) -> Candidate | None:
+    """A rollout as the lock queue sees it (None if its spec cannot be read)."""
+    try:
+        spec = parse_spec(body)
+    except ValidationError:
+        return None
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    return Candidate(
+        name=meta["name"],
+        uid=meta["uid"],
+        created=meta.get("creationTimestamp", ""),
+        phase=Phase(status.get("phase") or Phase.PENDING),
+        policy=spec.policy,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+class RolloutIndex:
+    """Rollouts as last seen by the watch, to find who shares a lock without listing."""
+
+    def __init__(self) -> None:
+        # (namespace, name) -> (body, lock key, target Deployment); unreadable specs skipped
+        self._entries: dict[tuple[str, str], tuple[JsonObj, str, str]] = {}
+
+    def update(self, body: JsonObj, deleted: bool = False) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        try:
+            spec = parse_spec(body)
+        except ValidationError:
+            deleted = True
+        if deleted:
+            self._entries.pop(key, None)
+        else:
+            self._entries[key] = (body, spec.lock_key, spec.target.deployment)
+
+    def sharing_lock(self, namespace: str, lock_key: str) -> list[JsonObj]:
+        return [
+            b
+            for (ns, _), (b, k, _t) in list(self._entries.items())
+            if ns == namespace and k == lock_key
+        ]
+
+    def targeting(self, namespace: str, deployment: str) -> list[str]:
+        return [
+            name
+            for (ns, name), (_b, _k, t) in list(self._entries.items())
+            if ns == namespace and t == deployment
+        ]
+
+
+@dataclass
+class _Targets:
+    target: JsonObj | None
+    service: JsonObj | None
+
+
+class Reconciler:
+    def __init__(
+        self, kube: Kube, lock: LeaseLock, index: RolloutIndex, events: EventRecorder
+    ) -> None:
+        self.kube = kube
+        self.lock = lock
+        self.index = index
+        self.events = events
+
+    # ------------------------------------------------------------------ entry
+
+    async def reconcile(self, namespace: str, name: str) -> float | None:
+        """Returns seconds until the next reconcile is wanted (None: wait for events)."""
+        body = await self.kube.get(rollout_path(namespace, name))
+        if body is None:
+            return None
+        self.index.update(body)
+        meta = body["metadata"]
+        try:
+            spec = parse_spec(body)
+        except ValidationError as exc:
+            await self._invalid(body, exc)
+            return None
+        try:
+            status = CanaryRolloutStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            status = CanaryRolloutStatus()
+        rollout = Rollout(
+            name=meta["name"],
+            namespace=namespace,
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 1),
+            spec=spec,
+            status=status,
+            deleting=bool(meta.get("deletionTimestamp")),
+            has_finalizer=FINALIZER in (meta.get("finalizers") or []),
+            annotations=meta.get("annotations") or {},
+        )
+        targets = await self._read_targets(rollout)
+        obs = await self._observe(rollout, body, targets)
+        result = machine.plan(rollout, obs)
+        pre: list[Action] = [a for a in result.actions if not _after_status(a)]
+        post: list[Action] = [a for a in result.actions if _after_status(a)]
+        try:
+            for action in pre:
+                await self._execute(action, rollout, obs, targets, body)
+        except (PermanentRouteError, ValueError) as exc:
+            result = machine.action_failed(rollout, obs, result.status, str(exc))
+            post = [a for a in result.actions if _after_status(a)]
+            for action in result.actions:
+                if isinstance(action, Emit):
+                    await self._emit(rollout, action)
+        except TRANSIENT as exc:
+            if status.phase != Phase.CLEANING_UP:
+                raise  # the work queue retries with backoff
+            machine.cleanup_failed(result.status, spec, _describe(exc), obs.now, rollout.generation)
+            await self._emit(
+                rollout, Emit("CleanupBlocked", f"{_describe(exc)}; retrying, lock kept", True)
+            )
+            result.requeue_after = None
+            post = []
+        written = await self._write_status(body, result.status)
+        if written is None:
+            return 0.5  # lost a race with another writer: re-read and decide again
+        for action in post:
+            await self._execute(action, rollout, obs, targets, written)
+        return self._next(result, obs.lock.held)
+
+    def _next(self, result: Plan, holding: bool) -> float | None:
+        delay = result.requeue_after
+        if holding:  # keep renewing the Lease, whatever the phase
+            delay = LOCK_HELD_REQUEUE if delay is None else min(delay, LOCK_HELD_REQUEUE)
+        return delay
+
+    # ---------------------------------------------------------------- observe
+
+    async def _read_targets(self, rollout: Rollout) -> _Targets:
+        ns, spec = rollout.namespace, rollout.spec
+        target = await self.kube.get(path("apps", "v1", "deployments", ns, spec.target.deployment))
+        service = None
+        if spec.target.service:
+            service = await self.kube.get(path("", "v1", "services", ns, spec.target.service))
+        return _Targets(target, service)
+
+    def router(self, rollout: Rollout, token: int | None) -> TrafficRouter:
+        spec = rollout.spec
+        canary = objects.canary_name(spec)
+        if spec.traffic_routing and spec.traffic_routing.gateway_api:
+            return GatewayAPIRouter(
+                self.kube,
+                rollout.namespace,
+                spec.traffic_routing.gateway_api.http_route,
+                spec.target.service or spec.target.deployment,
+                canary,
+                f"{rollout.name}/{token}",
+            )
+        return ReplicasRouter(self.kube, rollout.namespace, spec.target.deployment, canary)
+
+    async def _observe(self, rollout: Rollout, body: JsonObj, targets: _Targets) -> Observed:
+        ns, spec = rollout.namespace, rollout.spec
+        me = candidate(body)
+        assert me is not None
+        shared = [
+            c
+            for c in (candidate(b) for b in self.index.sharing_lock(ns, spec.lock_key))
+            if c is not None
+        ]
+        if all(c.uid != me.uid for c in shared):
+            shared.append(me)
+        phase = rollout.status.phase
+        wants = phase in (Phase.QUEUED, Phase.PROGRESSING, Phase.PAUSED, Phase.CLEANING_UP)
+        lock = await self.lock.observe(ns, spec.lock_key, me, shared, wants, self._holder_running)
+        canary = await self.kube.get(
+            path("apps", "v1", "deployments", ns, objects.canary_name(spec))
+        )
+        canary_service = await self.kube.get(
+            path("", "v1", "services", ns, objects.canary_name(spec))
+        )
+        selector = ",".join(f"{k}={v}" for k, v in objects.selector_labels(spec).items())
+        pods = await self.kube.list(path("", "v1", "pods", ns), selector)
+        jobs = await self.kube.list(
+            path("batch", "v1", "jobs", ns), f"{objects.TARGET_LABEL}={spec.target.deployment[:63]}"
+        )
+        route = await self.router(rollout, lock.token).read()
+        return Observed(
+            now=datetime.now(UTC),
+            lock=lock,
+            target=_workload(targets.target),
+            canary=_workload(canary),
+            canary_service=canary_service is not None,
+            route=route,
+            jobs={
+                j["metadata"]["name"]: _job(j)
+                for j in jobs
+                if _owned_by(j, rollout.uid) or _purpose(j) == "test"
+            },
+            canary_pods=len(pods),
+        )
+
+    async def _holder_running(self, namespace: str, name: str, uid: str) -> bool:
+        body = await self.kube.get(rollout_path(namespace, name))
+        if body is None or body["metadata"]["uid"] != uid:
+            return False
+        return not Phase((body.get("status") or {}).get("phase") or "Pending").terminal
+
+    # ---------------------------------------------------------------- execute
+
+    async def _execute(
+        self, action: Action, rollout: Rollout, obs: Observed, targets: _Targets, body: JsonObj
+    ) -> None:
+        ns, spec = rollout.namespace, rollout.spec
+        match action:
+            case Emit():
+                await self._emit(rollout, action)
+            case AddFinalizer():
+                finalizers = list(body["metadata"].get("finalizers") or [])
+                if FINALIZER not in finalizers:
+                    patched = await self.kube.merge_patch(
+                        rollout_path(ns, rollout.name),
+                        {
+                            "metadata": {
+                                "finalizers": [*finalizers, FINALIZER],
+                                "resourceVersion": body["metadata"]["resourceVersion"],
+                            }
+                        },
+                    )
+                    body["metadata"] = patched["metadata"]
+            case RemoveFinalizer():
+                finalizers = [f for f in body["metadata"].get("finalizers") or [] if f != FINALIZER]
+                await self.kube.merge_patch(
+                    rollout_path(ns, rollout.name), {"metadata": {"finalizers": finalizers}}
+                )
+            case ReleaseLock():
+                await self.lock.release(ns, spec.lock_key, rollout.uid)
+            case EnsureCanary(replicas=replicas):
+                if targets.target is None:
+                    raise ValueError(f"target Deployment {spec.target.deployment} not found")
+                selector = (targets.service or {}).get("spec", {}).get("selector")
+                await self.kube.apply(
+                    path("apps", "v1", "deployments", ns, objects.canary_name(spec)),
+                    objects.canary_deployment(
+                        spec, rollout.name, rollout.uid, ns, targets.target, selector, replicas
+                    ),
+                )
+                await self.kube.apply(
+                    path("", "v1", "services", ns, objects.canary_name(spec)),
+                    objects.canary_service(
+                        spec, rollout.name, rollout.uid, ns, targets.service, targets.target
+                    ),
+                )
+            case SetRouteWeight(weight=weight):
+                await self.router(rollout, obs.lock.token).set_weight(weight)
+            case ResetRoute():
+                await self.router(rollout, obs.lock.token).reset()
+            case DeleteCanaryObjects():
+                await self._delete_canary_objects(rollout)
+            case EnsureJob():
+                port = _first_port(targets.service)
+                manifest = objects.job_manifest(
+                    spec,
+                    rollout.name,
+                    rollout.uid,
+                    ns,
+                    action.name,
+                    action.template,
+                    action.step_label,
+                    cleanup=action.step_label.startswith("cleanup"),
+                    service_port=port,
+                )
+                with contextlib.suppress(Conflict):  # created by an earlier reconcile
+                    await self.kube.create(path("batch", "v1", "jobs", ns), manifest)
+            case DeleteJob(name=job):
+                await self.kube.delete(path("batch", "v1", "jobs", ns, job))
+            case PromoteStable(run_id=rid):
+                await self._promote(rollout, obs, rid)
+
+    async def _promote(self, rollout: Rollout, obs: Observed, rid: str) -> None:
+        ns, spec = rollout.namespace, rollout.spec
+        target_path = path("apps", "v1", "deployments", ns, spec.target.deployment)
+        target = await self.kube.get(target_path)
+        if target is None:
+            raise ValueError(f"target Deployment {spec.target.deployment} not found")
+        template = objects.new_pod_template(spec, target)
+        target["spec"]["template"] = template
+        annotations = target["metadata"].setdefault("annotations", {})
+        annotations[objects.PROMOTED_BY] = rid
+        annotations[objects.FENCING] = f"{rollout.name}/{obs.lock.token}"
+        await self.kube.replace(target_path, target)  # resourceVersion precondition
+
+    async def _delete_canary_objects(self, rollout: Rollout) -> None:
+        ns, spec = rollout.namespace, rollout.spec
+        target = f"{objects.TARGET_LABEL}={spec.target.deployment[:63]}"
+        for deployment in await self.kube.list(
+            path("apps", "v1", "deployments", ns), f"{target},{objects.ROLE_LABEL}"
+        ):
+            await self.kube.delete(
+                path("apps", "v1", "deployments", ns, deployment["metadata"]["name"]), "Foreground"
+            )
+        for service in await self.kube.list(
+            path("", "v1", "services", ns), f"{target},{objects.ROLE_LABEL}"
+        ):
+            await self.kube.delete(path("", "v1", "services", ns, service["metadata"]["name"]))
+        for job in await self.kube.list(
+            path("batch", "v1", "jobs", ns), f"{target},{objects.PURPOSE_LABEL}=test"
+        ):
+            await self.kube.delete(path("batch", "v1", "jobs", ns, job["metadata"]["name"]))
+        # Pods of a deleted ReplicaSet go through the garbage collector; delete them
+        # directly too, so verification does not wait on it.
+        selector = ",".join(f"{k}={v}" for k, v in objects.selector_labels(spec).items())
+        for pod in await self.kube.list(path("", "v1", "pods", ns), selector):
+            if not pod["metadata"].get("deletionTimestamp"):
+                await self.kube.delete(path("", "v1", "pods", ns, pod["metadata"]["name"]))
+
+    # ----------------------------------------------------------------- status
+
+    async def _write_status(self, body: JsonObj, status: CanaryRolloutStatus) -> JsonObj | None:
+        new_status = dump_status(status)
+        if new_status == (body.get("status") or {}):
+            return body
+        update = {**body, "status": new_status}  # PUT /status: only status is taken
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            written = await self.kube.replace(rollout_path(ns, name) + "/status", update)
+        except Conflict:
+            return None
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        self.index.update(written)
+        return written
+
+    async def _invalid(self, body: JsonObj, exc: ValidationError) -> None:
+        """A spec the schema let through but the models refuse: fail clearly, touch nothing."""
+        status = body.get("status") or {}
+        if status.get("phase") in {p.value for p in models.TERMINAL_PHASES}:
+            return
+        message = "; ".join(
+            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )[:1000]
+        now = machine.iso(datetime.now(UTC))
+        failed = CanaryRolloutStatus(
+            phase=Phase.FAILED,
+            observed_generation=body["metadata"].get("generation"),
+            message=f"invalid spec: {message}",
+            outcome=models.Outcome(result=models.Result.INVALID, message=message, decided_at=now),
+            completed_at=now,
+            conditions=[
+                models.Condition(
+                    type="Failed",
+                    status="True",
+                    reason="InvalidSpec",
+                    message=message,
+                    last_transition_time=now,
+                    observed_generation=body["metadata"].get("generation"),
+                ),
+                models.Condition(
+                    type="Completed",
+                    status="False",
+                    reason="InvalidSpec",
+                    message=message,
+                    last_transition_time=now,
+                    observed_generation=body["metadata"].get("generation"),
+                ),
+            ],
+        )
+        await self._write_status(body, failed)
+
+    async def _emit(self, rollout: Rollout, event: Emit) -> None:
+        await self.events.emit(
+            rollout.namespace, rollout.name, rollout.uid, event.reason, event.message, event.warning
+        )
+
+
+def _after_status(action: Action) -> bool:
+    """Actions that must follow a durable terminal status: the lock and the finalizer."""
+    return isinstance(action, ReleaseLock | RemoveFinalizer)
+
+
+def _workload(body: JsonObj | None) -> WorkloadView | None:
+    if body is None:
+        return None
+    status = body.get("status") or {}
+    replicas = int(body["spec"].get("replicas", 1))
+    return WorkloadView(
+        replicas=replicas,
+        ready=int(status.get("readyReplicas") or 0),
+        available=int(status.get("availableReplicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        current=int(status.get("observedGeneration") or 0)
+        >= int(body["metadata"].get("generation") or 0)
+        and int(status.get("replicas") or 0) == replicas,
+        promoted_by=(body["metadata"].get("annotations") or {}).get(objects.PROMOTED_BY),
+    )
+
+
+def _job(body: JsonObj) -> JobView:
+    conditions = {
+        c["type"]: c
+        for c in (body.get("status") or {}).get("conditions") or []
+        if c.get("status") == "True"
+    }
+    failed = conditions.get("Failed")
+    return JobView(
+        name=body["metadata"]["name"],
+        succeeded="Complete" in conditions,
+        failed=failed is not None,
+        message=(failed or {}).get("message") or (failed or {}).get("reason") or "",
+        cleanup=_purpose(body) == "cleanup",
+    )
+
+
+def _purpose(body: JsonObj) -> str:
+    return str((body["metadata"].get("labels") or {}).get(objects.PURPOSE_LABEL, ""))
+
+
+def _owned_by(body: JsonObj, uid: str) -> bool:
+    return any(o.get("uid") == uid for o in body["metadata"].get("ownerReferences") or [])
+
+
+def _first_port(service: JsonObj | None) -> int | None:
+    ports: list[Any] = (service or {}).get("spec", {}).get("ports") or []
+    return int(ports[0]["port"]) if ports else None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"API error {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"

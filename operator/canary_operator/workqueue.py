@@ -1,0 +1,91 @@
+"""A de-duplicating, delaying work queue of rollout keys (controller-runtime style).
+
+A key is processed by one worker at a time; events arriving meanwhile mark it dirty
+so it runs once more afterwards. Failures retry with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+Reconcile = Callable[[Key], Awaitable[float | None]]
+
+
+class WorkQueue:
+    def __init__(self, reconcile: Reconcile, workers: int = 4, max_backoff: float = 30.0) -> None:
+        self._reconcile = reconcile
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: dict[Key, int] = {}
+        self._workers_count = workers
+        self._workers: list[asyncio.Task[None]] = []
+        self._max_backoff = max_backoff
+
+    def start(self) -> None:
+        self._workers = [asyncio.create_task(self._work()) for _ in range(self._workers_count)]
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    def add(self, key: Key, delay: float = 0.0) -> None:
+        if delay > 0:
+            existing = self._timers.get(key)
+            loop = asyncio.get_running_loop()
+            when = loop.time() + delay
+            if existing is not None and existing.when() <= when:
+                return
+            if existing is not None:
+                existing.cancel()
+            self._timers[key] = loop.call_at(when, self._fire, key)
+            return
+        if key in self._running:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._running.add(key)
+            delay: float | None
+            try:
+                delay = await self._reconcile(key)
+                self._failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                count = self._failures.get(key, 0) + 1
+                self._failures[key] = count
+                delay = min(self._max_backoff, 0.25 * 2**count)
+                log.exception(
+                    "reconcile of %s/%s failed (attempt %d); retry in %.1fs",
+                    key[0],
+                    key[1],
+                    count,
+                    delay,
+                )
+            finally:
+                self._running.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.add(key)
+            elif delay is not None:
+                self.add(key, delay)
