@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -125,6 +126,9 @@ class _Targets:
     service: JsonObj | None
 
 
+StatusHook = Callable[[str, str, CanaryRolloutStatus | None, CanaryRolloutStatus], None]
+
+
 class Reconciler:
     def __init__(
         self, kube: Kube, lock: LeaseLock, index: RolloutIndex, events: EventRecorder
@@ -133,6 +137,8 @@ class Reconciler:
         self.lock = lock
         self.index = index
         self.events = events
+        # Called after each status write: (namespace, name, old status, new status).
+        self.on_status_written: StatusHook | None = None
 
     # ------------------------------------------------------------------ entry
 
@@ -171,24 +177,22 @@ class Reconciler:
         try:
             for action in pre:
                 await self._execute(action, rollout, obs, targets, body)
-        except (PermanentRouteError, ValueError) as exc:
-            result = machine.action_failed(rollout, obs, result.status, str(exc))
+        except (*TRANSIENT, PermanentRouteError, ValueError) as exc:
+            permanent = not isinstance(exc, TRANSIENT) or _refused(exc)
+            if not permanent and status.phase != Phase.CLEANING_UP:
+                raise  # transient: the work queue retries with backoff
+            # The API refused what we sent (e.g. an invalid Job in the spec), or a cleanup
+            # action failed: the step fails, or the cleanup backs off keeping the lock.
+            result = machine.action_failed(rollout, obs, result.status, _describe(exc))
             post = [a for a in result.actions if _after_status(a)]
             for action in result.actions:
                 if isinstance(action, Emit):
                     await self._emit(rollout, action)
-        except TRANSIENT as exc:
-            if status.phase != Phase.CLEANING_UP:
-                raise  # the work queue retries with backoff
-            machine.cleanup_failed(result.status, spec, _describe(exc), obs.now, rollout.generation)
-            await self._emit(
-                rollout, Emit("CleanupBlocked", f"{_describe(exc)}; retrying, lock kept", True)
-            )
-            result.requeue_after = None
-            post = []
         written = await self._write_status(body, result.status)
         if written is None:
             return 0.5  # lost a race with another writer: re-read and decide again
+        if self.on_status_written is not None and written is not body:
+            self.on_status_written(namespace, name, status, result.status)
         for action in post:
             await self._execute(action, rollout, obs, targets, written)
         return self._next(result, obs.lock.held)
@@ -488,6 +492,11 @@ def _owned_by(body: JsonObj, uid: str) -> bool:
 def _first_port(service: JsonObj | None) -> int | None:
     ports: list[Any] = (service or {}).get("spec", {}).get("ports") or []
     return int(ports[0]["port"]) if ports else None
+
+
+def _refused(exc: BaseException) -> bool:
+    """The API server rejected the request itself: sending it again cannot succeed."""
+    return isinstance(exc, ApiException) and exc.status in (400, 422)
 
 
 def _describe(exc: BaseException) -> str:

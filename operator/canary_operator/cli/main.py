@@ -12,11 +12,9 @@ def _run(args: argparse.Namespace) -> int:
 
     import canary_operator.handlers  # noqa: F401  (registers the kopf handlers)
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     kopf.configure(verbose=args.verbose)
+    if not args.verbose:  # one line per watch event is noise; our own logs tell the story
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces = args.namespace or []
     kopf.run(
         clusterwide=not namespaces,
@@ -37,7 +35,7 @@ def _crds(_: argparse.Namespace) -> int:
 def _judge(args: argparse.Namespace) -> int:
     from canary_operator.analysis.judge_cli import run
 
-    return run(args.file)
+    return run(args.file, sys.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:

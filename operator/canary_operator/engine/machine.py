@@ -53,6 +53,7 @@ from canary_operator.traffic.base import plan_weight
 
 RESUME_ANNOTATION = "canary-operator.dev/resume"
 RETRY_ANNOTATION = "canary-operator.dev/retry"
+PROMOTE_ANNOTATION = "canary-operator.dev/promote"  # = run number: skip to promotion
 
 # Polling is only a safety net: progress is driven by watch events on the rollout,
 # its Deployments, Jobs and the Lease. These bound how stale a missed event can leave us.
@@ -328,6 +329,8 @@ def _progressing(ctx: _Context) -> None:
         )
         return
 
+    index = status.current_step or 0
+    _skip_to_promotion(ctx, index)
     index = status.current_step or 0
     if index >= len(spec.steps):
         _decide(ctx, Result.SUCCEEDED, "all steps passed")
@@ -614,6 +617,29 @@ def _promote(ctx: _Context) -> StepResult:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _skip_to_promotion(ctx: _Context, index: int) -> None:
+    """`kubectl canary promote`: the remaining steps before the promote step are skipped
+    (a running step's Jobs are cancelled); without a promote step the run just ends."""
+    if ctx.rollout.annotations.get(PROMOTE_ANNOTATION) != str(ctx.status.run):
+        return
+    steps = ctx.rollout.spec.steps
+    promote_at = next((i for i, s in enumerate(steps) if s.kind == "promote"), len(steps))
+    if index >= promote_at:
+        return
+    assert ctx.status.steps is not None
+    for i in range(index, promote_at):
+        st = ctx.status.steps[i]
+        if st.phase in (StepPhase.PENDING, StepPhase.RUNNING):
+            _cancel_children(ctx, st)
+            if st.job and st.phase == StepPhase.RUNNING:
+                ctx.act(DeleteJob(st.job))
+            st.phase = StepPhase.CANCELLED
+            st.finished_at = iso(ctx.now)
+            st.message = "skipped: promoted by the user"
+    ctx.status.current_step = promote_at
+    ctx.event("PromotedByUser", f"skipping to step {promote_at + 1} (promotion)")
 
 
 def _fresh_step_status(step: Step) -> StepStatus:
