@@ -1,0 +1,62 @@
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+CLUSTER_DIR := .cluster
+PYTEST_ARGS ?=
+
+.PHONY: help venv deps cluster-bins cluster-up cluster-down demo install crds test lint
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+# --- Python environment ---------------------------------------------------------
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv with the package and its test extras
+
+deps: ## install missing Debian packages (openssl, python3-venv, prometheus, ...)
+	hack/ensure-deps.sh
+
+# --- local Kubernetes control plane (etcd, kube-apiserver, KCM, scheduler, kwok) ---
+
+cluster-bins: ## build (once, cached in ~/.cache/canary-operator) the control-plane binaries
+	hack/cluster/build.sh >/dev/null
+
+cluster-up: ## start a dev cluster in .cluster/ (then: . .cluster/env)
+	hack/cluster/up.sh $(CLUSTER_DIR)
+
+cluster-down: ## stop the dev cluster and remove .cluster/
+	hack/cluster/down.sh $(CLUSTER_DIR)
+
+# --- the operator ----------------------------------------------------------------------
+
+demo: deps $(VENV)/.installed ## local cluster + operator + the seed rollout, shown live
+	hack/demo.sh
+
+install: ## apply the CRD to the current cluster (KUBECONFIG)
+	kubectl apply --server-side --force-conflicts -f crds/canaryrollouts.yaml
+
+crds: $(VENV)/.installed ## regenerate crds/ from the pydantic models
+	$(VENV)/bin/python -m canary_operator.api.crd crds/canaryrollouts.yaml
+
+# --- checks ---------------------------------------------------------------------------
+
+# The cluster fixture starts (and always stops) its own cluster, or uses the one
+# named by CANARY_TEST_KUBECONFIG. Building the binaries first keeps a cold
+# build (tens of minutes) out of the tests' timeouts.
+test: deps $(VENV)/.installed ## run the whole suite (tests/ and e2e/)
+	@if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then hack/cluster/build.sh >/dev/null; fi
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed ## ruff check, ruff format --check, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
