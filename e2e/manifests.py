@@ -1,0 +1,117 @@
+"""Builders of the manifests the end-to-end tests apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+def app(name: str = "web", replicas: int = 3, image: str = "registry.example.com/web:1.0") -> str:
+    """A stable Deployment and its Service."""
+    docs = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": image,
+                                "ports": [{"name": "http", "containerPort": 8080}],
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"app": name},
+                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            },
+        },
+    ]
+    return yaml.safe_dump_all(docs)
+
+
+def http_route(name: str = "web", service: str = "web") -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": name},
+            "spec": {
+                "parentRefs": [{"name": "gw"}],
+                "rules": [{"backendRefs": [{"name": service, "port": 80}]}],
+            },
+        }
+    )
+
+
+def job_test(name: str, *, fail: bool = False, duration: str | None = None) -> dict[str, Any]:
+    """A Job test step; on the kwok cluster the annotations decide its pod's fate."""
+    annotations = {}
+    if fail:
+        annotations["sim.canary-operator.dev/result"] = "fail"
+    if duration:
+        annotations["sim.canary-operator.dev/duration"] = duration
+    script = "exit 1" if fail else "true"
+    template: dict[str, Any] = {
+        "spec": {
+            "containers": [{"name": "t", "image": "busybox:1.36", "command": ["sh", "-c", script]}]
+        }
+    }
+    if annotations:
+        template["metadata"] = {"annotations": annotations}
+    return {"name": name, "test": {"job": {"spec": {"template": template}}}}
+
+
+def cleanup_job(
+    name: str = "user-cleanup", duration: str | None = None, fail: bool = False
+) -> dict[str, Any]:
+    step = job_test(name, duration=duration, fail=fail)
+    return {"name": name, "job": step["test"]["job"]}
+
+
+def rollout(
+    name: str,
+    steps: list[dict[str, Any]],
+    *,
+    target: str = "web",
+    service: str | None = "web",
+    image: str = "registry.example.com/web:2.0",
+    cleanup: list[dict[str, Any]] | None = None,
+    policy: str | None = None,
+    gateway_route: str | None = None,
+    **extra: Any,
+) -> str:
+    spec: dict[str, Any] = {
+        "target": {"deployment": target, **({"service": service} if service else {})},
+        "images": [{"container": "app", "image": image}],
+        "steps": steps,
+    }
+    if cleanup:
+        spec["cleanup"] = cleanup
+    if policy:
+        spec["concurrency"] = {"policy": policy}
+    if gateway_route:
+        spec["trafficRouting"] = {"gatewayAPI": {"httpRoute": gateway_route}}
+    spec.update(extra)
+    return yaml.safe_dump(
+        {
+            "apiVersion": "canary-operator.dev/v1alpha1",
+            "kind": "CanaryRollout",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
