@@ -34,6 +34,9 @@ from tests.harness.cluster import (
     unique_namespace_name,
 )
 
+# The session-scoped `prometheus` fixture (a real Prometheus server and an exporter).
+pytest_plugins = ["tests.harness.prometheus_fixtures"]
+
 CLUSTER_FIXTURE = "kube_cluster"
 
 _build: dict[str, object] = {}

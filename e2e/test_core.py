@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -48,6 +49,13 @@ def assert_clean(cluster: Cluster, ns: str, key: str = "web") -> None:
 def lease_history(cluster: Cluster, ns: str, key: str = "web") -> list[dict[str, Any]]:
     raw = lease(cluster, ns, key)["metadata"]["annotations"]["canary-operator.dev/history"]
     return list(json.loads(raw))
+
+
+def handoff_seconds(before: dict[str, Any], after: dict[str, Any]) -> float:
+    def parse(text: str) -> datetime:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+    return (parse(after["acquired"]) - parse(before["released"])).total_seconds()
 
 
 def assert_no_overlap(history: list[dict[str, Any]]) -> None:
@@ -176,6 +184,8 @@ def test_next_rollout_waits_for_previous_cleanup(
     history = lease_history(kube_cluster, namespace)
     assert [h["holder"] for h in history] == ["a", "b"]
     assert_no_overlap(history)
+    # Handoff is event-driven: b takes the lock within a second of a's release.
+    assert handoff_seconds(history[0], history[1]) < 1.0, history
     assert_clean(kube_cluster, namespace)
 
 

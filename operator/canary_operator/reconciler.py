@@ -7,10 +7,13 @@ only after the status is durably terminal: release the lock and drop the finaliz
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,23 +21,38 @@ import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from canary_operator.analysis.providers import (
+    MetricProvider,
+    PrometheusProvider,
+    ProviderError,
+    WebhookMetricProvider,
+    render_query,
+)
 from canary_operator.api import models
 from canary_operator.api.models import (
     CanaryRolloutSpec,
     CanaryRolloutStatus,
+    MeasurementStatus,
     Phase,
     dump_status,
+    parse_duration,
 )
+from canary_operator.api.models import MetricProvider as MetricProviderSpec
+from canary_operator.checks.webhook import resolve_headers, run_webhook
 from canary_operator.engine import machine
 from canary_operator.engine.types import (
+    CHECK_ACTIONS,
     Action,
     AddFinalizer,
+    CallWebhook,
+    CheckResult,
     DeleteCanaryObjects,
     DeleteJob,
     Emit,
     EnsureCanary,
     EnsureJob,
     JobView,
+    Measure,
     Observed,
     Plan,
     PromoteStable,
@@ -171,23 +189,7 @@ class Reconciler:
         )
         targets = await self._read_targets(rollout)
         obs = await self._observe(rollout, body, targets)
-        result = machine.plan(rollout, obs)
-        pre: list[Action] = [a for a in result.actions if not _after_status(a)]
-        post: list[Action] = [a for a in result.actions if _after_status(a)]
-        try:
-            for action in pre:
-                await self._execute(action, rollout, obs, targets, body)
-        except (*TRANSIENT, PermanentRouteError, ValueError) as exc:
-            permanent = not isinstance(exc, TRANSIENT) or _refused(exc)
-            if not permanent and status.phase != Phase.CLEANING_UP:
-                raise  # transient: the work queue retries with backoff
-            # The API refused what we sent (e.g. an invalid Job in the spec), or a cleanup
-            # action failed: the step fails, or the cleanup backs off keeping the lock.
-            result = machine.action_failed(rollout, obs, result.status, _describe(exc))
-            post = [a for a in result.actions if _after_status(a)]
-            for action in result.actions:
-                if isinstance(action, Emit):
-                    await self._emit(rollout, action)
+        result, post = await self._plan_and_act(rollout, obs, targets, body)
         written = await self._write_status(body, result.status)
         if written is None:
             return 0.5  # lost a race with another writer: re-read and decide again
@@ -196,6 +198,137 @@ class Reconciler:
         for action in post:
             await self._execute(action, rollout, obs, targets, written)
         return self._next(result, obs.lock.held)
+
+    async def _plan_and_act(
+        self, rollout: Rollout, obs: Observed, targets: _Targets, body: JsonObj
+    ) -> tuple[Plan, list[Action]]:
+        """Plan and run the side effects; returns the plan and what must follow the status
+        write. Webhook calls and measurements run here too, and their answers are fed
+        back into a second round of planning, so they are recorded in the same write."""
+        first_status = rollout.status
+        for round_ in (1, 2):
+            result = machine.plan(rollout, obs)
+            checks: list[Action] = [a for a in result.actions if isinstance(a, CHECK_ACTIONS)]
+            pre: list[Action] = [
+                a
+                for a in result.actions
+                if not _after_status(a) and not isinstance(a, CHECK_ACTIONS)
+            ]
+            post: list[Action] = [a for a in result.actions if _after_status(a)]
+            try:
+                for action in pre:
+                    await self._execute(action, rollout, obs, targets, body)
+            except (*TRANSIENT, PermanentRouteError, ValueError) as exc:
+                permanent = not isinstance(exc, TRANSIENT) or _refused(exc)
+                if not permanent and first_status.phase != Phase.CLEANING_UP:
+                    raise  # transient: the work queue retries with backoff
+                # The API refused what we sent (e.g. an invalid Job in the spec), or a
+                # cleanup action failed: the step fails, or the cleanup backs off.
+                result = machine.action_failed(rollout, obs, result.status, _describe(exc))
+                for action in result.actions:
+                    if isinstance(action, Emit):
+                        await self._emit(rollout, action)
+                return result, [a for a in result.actions if _after_status(a)]
+            if round_ == 2 or not checks:
+                return result, post
+            obs = replace(obs, **await self._run_checks(rollout, obs, checks))
+            rollout = replace(rollout, status=result.status, has_finalizer=True)
+        raise AssertionError("unreachable")
+
+    async def _run_checks(
+        self, rollout: Rollout, obs: Observed, checks: list[Action]
+    ) -> dict[str, Any]:
+        """Call the webhooks and take the measurements the plan asked for, concurrently."""
+        context = self._context(rollout, obs)
+        webhooks = [a for a in checks if isinstance(a, CallWebhook)]
+        measures = [a for a in checks if isinstance(a, Measure)]
+        webhook_results = await asyncio.gather(
+            *(self._call_webhook(rollout, a, {**context, "step": a.step_label}) for a in webhooks)
+        )
+        measurements = await asyncio.gather(*(self._measure(rollout, a) for a in measures))
+        return {
+            "checks": {a.key: r for a, r in zip(webhooks, webhook_results, strict=True)},
+            "measurements": {a.key: m for a, m in zip(measures, measurements, strict=True)},
+        }
+
+    def _context(self, rollout: Rollout, obs: Observed | None) -> dict[str, Any]:
+        """What webhooks (tests and metric providers) are told about the rollout."""
+        spec, ns = rollout.spec, rollout.namespace
+        return {
+            "rollout": rollout.name,
+            "namespace": ns,
+            "run": rollout.status.run,
+            "target": spec.target.deployment,
+            "weight": obs.route.weight if obs else rollout.status.weight,
+            "canaryService": f"{objects.canary_name(spec)}.{ns}.svc",
+            "stableService": f"{spec.target.service or spec.target.deployment}.{ns}.svc",
+            "newVersion": [i.model_dump() for i in spec.images or []] or "template",
+        }
+
+    async def _call_webhook(
+        self, rollout: Rollout, action: CallWebhook, context: dict[str, Any]
+    ) -> CheckResult:
+        try:
+            headers = await resolve_headers(
+                action.webhook.headers, lambda n, k: self._secret(rollout.namespace, n, k)
+            )
+        except ValueError as exc:
+            return CheckResult(False, str(exc))
+        ok, message = await run_webhook(action.webhook, context, headers)
+        return CheckResult(ok, message)
+
+    async def _secret(self, namespace: str, name: str, key: str) -> str | None:
+        secret = await self.kube.get(path("", "v1", "secrets", namespace, name))
+        raw = ((secret or {}).get("data") or {}).get(key)
+        return base64.b64decode(raw).decode() if raw is not None else None
+
+    async def _measure(self, rollout: Rollout, action: Measure) -> MeasurementStatus:
+        spec, ns = rollout.spec, rollout.namespace
+        deployments = {
+            "canary": objects.canary_name(spec),
+            "baseline": objects.baseline_name(spec),
+            "stable": spec.target.deployment,
+        }
+        measurement = MeasurementStatus(at=machine.iso(datetime.now(UTC)))
+        for metric in action.analysis.metrics:
+            provider_spec = metric.provider or action.analysis.provider
+            if provider_spec is None:
+                measurement.error = f"metric {metric.name}: no provider configured"
+                return measurement
+            try:
+                provider = await self._provider(rollout, provider_spec)
+                for role in action.roles:
+                    query = render_query(
+                        metric.query,
+                        {
+                            "role": role,
+                            "deployment": deployments[role],
+                            "namespace": ns,
+                            "rollout": rollout.name,
+                        },
+                    )
+                    value = await provider.query(
+                        query, {"role": role, "metric": metric.name, **self._context(rollout, None)}
+                    )
+                    if value is not None and math.isfinite(value):
+                        measurement.values.setdefault(metric.name, {})[role] = value
+            except (ProviderError, ValueError) as exc:
+                measurement.error = f"metric {metric.name}: {exc}"
+                return measurement
+        return measurement
+
+    async def _provider(self, rollout: Rollout, spec: MetricProviderSpec) -> MetricProvider:
+        if spec.prometheus is not None:
+            return PrometheusProvider(
+                spec.prometheus.address, parse_duration(spec.prometheus.timeout).total_seconds()
+            )
+        assert spec.webhook is not None
+        headers = await resolve_headers(
+            spec.webhook.headers, lambda n, k: self._secret(rollout.namespace, n, k)
+        )
+        return WebhookMetricProvider(
+            spec.webhook.url, parse_duration(spec.webhook.timeout).total_seconds(), headers
+        )
 
     def _next(self, result: Plan, holding: bool) -> float | None:
         delay = result.requeue_after
@@ -247,11 +380,8 @@ class Reconciler:
         canary_service = await self.kube.get(
             path("", "v1", "services", ns, objects.canary_name(spec))
         )
-        selector = ",".join(f"{k}={v}" for k, v in objects.selector_labels(spec).items())
-        pods = await self.kube.list(path("", "v1", "pods", ns), selector)
-        jobs = await self.kube.list(
-            path("batch", "v1", "jobs", ns), f"{objects.TARGET_LABEL}={spec.target.deployment[:63]}"
-        )
+        pods = await self.kube.list(path("", "v1", "pods", ns), objects.any_role_selector(spec))
+        jobs = await self.kube.list(path("batch", "v1", "jobs", ns), objects.target_selector(spec))
         route = await self.router(rollout, lock.token).read()
         return Observed(
             now=datetime.now(UTC),
@@ -313,6 +443,13 @@ class Reconciler:
                         spec, rollout.name, rollout.uid, ns, targets.target, selector, replicas
                     ),
                 )
+                if spec.baseline:
+                    await self.kube.apply(
+                        path("apps", "v1", "deployments", ns, objects.baseline_name(spec)),
+                        objects.baseline_deployment(
+                            spec, rollout.name, rollout.uid, ns, targets.target, replicas
+                        ),
+                    )
                 await self.kube.apply(
                     path("", "v1", "services", ns, objects.canary_name(spec)),
                     objects.canary_service(
@@ -326,7 +463,13 @@ class Reconciler:
             case DeleteCanaryObjects():
                 await self._delete_canary_objects(rollout)
             case EnsureJob():
-                port = _first_port(targets.service)
+                if targets.target is None:
+                    raise ValueError(f"target Deployment {spec.target.deployment} not found")
+                port = _first_port(
+                    objects.canary_service(
+                        spec, rollout.name, rollout.uid, ns, targets.service, targets.target
+                    )
+                )
                 manifest = objects.job_manifest(
                     spec,
                     rollout.name,
@@ -360,7 +503,7 @@ class Reconciler:
 
     async def _delete_canary_objects(self, rollout: Rollout) -> None:
         ns, spec = rollout.namespace, rollout.spec
-        target = f"{objects.TARGET_LABEL}={spec.target.deployment[:63]}"
+        target = objects.target_selector(spec)
         for deployment in await self.kube.list(
             path("apps", "v1", "deployments", ns), f"{target},{objects.ROLE_LABEL}"
         ):
@@ -377,8 +520,9 @@ class Reconciler:
             await self.kube.delete(path("batch", "v1", "jobs", ns, job["metadata"]["name"]))
         # Pods of a deleted ReplicaSet go through the garbage collector; delete them
         # directly too, so verification does not wait on it.
-        selector = ",".join(f"{k}={v}" for k, v in objects.selector_labels(spec).items())
-        for pod in await self.kube.list(path("", "v1", "pods", ns), selector):
+        for pod in await self.kube.list(
+            path("", "v1", "pods", ns), objects.any_role_selector(spec)
+        ):
             if not pod["metadata"].get("deletionTimestamp"):
                 await self.kube.delete(path("", "v1", "pods", ns, pod["metadata"]["name"]))
 
@@ -489,8 +633,8 @@ def _owned_by(body: JsonObj, uid: str) -> bool:
     return any(o.get("uid") == uid for o in body["metadata"].get("ownerReferences") or [])
 
 
-def _first_port(service: JsonObj | None) -> int | None:
-    ports: list[Any] = (service or {}).get("spec", {}).get("ports") or []
+def _first_port(service: JsonObj) -> int | None:
+    ports: list[Any] = service.get("spec", {}).get("ports") or []
     return int(ports[0]["port"]) if ports else None
 
 

@@ -53,6 +53,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             continue  # unknown fields are refused by the API server's strict validation
         elif key == "const":
             out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            # JSON Schema's numeric form -> OpenAPI v3.0's boolean form
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         else:
             out[key] = _structural(value, defs)
     if "properties" in out and "type" not in out:

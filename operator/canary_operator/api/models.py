@@ -151,16 +151,35 @@ class JobTemplate(ApiModel):
     spec: OpenObject = Field(description="A batch/v1 JobSpec.")
 
 
+class SecretKeyRef(ApiModel):
+    name: str = Field(pattern=DNS_SUBDOMAIN, description="Secret in the rollout's namespace.")
+    key: str = Field(min_length=1)
+
+
+class HeaderValueFrom(ApiModel):
+    secret_key_ref: SecretKeyRef
+
+
 class WebhookHeader(ApiModel):
-    name: str = Field(min_length=1)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.value) != has(self.valueFrom)", "set one of value, valueFrom")
+            ]
+        }
+    )
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9-]+$")
     value: str | None = None
+    value_from: HeaderValueFrom | None = Field(
+        default=None, description="Take the value from a Secret (e.g. a bearer token)."
+    )
 
 
 class WebhookSpec(ApiModel):
     url: str = Field(pattern=r"^https?://", description="URL the rollout's context is POSTed to.")
     timeout: str = Field(default="10s", pattern=DURATION, description="Per-call timeout.")
     retries: int = Field(default=2, ge=0, le=10, description="Retries after a failed call.")
-    headers: list[WebhookHeader] | None = None
+    headers: list[WebhookHeader] | None = Field(default=None, max_length=20)
 
 
 class TestStepSpec(ApiModel):
@@ -179,10 +198,121 @@ class TestStepSpec(ApiModel):
     webhook: WebhookSpec | None = Field(default=None, description="POST to a URL; 2xx passes.")
 
 
-class AnalysisStepSpec(ApiModel):
-    """Metric analysis (see the analysis documentation)."""
+class PrometheusProviderSpec(ApiModel):
+    address: str = Field(pattern=r"^https?://", description="Base URL of the Prometheus API.")
+    timeout: str = Field(default="10s", pattern=DURATION)
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"x-preserve": True})
+
+class WebhookMetricProviderSpec(ApiModel):
+    url: str = Field(
+        pattern=r"^https?://",
+        description='POSTed {query, context}; answers {"value": number or null}.',
+    )
+    timeout: str = Field(default="10s", pattern=DURATION)
+    headers: list[WebhookHeader] | None = Field(default=None, max_length=20)
+
+
+class MetricProvider(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.prometheus) != has(self.webhook)",
+                    "a provider sets one of prometheus, webhook",
+                )
+            ]
+        }
+    )
+    prometheus: PrometheusProviderSpec | None = None
+    webhook: WebhookMetricProviderSpec | None = None
+
+
+class NoDataPolicy(StrEnum):
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+    PASS = "Pass"
+
+
+class Direction(StrEnum):
+    INCREASE = "increase"
+    DECREASE = "decrease"
+    EITHER = "either"
+
+
+class AnalysisMetricSpec(ApiModel):
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    query: str = Field(
+        min_length=1,
+        description="Query for one number. {{role}} (canary, baseline, stable), "
+        "{{deployment}}, {{namespace}} and {{rollout}} are replaced before it is sent.",
+    )
+    provider: MetricProvider | None = Field(
+        default=None, description="Overrides the analysis step's provider."
+    )
+    success_condition: str | None = Field(
+        default=None, description="Expression on `result`, e.g. `result < 0.05`."
+    )
+    failure_condition: str | None = Field(
+        default=None, description="Expression on `result`, e.g. `result > 0.1`."
+    )
+    failure_limit: int = Field(default=0, ge=0, description="Failed measurements tolerated.")
+    consecutive_success_limit: int = Field(
+        default=0, ge=0, description="Pass early after this many successes in a row (0: off)."
+    )
+    no_data: NoDataPolicy = Field(
+        default=NoDataPolicy.FAIL,
+        description="What a measurement without data counts as. No data is not a pass unless "
+        "set to Pass.",
+    )
+    # Statistical comparison (judge: kayenta)
+    group: str | None = Field(default=None, max_length=63)
+    direction: Direction = Field(default=Direction.EITHER)
+    critical: bool = False
+    allowed_increase: float = Field(default=1.0, ge=1.0, description="Mean ratio allowed up.")
+    allowed_decrease: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="Mean ratio allowed down."
+    )
+
+
+class JudgeKind(StrEnum):
+    THRESHOLDS = "thresholds"
+    KAYENTA = "kayenta"
+
+
+class AnalysisStepSpec(ApiModel):
+    """Measure metrics while the rollout holds its weight, then decide Pass/Fail/Inconclusive."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.judge != 'thresholds' || self.metrics.all(m, "
+                    "has(m.successCondition) || has(m.failureCondition))",
+                    "the thresholds judge needs a successCondition or failureCondition "
+                    "on every metric",
+                    ".metrics",
+                ),
+            ]
+        }
+    )
+    provider: MetricProvider | None = Field(default=None, description="Default metric provider.")
+    metrics: list[AnalysisMetricSpec] = Field(min_length=1, max_length=20)
+    interval: str = Field(default="30s", pattern=DURATION, description="Between measurements.")
+    count: int = Field(default=5, ge=1, le=200, description="Measurements to take.")
+    initial_delay: str | None = Field(
+        default=None, pattern=DURATION, description="Wait before the first measurement."
+    )
+    judge: JudgeKind = Field(default=JudgeKind.THRESHOLDS)
+    pass_score: float = Field(default=75, ge=0, le=100, description="kayenta: pass threshold.")
+    marginal_score: float = Field(
+        default=50, ge=0, le=100, description="kayenta: marginal threshold."
+    )
+    group_weights: dict[str, float] | None = Field(default=None, description="kayenta weights.")
+    inconclusive: str = Field(
+        default="Fail",
+        pattern="^(Fail|Pause)$",
+        description="Fail, or Pause until resumed (resume = pass).",
+    )
 
 
 class PromoteStepSpec(ApiModel):
@@ -343,6 +473,12 @@ class CanaryRolloutSpec(ApiModel):
         max_length=20,
         description="User steps run at the end of the built-in cleanup, whatever the outcome.",
     )
+    baseline: bool = Field(
+        default=False,
+        description="Run a baseline: a fresh Deployment of the stable version at the "
+        "canary's size, created with the canary and removed by cleanup (an unbiased control "
+        "for analysis).",
+    )
     concurrency: Concurrency | None = None
     cleanup_policy: CleanupPolicy | None = None
     progress_deadline_seconds: int = Field(
@@ -449,6 +585,41 @@ class Condition(StatusModel):
     observed_generation: int | None = None
 
 
+class MetricVerdictStatus(StatusModel):
+    """One metric's verdict: thresholds (counts) or statistical (classification, CI)."""
+
+    name: str
+    verdict: str = Field(description="Successful/Failed/Inconclusive, or Pass/High/Low/Nodata.")
+    successful: int | None = None
+    failed: int | None = None
+    inconclusive: int | None = None
+    no_data: int | None = None
+    last_value: float | None = None
+    ratio: float | None = None
+    estimate: float | None = None
+    lower_ci: float | None = Field(default=None, alias="lowerCI")
+    upper_ci: float | None = Field(default=None, alias="upperCI")
+    message: str | None = None
+
+
+class MeasurementStatus(StatusModel):
+    at: str
+    values: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="metric -> role (canary, baseline, stable) -> value; absent = no data.",
+    )
+    error: str | None = None
+
+
+class AnalysisStatus(StatusModel):
+    phase: str = Field(default="Running", description="Running, Successful, Failed, Inconclusive.")
+    measurements: list[MeasurementStatus] = Field(default_factory=list)
+    metrics: list[MetricVerdictStatus] | None = None
+    score: float | None = Field(default=None, description="kayenta: overall score.")
+    classification: str | None = Field(default=None, description="kayenta: Pass/Marginal/Fail.")
+    message: str | None = None
+
+
 class ChildStepStatus(StatusModel):
     """One item of a parallel group (structural schemas cannot recurse)."""
 
@@ -459,6 +630,7 @@ class ChildStepStatus(StatusModel):
     finished_at: str | None = None
     message: str | None = None
     job: str | None = Field(default=None, description="The Job this step created.")
+    analysis: AnalysisStatus | None = None
 
 
 class StepStatus(ChildStepStatus):

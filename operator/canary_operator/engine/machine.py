@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from canary_operator.api.models import (
     TERMINAL_PHASES,
+    AnalysisStatus,
     CanaryRolloutSpec,
     CanaryRolloutStatus,
     ChildStepStatus,
@@ -30,11 +31,14 @@ from canary_operator.api.models import (
     Step,
     StepPhase,
     StepStatus,
+    WebhookSpec,
     parse_duration,
 )
+from canary_operator.engine import analysis
 from canary_operator.engine.types import (
     Action,
     AddFinalizer,
+    CallWebhook,
     DeleteCanaryObjects,
     DeleteJob,
     Emit,
@@ -80,7 +84,7 @@ def step_label(spec: CanaryRolloutSpec, index: int | None) -> str | None:
 
 def job_name(rollout: Rollout, suffix: str) -> str:
     """Deterministic, unique per rollout and run, at most 63 characters."""
-    base = f"{rollout.name[:30].rstrip('-')}-{rollout.uid[:5]}-r{rollout.status.run}-{suffix}"
+    base = f"{rollout.name[:30].rstrip('-.')}-{rollout.uid[:5]}-r{rollout.status.run}-{suffix}"
     return base[:63].rstrip("-")
 
 
@@ -98,6 +102,7 @@ class _Context:
         self.now = obs.now
         self.status = rollout.status.model_copy(deep=True)
         self.plan = Plan(status=self.status)
+        self.waiting_for_resume = False  # an inconclusive analysis holds like a pause
 
     # -- status helpers --------------------------------------------------------
 
@@ -153,6 +158,7 @@ def plan(rollout: Rollout, obs: Observed) -> Plan:
     elif phase == Phase.CLEANING_UP:
         _cleaning_up(ctx)
     status = ctx.status  # a new run replaces the status object
+    status.observed_generation = rollout.generation  # this status answers this generation
     _finalizer(ctx)
     if obs.lock.held and status.phase in (Phase.PROGRESSING, Phase.PAUSED, Phase.CLEANING_UP):
         status.weight = obs.route.weight
@@ -184,19 +190,25 @@ def _terminal(ctx: _Context) -> None:
         ctx.act(ReleaseLock())
     if rollout.deleting:
         return
-    retry = rollout.annotations.get(RETRY_ANNOTATION)
-    wants_retry = retry is not None and retry != str(status.run) and retry.isdigit()
+    # retry=N asks for run N: honoured once, when N is above the current run (a stale
+    # or lower value must not start runs over and over).
+    retry = rollout.annotations.get(RETRY_ANNOTATION, "")
+    wants_retry = retry.isascii() and retry.isdigit() and int(retry) > status.run
     if status.fingerprint != rollout.spec.run_fingerprint() or wants_retry:
         why = "retry requested" if wants_retry else "spec changed"
-        _new_run(ctx, f"{why}: starting run {status.run + 1}")
+        run = int(retry) if wants_retry else status.run + 1
+        _new_run(ctx, f"{why}: starting run {run}", run)
         _pending(ctx)
 
 
-def _new_run(ctx: _Context, message: str) -> None:
+def _new_run(ctx: _Context, message: str, run: int | None = None) -> None:
     old = ctx.status
-    fresh = CanaryRolloutStatus(run=old.run + 1, conditions=old.conditions)
+    fresh = CanaryRolloutStatus(run=run or old.run + 1, conditions=old.conditions)
     ctx.status = fresh
     ctx.plan.status = fresh
+    for type_ in ("Completed", "Failed"):  # the previous run's verdict is not this run's
+        if fresh.condition(type_) is not None:
+            ctx.set_condition(type_, False, "NewRun", message)
     ctx.event("NewRun", message)
 
 
@@ -210,6 +222,10 @@ def _pending(ctx: _Context) -> None:
         return
     if rollout.spec.abort:
         _end_without_run(ctx, Result.ABORTED, "aborted before it started")
+        return
+    problems = _spec_problems(rollout.spec)
+    if problems:
+        _end_without_run(ctx, Result.INVALID, "; ".join(problems))
         return
     if obs.target is None:
         _end_without_run(
@@ -270,6 +286,9 @@ def _queued(ctx: _Context) -> None:
             recovered_from=lock.recovered_from,
         )
         ctx.event("LockAcquired", f"acquired lock {lock.name} (token {lock.token})")
+    if obs.route.error:  # e.g. an HTTPRoute without a rule to the stable Service
+        _end_without_run(ctx, Result.INVALID, f"cannot use the route: {obs.route.error}", True)
+        return
     if obs.route.weight != 0:
         status.message = "recovery: routing 100% to stable before starting"
         ctx.act(ResetRoute())
@@ -316,12 +335,12 @@ def _progressing(ctx: _Context) -> None:
         ctx.enter(Phase.PAUSED, "paused by the user (spec.paused)")
         ctx.set_condition("Paused", True, "UserPaused", "spec.paused is true")
         return
-    if status.paused_at is not None:  # resumed: paused time does not count
-        paused_for = ctx.now - parse_time(status.paused_at)
-        if status.deadline_at:
-            status.deadline_at = iso(parse_time(status.deadline_at) + paused_for)
-        status.paused_at = None
-    if status.deadline_at and ctx.now > parse_time(status.deadline_at):
+    # Time spent paused (by the user or at a pause step) does not count; it is added to
+    # the deadline when the pause ends (whole seconds: no drift).
+    paused_for = timedelta(0)
+    if status.paused_at is not None:
+        paused_for = parse_time(iso(ctx.now)) - parse_time(status.paused_at)
+    if status.deadline_at and ctx.now > parse_time(status.deadline_at) + paused_for:
         _decide(
             ctx,
             Result.DEADLINE_EXCEEDED,
@@ -342,15 +361,20 @@ def _progressing(ctx: _Context) -> None:
         step_status.phase = StepPhase.RUNNING
         step_status.started_at = iso(ctx.now)
         ctx.event("StepStarted", f"step {index + 1}/{len(spec.steps)} {step.kind} started")
+    status.message = f"running step {index + 1}: {step.name or step.kind}"  # a step may refine
     result = _run_step(ctx, index, step, step_status)
-    in_pause = step.kind == "pause" and result is None
+    in_pause = result is None and (step.kind == "pause" or ctx.waiting_for_resume)
     if in_pause:
+        status.paused_at = status.paused_at or iso(ctx.now)
         ctx.enter(Phase.PAUSED, f"paused at step {index + 1}")
         ctx.set_condition("Paused", True, "PauseStep", f"step {index + 1} is a pause")
     else:
+        if status.paused_at is not None:  # the pause ended
+            if status.deadline_at:
+                status.deadline_at = iso(parse_time(status.deadline_at) + paused_for)
+            status.paused_at = None
         if status.phase != Phase.PROGRESSING:
             ctx.enter(Phase.PROGRESSING, f"running step {index + 1}")
-        status.message = f"running step {index + 1}: {step.name or step.kind}"
         ctx.set_condition("Paused", False, "Running", "")
     if result is None:
         return
@@ -364,7 +388,8 @@ def _progressing(ctx: _Context) -> None:
         ctx.plan.requeue(0)
     else:
         step_status.phase = StepPhase.FAILED
-        _decide(ctx, Result.STEP_FAILED, f"step {index + 1} ({step.kind}) failed: {message}")
+        name = step.name or step.kind
+        _decide(ctx, Result.STEP_FAILED, f"step {index + 1} ({name}) failed: {message}")
         assert status.outcome is not None
         status.outcome.failed_step = index + 1
 
@@ -404,9 +429,18 @@ def _cleaning_up(ctx: _Context) -> None:
         k = cleanup.user_step
         user = user_steps[k]
         label = f"cleanup {k + 1}/{len(user_steps)} {user.name or 'job'}"
-        if user.job is None:  # webhook cleanup steps arrive with the webhook runner
+        if user.webhook is not None:
+            answer = _webhook(ctx, f"c{k + 1}-a{cleanup.attempts}", user.webhook, label)
+            if answer is None:
+                status.message = f"cleanup: calling {label}"
+                return
+            if not answer[0]:
+                _cleanup_failed(ctx, f"{label} failed: {answer[1]}")
+                return
+            ctx.event("CleanupStepSucceeded", f"{label} succeeded: {answer[1]}")
             cleanup.user_step += 1
             continue
+        assert user.job is not None
         name = job_name(ctx.rollout, f"c{k + 1}-a{cleanup.attempts}")
         job = obs.jobs.get(name)
         if job is None or not (job.succeeded or job.failed):
@@ -483,9 +517,10 @@ def _leaf(
         if ctx.rollout.annotations.get(RESUME_ANNOTATION) == wanted:
             return True, "resumed"
         return None
+    if item.test is not None and item.test.webhook is not None:
+        return _webhook(ctx, suffix, item.test.webhook, label)
     if item.test is not None:
-        if item.test.job is None:
-            return False, "webhook tests are not available in this version"
+        assert item.test.job is not None
         name = job_name(ctx.rollout, suffix)
         st.job = name
         job = ctx.obs.jobs.get(name)
@@ -496,7 +531,36 @@ def _leaf(
         ctx.act(EnsureJob(name=name, template=item.test.job, step_label=label))
         ctx.plan.requeue(POLL_RUNNING)
         return None
-    return False, "analysis steps are not available in this version"
+    assert item.analysis is not None and st.started_at is not None
+    st.analysis = st.analysis or AnalysisStatus()
+    resumed = ctx.rollout.annotations.get(RESUME_ANNOTATION) == str(
+        (ctx.status.current_step or 0) + 1
+    )
+    progress = analysis.progress(
+        item.analysis,
+        st.analysis,
+        parse_time(st.started_at),
+        ctx.now,
+        suffix,
+        ctx.rollout.spec.baseline,
+        ctx.obs.measurements.get(suffix),
+        resumed,
+    )
+    ctx.act(*progress.actions)
+    if progress.requeue is not None:
+        ctx.plan.requeue(progress.requeue)
+    ctx.waiting_for_resume = ctx.waiting_for_resume or progress.waiting_for_resume
+    return progress.result
+
+
+def _webhook(ctx: _Context, key: str, webhook: WebhookSpec, label: str) -> StepResult:
+    """A webhook is called within the reconcile; its answer comes back as an observation."""
+    result = ctx.obs.checks.get(key)
+    if result is None:
+        ctx.act(CallWebhook(key=key, webhook=webhook, step_label=label))
+        ctx.plan.requeue(POLL_RUNNING)
+        return None
+    return result.ok, result.message
 
 
 def _parallel(ctx: _Context, index: int, items: list[ParallelItem], st: StepStatus) -> StepResult:
@@ -506,6 +570,7 @@ def _parallel(ctx: _Context, index: int, items: list[ParallelItem], st: StepStat
             for n, i in enumerate(items)
         ]
     failures: list[str] = []
+    asked: dict[int, list[Action]] = {}  # actions of each item in this round
     for n, (item, child) in enumerate(zip(items, st.children, strict=True)):
         if child.phase in (StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.CANCELLED):
             continue
@@ -513,11 +578,13 @@ def _parallel(ctx: _Context, index: int, items: list[ParallelItem], st: StepStat
             child.phase = StepPhase.RUNNING
             child.started_at = iso(ctx.now)
         result = _timed_out(ctx, item.timeout, child)
+        before = len(ctx.plan.actions)
         res: StepResult = (
             (False, result)
             if result
             else _leaf(ctx, item, child, f"s{index + 1}-{n + 1}", f"step {index + 1}.{n + 1}")
         )
+        asked[n] = ctx.plan.actions[before:]
         if res is None:
             continue
         ok, message = res
@@ -527,6 +594,13 @@ def _parallel(ctx: _Context, index: int, items: list[ParallelItem], st: StepStat
         if not ok:
             failures.append(f"{child.name}: {message}")
     if failures:
+        dropped = [
+            id(a)
+            for n, child in enumerate(st.children)
+            if child.phase in (StepPhase.RUNNING, StepPhase.PENDING)
+            for a in asked.get(n, [])
+        ]
+        ctx.plan.actions = [a for a in ctx.plan.actions if id(a) not in dropped]
         _cancel_children(ctx, st)
         return False, "; ".join(failures)
     if all(c.phase == StepPhase.SUCCEEDED for c in st.children):
@@ -576,7 +650,10 @@ def _canary_minimum(ctx: _Context) -> int:
 
 def _set_weight(ctx: _Context, weight: int) -> StepResult:
     spec = ctx.rollout.spec
-    wp = plan_weight(spec.router_kind, _stable_replicas(ctx), weight, _canary_minimum(ctx))
+    try:
+        wp = plan_weight(spec.router_kind, _stable_replicas(ctx), weight, _canary_minimum(ctx))
+    except ValueError as exc:  # 100 % with the replicas router (past the CEL rule)
+        return False, str(exc)
     canary = ctx.obs.canary
     ctx.act(EnsureCanary(wp.canary_replicas))
     canary_ready = (
@@ -640,6 +717,17 @@ def _skip_to_promotion(ctx: _Context, index: int) -> None:
             st.message = "skipped: promoted by the user"
     ctx.status.current_step = promote_at
     ctx.event("PromotedByUser", f"skipping to step {promote_at + 1} (promotion)")
+
+
+def _spec_problems(spec: CanaryRolloutSpec) -> list[str]:
+    """Checks the schema cannot express, made before anything is touched."""
+    problems = []
+    for n, step in enumerate(spec.steps, start=1):
+        items: list[Step | ParallelItem] = [step, *(step.parallel or [])]
+        for item in items:
+            if item.analysis is not None:
+                problems += [f"step {n}: {e}" for e in analysis.spec_errors(item.analysis)]
+    return problems
 
 
 def _fresh_step_status(step: Step) -> StepStatus:
@@ -712,6 +800,8 @@ def cleanup_failed(
     cleanup.last_error = error
     cleanup.next_attempt_at = iso(now + timedelta(seconds=delay))
     status.message = f"cleanup blocked: {error}; retry {cleanup.attempts} in {delay}s"
+    previous = status.condition("CleanupVerified")
+    since = previous.last_transition_time if previous and previous.status == "False" else iso(now)
     conditions = [c for c in status.conditions or [] if c.type != "CleanupVerified"]
     conditions.append(
         Condition(
@@ -719,7 +809,7 @@ def cleanup_failed(
             status="False",
             reason="CleanupBlocked",
             message=status.message,
-            last_transition_time=iso(now),
+            last_transition_time=since,
             observed_generation=generation,
         )
     )
@@ -756,8 +846,11 @@ def action_failed(rollout: Rollout, obs: Observed, status: CanaryRolloutStatus, 
     phase = ctx.status.phase
     if phase in (Phase.PROGRESSING, Phase.PAUSED):
         index = ctx.status.current_step or 0
-        if ctx.status.steps and index < len(ctx.status.steps):
-            step = ctx.status.steps[index]
+        steps = ctx.status.steps or []
+        if index > 0 and (index >= len(steps) or steps[index].phase == StepPhase.PENDING):
+            index -= 1  # that step finished in the very plan whose action failed
+        if index < len(steps):
+            step = steps[index]
             step.phase = StepPhase.FAILED
             step.finished_at = iso(ctx.now)
             step.message = error

@@ -10,7 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from canary_operator.api.models import CanaryRolloutSpec, CanaryRolloutStatus, JobTemplate
+from canary_operator.api.models import (
+    AnalysisStepSpec,
+    CanaryRolloutSpec,
+    CanaryRolloutStatus,
+    JobTemplate,
+    MeasurementStatus,
+    WebhookSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,14 @@ class RouteView:
 
 
 @dataclass(frozen=True)
+class CheckResult:
+    """The outcome of a webhook call made during this reconcile."""
+
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
     now: datetime
     lock: LockView
@@ -92,6 +107,10 @@ class Observed:
     route: RouteView = RouteView(weight=0)
     jobs: Mapping[str, JobView] = field(default_factory=dict)
     canary_pods: int = 0
+    # Results of calls made in this very reconcile (webhooks, metric measurements),
+    # keyed like the action that asked for them; the machine records them in status.
+    checks: Mapping[str, CheckResult] = field(default_factory=dict)
+    measurements: Mapping[str, MeasurementStatus] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- actions
@@ -154,6 +173,22 @@ class PromoteStable:
 
 
 @dataclass(frozen=True)
+class CallWebhook:
+    key: str
+    webhook: WebhookSpec
+    step_label: str
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Take one measurement of every metric of an analysis step."""
+
+    key: str
+    analysis: AnalysisStepSpec
+    roles: tuple[str, ...]  # canary, and baseline or stable for a statistical judge
+
+
+@dataclass(frozen=True)
 class Emit:
     reason: str
     message: str
@@ -171,8 +206,12 @@ Action = (
     | EnsureJob
     | DeleteJob
     | PromoteStable
+    | CallWebhook
+    | Measure
     | Emit
 )
+
+CHECK_ACTIONS = (CallWebhook, Measure)
 
 
 @dataclass

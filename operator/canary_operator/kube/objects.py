@@ -24,12 +24,37 @@ PROMOTED_BY = "canary-operator.dev/promoted-by"
 FENCING = "canary-operator.dev/fencing-token"
 
 
+def _name_base(spec: CanaryRolloutSpec, room: int) -> str:
+    """The target's name made the start of an RFC 1035 label (letters, digits, '-',
+    starting with a letter) of at most `room` characters: a Service name must be one,
+    a Deployment name (a DNS subdomain) may contain dots."""
+    base = spec.target.deployment.replace(".", "-")
+    if not base[:1].isalpha():
+        base = f"c-{base}"
+    return base[:room].rstrip("-")
+
+
 def canary_name(spec: CanaryRolloutSpec) -> str:
-    return f"{spec.target.deployment[:56]}-canary"
+    """Name of the canary Deployment and Service."""
+    return f"{_name_base(spec, 56)}-canary"
 
 
-def selector_labels(spec: CanaryRolloutSpec) -> dict[str, str]:
-    return {TARGET_LABEL: _label_value(spec.target.deployment), ROLE_LABEL: "canary"}
+def baseline_name(spec: CanaryRolloutSpec) -> str:
+    return f"{_name_base(spec, 54)}-baseline"
+
+
+def selector_labels(spec: CanaryRolloutSpec, role: str = "canary") -> dict[str, str]:
+    return {TARGET_LABEL: _label_value(spec.target.deployment), ROLE_LABEL: role}
+
+
+def target_selector(spec: CanaryRolloutSpec) -> str:
+    """Label selector of everything the operator created for this target."""
+    return f"{TARGET_LABEL}={_label_value(spec.target.deployment)}"
+
+
+def any_role_selector(spec: CanaryRolloutSpec) -> str:
+    """Label selector of every pod/object the operator created for this target."""
+    return f"{TARGET_LABEL}={_label_value(spec.target.deployment)},{ROLE_LABEL}"
 
 
 def _label_value(text: str) -> str:
@@ -105,6 +130,42 @@ def canary_deployment(
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(spec)},
+            "template": template,
+        },
+    }
+
+
+def baseline_deployment(
+    spec: CanaryRolloutSpec,
+    rollout_name: str,
+    rollout_uid: str,
+    namespace: str,
+    target: JsonObj,
+    replicas: int,
+) -> JsonObj:
+    """A fresh Deployment of the *stable* version at the canary's size: the control a
+    statistical judge compares the canary with (both start at the same time)."""
+    template: JsonObj = copy.deepcopy(target["spec"]["template"])
+    labels = dict(template.setdefault("metadata", {}).get("labels") or {})
+    labels.update(selector_labels(spec, "baseline"))
+    labels[ROLLOUT_LABEL] = _label_value(rollout_name)
+    template["metadata"]["labels"] = labels
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": baseline_name(spec),
+            "namespace": namespace,
+            "labels": {
+                **selector_labels(spec, "baseline"),
+                MANAGED_BY: OPERATOR,
+                ROLLOUT_LABEL: _label_value(rollout_name),
+            },
+            "ownerReferences": [owner_reference(rollout_name, rollout_uid)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(spec, "baseline")},
             "template": template,
         },
     }

@@ -171,10 +171,13 @@ class LeaseLock:
         )
         annotations = body["metadata"].setdefault("annotations", {}) or {}
         annotations[HOLDER_ANNOTATION] = me.name
-        annotations[HISTORY_ANNOTATION] = _history(
-            annotations.get(HISTORY_ANNOTATION),
-            {"holder": me.name, "uid": me.uid, "token": transitions, "acquired": now},
-        )
+        history = json.loads(annotations.get(HISTORY_ANNOTATION) or "[]")
+        if history and "released" not in history[-1]:
+            # Taken over from a holder that had ended (or expired) without releasing.
+            history[-1]["released"] = now
+            history[-1]["takenOverBy"] = me.name
+        history.append({"holder": me.name, "uid": me.uid, "token": transitions, "acquired": now})
+        annotations[HISTORY_ANNOTATION] = json.dumps(history[-HISTORY_LENGTH:])
         body["metadata"]["annotations"] = annotations
         try:
             if lease is None:
@@ -229,9 +232,3 @@ class LeaseLock:
         holder = lease["spec"]["holderIdentity"]
         await self.release(namespace, lock_key, holder)
         return lease
-
-
-def _history(raw: str | None, entry: JsonObj) -> str:
-    history = json.loads(raw or "[]")
-    history.append(entry)
-    return json.dumps(history[-HISTORY_LENGTH:])

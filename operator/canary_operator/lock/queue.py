@@ -59,19 +59,26 @@ def newest_waiting(candidates: Iterable[Candidate]) -> Candidate | None:
 def view(
     me: Candidate, candidates: list[Candidate], holder_uid: str | None, lock_free: bool
 ) -> QueueView:
-    """Where `me` stands. `lock_free` means nobody holds the lock or it may be taken over."""
-    queue = order(candidates, holder_uid)
-    superseded_by: str | None = None
-    if me.policy == ConcurrencyPolicy.SUPERSEDE and me.waiting:
-        newest = newest_waiting(candidates)
-        if newest is not None and newest.uid != me.uid:
-            superseded_by = newest.name
-    # Under Supersede the newest waiting rollout jumps ahead of older waiting ones;
-    # rollouts owing a cleanup still go first.
-    if superseded_by is None and me.policy == ConcurrencyPolicy.SUPERSEDE:
-        queue = [c for c in queue if c.owes_cleanup or c.uid == me.uid] + [
-            c for c in queue if not c.owes_cleanup and c.uid != me.uid
-        ]
+    """Where `me` stands. `lock_free` means nobody holds the lock or it may be taken over.
+
+    Every rollout of the lock computes the same order, so at most one sees itself at
+    the head: rollouts owing a cleanup, then waiting ones FIFO, except that waiting
+    rollouts under Supersede that a newer waiting rollout replaces are left out (they
+    end at once), which lets the newest go ahead of them.
+    """
+    newest = newest_waiting(candidates)
+
+    def superseded(c: Candidate) -> bool:
+        return (
+            c.policy == ConcurrencyPolicy.SUPERSEDE
+            and c.waiting
+            and newest is not None
+            and newest.uid != c.uid
+        )
+
+    everyone = order(candidates, holder_uid)
+    superseded_by = newest.name if newest is not None and superseded(me) else None
+    queue = everyone if superseded_by else [c for c in everyone if not superseded(c)]
     position = next((i + 1 for i, c in enumerate(queue) if c.uid == me.uid), 0)
     may_acquire = (
         lock_free
@@ -80,5 +87,8 @@ def view(
         and (me.owes_cleanup or not me.deleting)
     )
     return QueueView(
-        position=position, waiting=len(queue), may_acquire=may_acquire, superseded_by=superseded_by
+        position=position,
+        waiting=len(everyone),
+        may_acquire=may_acquire,
+        superseded_by=superseded_by,
     )
