@@ -7,6 +7,7 @@ by a later rollout that took the lock over) finds them by label, not by memory.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 from canary_operator.api import models
@@ -94,6 +95,55 @@ def new_pod_template(spec: CanaryRolloutSpec, target: JsonObj) -> JsonObj:
     return current
 
 
+def _metadata(
+    spec: CanaryRolloutSpec,
+    role: str,
+    name: str,
+    namespace: str,
+    rollout_name: str,
+    rollout_uid: str,
+) -> JsonObj:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": {
+            **selector_labels(spec, role),
+            MANAGED_BY: OPERATOR,
+            ROLLOUT_LABEL: _label_value(rollout_name),
+        },
+        "ownerReferences": [owner_reference(rollout_name, rollout_uid)],
+    }
+
+
+def _role_deployment(
+    spec: CanaryRolloutSpec,
+    role: str,
+    name: str,
+    namespace: str,
+    rollout_name: str,
+    rollout_uid: str,
+    template: JsonObj,
+    replicas: int,
+    drop_labels: Iterable[str] = (),
+) -> JsonObj:
+    """A Deployment of `role` (canary, baseline) whose selector only matches its own pods."""
+    meta = template.setdefault("metadata", {})
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in drop_labels}
+    labels.update(selector_labels(spec, role))
+    labels[ROLLOUT_LABEL] = _label_value(rollout_name)
+    meta["labels"] = labels
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec, role, name, namespace, rollout_name, rollout_uid),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(spec, role)},
+            "template": template,
+        },
+    }
+
+
 def canary_deployment(
     spec: CanaryRolloutSpec,
     rollout_name: str,
@@ -103,36 +153,20 @@ def canary_deployment(
     service_selector: dict[str, str] | None,
     replicas: int,
 ) -> JsonObj:
-    template = new_pod_template(spec, target)
-    meta = template.setdefault("metadata", {})
-    labels = dict(meta.get("labels") or {})
-    if spec.router_kind == "gatewayAPI" and service_selector:
-        # With a real router the stable Service must not reach canary pods: drop the
-        # labels its selector uses, the canary Service selects ours instead.
-        for key in service_selector:
-            labels.pop(key, None)
-    labels.update(selector_labels(spec))
-    labels[ROLLOUT_LABEL] = _label_value(rollout_name)
-    meta["labels"] = labels
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": canary_name(spec),
-            "namespace": namespace,
-            "labels": {
-                **selector_labels(spec),
-                MANAGED_BY: OPERATOR,
-                ROLLOUT_LABEL: _label_value(rollout_name),
-            },
-            "ownerReferences": [owner_reference(rollout_name, rollout_uid)],
-        },
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector_labels(spec)},
-            "template": template,
-        },
-    }
+    # With a real router the stable Service must not reach canary pods: drop the labels
+    # its selector uses; the canary Service selects ours instead.
+    drop = (service_selector or {}) if spec.router_kind == "gatewayAPI" else {}
+    return _role_deployment(
+        spec,
+        "canary",
+        canary_name(spec),
+        namespace,
+        rollout_name,
+        rollout_uid,
+        new_pod_template(spec, target),
+        replicas,
+        drop,
+    )
 
 
 def baseline_deployment(
@@ -145,30 +179,16 @@ def baseline_deployment(
 ) -> JsonObj:
     """A fresh Deployment of the *stable* version at the canary's size: the control a
     statistical judge compares the canary with (both start at the same time)."""
-    template: JsonObj = copy.deepcopy(target["spec"]["template"])
-    labels = dict(template.setdefault("metadata", {}).get("labels") or {})
-    labels.update(selector_labels(spec, "baseline"))
-    labels[ROLLOUT_LABEL] = _label_value(rollout_name)
-    template["metadata"]["labels"] = labels
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": baseline_name(spec),
-            "namespace": namespace,
-            "labels": {
-                **selector_labels(spec, "baseline"),
-                MANAGED_BY: OPERATOR,
-                ROLLOUT_LABEL: _label_value(rollout_name),
-            },
-            "ownerReferences": [owner_reference(rollout_name, rollout_uid)],
-        },
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector_labels(spec, "baseline")},
-            "template": template,
-        },
-    }
+    return _role_deployment(
+        spec,
+        "baseline",
+        baseline_name(spec),
+        namespace,
+        rollout_name,
+        rollout_uid,
+        copy.deepcopy(target["spec"]["template"]),
+        replicas,
+    )
 
 
 def canary_service(
@@ -198,16 +218,9 @@ def canary_service(
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": canary_name(spec),
-            "namespace": namespace,
-            "labels": {
-                **selector_labels(spec),
-                MANAGED_BY: OPERATOR,
-                ROLLOUT_LABEL: _label_value(rollout_name),
-            },
-            "ownerReferences": [owner_reference(rollout_name, rollout_uid)],
-        },
+        "metadata": _metadata(
+            spec, "canary", canary_name(spec), namespace, rollout_name, rollout_uid
+        ),
         "spec": {"selector": selector_labels(spec), "ports": ports},
     }
 
