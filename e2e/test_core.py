@@ -6,6 +6,7 @@ Each test has its own namespace and its own operator watching only it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from datetime import datetime
@@ -61,7 +62,7 @@ def handoff_seconds(before: dict[str, Any], after: dict[str, Any]) -> float:
 def assert_no_overlap(history: list[dict[str, Any]]) -> None:
     """Each holder released the lock before the next one acquired it."""
     ordered = sorted(history, key=lambda h: h["acquired"])
-    for before, after in zip(ordered, ordered[1:], strict=False):
+    for before, after in itertools.pairwise(ordered):
         assert "released" in before, f"{before['holder']} never released: {history}"
         assert before["released"] <= after["acquired"], f"overlap: {before} / {after}"
 
@@ -354,7 +355,7 @@ def test_two_operators_never_overlap_rollouts(
         )
     bodies = [wait_phase(kube_cluster, namespace, n, "Succeeded", timeout=120) for n in names]
     spans = sorted((b["status"]["startedAt"], b["status"]["completedAt"]) for b in bodies)
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start, f"rollouts overlapped: {spans}"
     history = lease_history(kube_cluster, namespace)
     assert sorted(h["holder"] for h in history) == names
