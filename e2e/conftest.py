@@ -49,7 +49,8 @@ class OperatorProcess:
         self.namespace = namespace
         self.log_path = log_path
         self.env = {**cluster.env(), **(env or {})}
-        self.args = args or []
+        # No HTTP server unless a test asks for one: several operators run at once.
+        self.args = args if args is not None else ["--http-port", "0"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:

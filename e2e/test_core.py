@@ -288,6 +288,50 @@ def test_reject_policy_fails_at_once(
     assert phase_of(kube_cluster, namespace, "holder") == "Paused"
 
 
+def test_blocked_cleanup_keeps_the_lock_until_force_released(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    kube_cluster.apply(m.app("web"), namespace)
+    kube_cluster.apply(
+        m.rollout(
+            "stuck",
+            [{"canary": {}}, m.job_test("broken", fail=True)],
+            cleanup=[m.cleanup_job("never-works", fail=True)],
+            cleanupPolicy={"retryBackoffSeconds": 1, "maxBackoffSeconds": 2},
+        ),
+        namespace,
+    )
+    wait_phase(kube_cluster, namespace, "stuck", {"Progressing", "CleaningUp"}, timeout=30)
+    kube_cluster.apply(m.rollout("next", [{"canary": {}}]), namespace)
+
+    def blocked() -> dict[str, Any] | None:
+        body = get_rollout(kube_cluster, namespace, "stuck")
+        attempts = ((body.get("status") or {}).get("cleanup") or {}).get("attempts", 0)
+        return body if attempts >= 2 else None
+
+    body = wait_for(blocked, 60, message="the cleanup to fail twice")
+    verified = condition(body, "CleanupVerified")
+    assert (verified["status"], verified["reason"]) == ("False", "CleanupBlocked")
+    assert "never-works" in verified["message"]
+    warnings = [
+        e for e in events_of(kube_cluster, namespace, "stuck") if e["reason"] == "CleanupBlocked"
+    ]
+    assert warnings and warnings[0]["type"] == "Warning"
+    # The target is in an unknown state: nothing else may start.
+    assert lease(kube_cluster, namespace)["spec"]["holderIdentity"] == body["metadata"]["uid"]
+    assert phase_of(kube_cluster, namespace, "next") == "Queued"
+
+    kube_cluster.kubectl(
+        "annotate", "cro", "stuck", "-n", namespace, "canary-operator.dev/force-release=true"
+    )
+    ended = wait_phase(kube_cluster, namespace, "stuck", TERMINAL, timeout=30)
+    assert ended["status"]["phase"] == "Failed"
+    assert condition(ended, "CleanupVerified")["reason"] == "ForceReleased"
+    # The next holder cleans the target before its own first step.
+    wait_phase(kube_cluster, namespace, "next", "Succeeded", timeout=60)
+    assert_clean(kube_cluster, namespace)
+
+
 # -------------------------------------------------------------- crash safety
 
 

@@ -17,6 +17,7 @@ from canary_operator.kube.api import Kube, load_config
 from canary_operator.kube.events import EventRecorder
 from canary_operator.lock.lease import LOCK_LABEL, LeaseLock
 from canary_operator.reconciler import Reconciler, RolloutIndex, parse_spec
+from canary_operator.web import RunOptions, Services
 from canary_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -74,24 +75,41 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # Safety between operator replicas comes from the Lease protocol and resourceVersion
     # preconditions, not from kopf peering.
     settings.peering.standalone = True
+    # Least privilege: no runtime list/watch of CRDs and namespaces. The CRD must be
+    # installed before the operator starts; namespaces are given by name (-n).
+    settings.scanning.disabled = True
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 120
     api_client = await load_config()
-    controller = Controller(Kube(api_client))
-    controller.queue.start()
+    kube = Kube(api_client)
+    controller = Controller(kube)
+    # HTTP endpoints, metrics and (optionally) leader election; only the leader
+    # starts the work queue.
+    services = Services(kube, memo.get("options") or RunOptions(http_port=0), controller.queue)
+    controller.reconciler.on_status_written = services.state.metrics.record
     memo["controller"] = controller
     memo["api_client"] = api_client
+    memo["services"] = services
+    await services.start()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    await memo["controller"].queue.stop()
+    await memo["services"].stop()
     await memo["api_client"].close()
 
 
 @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
 async def rollout_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     memo["controller"].on_rollout(event.get("type"), dict(event["object"]))
+
+
+@kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
+async def rollout_metrics(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    """Rollouts by phase, as the watch sees them (also those with no status write)."""
+    meta, status = event["object"]["metadata"], event["object"].get("status") or {}
+    phase = None if event.get("type") == "DELETED" else status.get("phase") or "Pending"
+    memo["services"].state.metrics.observe(meta["namespace"], meta["name"], phase)
 
 
 @kopf.on.event("coordination.k8s.io", "v1", "leases", labels={LOCK_LABEL: "true"})

@@ -102,6 +102,7 @@ def candidate(body: JsonObj) -> Candidate | None:
         phase=Phase(status.get("phase") or Phase.PENDING),
         policy=spec.policy,
         deleting=bool(meta.get("deletionTimestamp")),
+        queued_at=status.get("queuedAt") or "~",
     )
 
 

@@ -414,7 +414,11 @@ class Sim:
         if was.run in self.started_runs and ended and not was.phase.terminal:
             # Invariant 2: a started run ends only after a verified cleanup.
             assert was.phase == Phase.CLEANING_UP, f"run {was.run} ended from {was.phase}"
-            assert is_true(now, "CleanupVerified")
+            # ...unless a human forced the lock free (the documented escape hatch).
+            forced = rollout.annotations.get("canary-operator.dev/force-release") == "true"
+            assert is_true(now, "CleanupVerified") or (
+                forced and condition(now, "CleanupVerified").reason == "ForceReleased"
+            )
         post = [a for a in result.actions if isinstance(a, ReleaseLock | RemoveFinalizer)]
         self.world.apply(post)
         if was.run in self.started_runs and ended and not was.phase.terminal:
@@ -1236,6 +1240,25 @@ def test_failed_cleanup_job_backs_off_and_keeps_the_lock() -> None:
     sim.finish(limit=40)
     assert sim.phase() == Phase.ABORTED and is_true(sim.status, "CleanupVerified")
     assert cleanup_of(sim).last_error is None
+
+
+def test_force_release_ends_a_blocked_cleanup_and_frees_the_lock() -> None:
+    sim = cleaning(
+        abort,
+        cleanup=[cleanup_job("notify")],
+        world=World(results={"c1-a0": False}),
+    )
+    sim.run_until(lambda s: attempts(s) == 1)
+    assert sim.world.holder == ME
+    sim.annotate("canary-operator.dev/force-release", "true")
+    result = sim.tick()
+    assert sim.phase() == Phase.ABORTED
+    assert of_type(result.actions, ReleaseLock)
+    verified = condition(sim.status, "CleanupVerified")
+    assert (verified.status, verified.reason) == ("False", "ForceReleased")
+    forced = [e for e in of_type(result.actions, Emit) if e.reason == "ForceReleased"]
+    assert forced and forced[0].warning and "notify" in forced[0].message
+    assert sim.world.holder is None
 
 
 def test_unreadable_route_blocks_the_cleanup() -> None:

@@ -689,6 +689,11 @@ class CanaryRolloutStatus(StatusModel):
     outcome: Outcome | None = None
     cleanup: CleanupStatus | None = None
     steps: list[StepStatus] | None = None
+    queued_at: str | None = Field(
+        default=None,
+        description="When the operator queued this run (microseconds): orders rollouts "
+        "created within the same second.",
+    )
     started_at: str | None = None
     deadline_at: str | None = None
     paused_at: str | None = None

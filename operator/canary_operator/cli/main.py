@@ -11,8 +11,10 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     import canary_operator.handlers  # noqa: F401  (registers the kopf handlers)
+    from canary_operator.web import RunOptions
 
-    kopf.configure(verbose=args.verbose)
+    log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(verbose=args.verbose, log_format=log_format)
     if not args.verbose:  # one line per watch event is noise; our own logs tell the story
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces = args.namespace or []
@@ -21,8 +23,23 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=namespaces,
         standalone=True,
         liveness_endpoint=args.liveness,
+        memo=kopf.Memo(
+            options=RunOptions(
+                http_port=args.http_port,
+                http_host=args.http_host,
+                leader_elect=args.leader_elect,
+                leader_namespace=args.leader_election_namespace,
+                leader_name=args.leader_election_id,
+            )
+        ),
     )
     return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    from canary_operator.cli.wait import run
+
+    return run(args)
 
 
 def _crds(_: argparse.Namespace) -> int:
@@ -54,8 +71,42 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
+    run.add_argument(
+        "--http-port",
+        type=int,
+        default=8080,
+        help="serve /healthz, /readyz, /metrics and /status/NS/NAME here (0: off)",
+    )
+    run.add_argument("--http-host", default="0.0.0.0", help="address to serve HTTP on")
+    run.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run the controller only while holding the leader Lease (for several replicas)",
+    )
+    run.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="namespace of the leader Lease (default: POD_NAMESPACE, else the pod's)",
+    )
+    run.add_argument(
+        "--leader-election-id", default="canary-operator-leader", help="name of the leader Lease"
+    )
+    run.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="json: one object a line"
+    )
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
+
+    from canary_operator.cli.wait import add_arguments
+
+    wait = sub.add_parser(
+        "wait",
+        help="wait until a rollout's current spec has finished (Spinnaker Run Job); "
+        "exit 0 Succeeded, 1 other end, 2 timeout/error",
+    )
+    add_arguments(wait)
+    wait.set_defaults(func=_wait)
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinition")
     crds.set_defaults(func=_crds)

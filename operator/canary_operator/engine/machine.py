@@ -58,6 +58,9 @@ from canary_operator.traffic.base import plan_weight
 RESUME_ANNOTATION = "canary-operator.dev/resume"
 RETRY_ANNOTATION = "canary-operator.dev/retry"
 PROMOTE_ANNOTATION = "canary-operator.dev/promote"  # = run number: skip to promotion
+# For humans, when a cleanup can never finish: give the lock up without a verified
+# cleanup. The next holder cleans the target before its first step.
+FORCE_RELEASE_ANNOTATION = "canary-operator.dev/force-release"
 
 # Polling is only a safety net: progress is driven by watch events on the rollout,
 # its Deployments, Jobs and the Lease. These bound how stale a missed event can leave us.
@@ -234,6 +237,7 @@ def _pending(ctx: _Context) -> None:
             f"target Deployment {rollout.spec.target.deployment!r} not found",
         )
         return
+    status.queued_at = ctx.now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     ctx.enter(Phase.QUEUED, f"waiting for lock {obs.lock.name}")
     ctx.set_condition("Progressing", True, "Queued", status.message or "")
     ctx.plan.requeue(0)
@@ -399,6 +403,9 @@ def _cleaning_up(ctx: _Context) -> None:
     cleanup = status.cleanup or CleanupStatus(started_at=iso(ctx.now))
     status.cleanup = cleanup
     _record_queue(ctx)
+    if ctx.rollout.annotations.get(FORCE_RELEASE_ANNOTATION) == "true":
+        _force_release(ctx)
+        return
     if not obs.lock.held:
         # Cleanup touches the target: it waits for the lock like a step would.
         status.message = f"cleanup waiting for lock {obs.lock.name} ({obs.lock.holder})"
@@ -776,6 +783,22 @@ def _decide(ctx: _Context, result: Result, message: str) -> None:
         warning=result != Result.SUCCEEDED,
     )
     ctx.plan.requeue(0)
+
+
+def _force_release(ctx: _Context) -> None:
+    """A human gave up on this cleanup: end the run unverified and free the lock."""
+    cleanup = ctx.status.cleanup
+    assert cleanup is not None and ctx.status.outcome is not None
+    why = f"cleanup not verified ({cleanup.last_error or 'forced'}); lock force-released"
+    cleanup.stage = "ForceReleased"
+    cleanup.finished_at = iso(ctx.now)
+    ctx.set_condition("CleanupVerified", False, "ForceReleased", why)
+    ctx.event("ForceReleased", f"{why} by annotation {FORCE_RELEASE_ANNOTATION}", warning=True)
+    if ctx.obs.lock.held:
+        ctx.act(ReleaseLock())
+        ctx.event("LockReleased", f"released lock {ctx.obs.lock.name} (forced)", warning=True)
+    ctx.status.outcome.message += f"; {why}"
+    _finish(ctx, ctx.status.outcome)
 
 
 def _cleanup_failed(ctx: _Context, error: str) -> None:

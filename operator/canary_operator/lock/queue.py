@@ -21,6 +21,13 @@ class Candidate:
     phase: Phase
     policy: ConcurrencyPolicy = ConcurrencyPolicy.QUEUE
     deleting: bool = False
+    # creationTimestamp has whole seconds: within one second, the order the operator
+    # queued them in (microseconds; "~" sorts after any time, for not yet queued).
+    queued_at: str = "~"
+
+    @property
+    def arrival(self) -> tuple[str, str, str]:
+        return (self.created, self.queued_at, self.name)
 
     @property
     def owes_cleanup(self) -> bool:
@@ -48,12 +55,12 @@ def order(candidates: Iterable[Candidate], holder_uid: str | None) -> list[Candi
     wanting = [
         c for c in candidates if c.active and c.uid != holder_uid and not (c.waiting and c.deleting)
     ]
-    return sorted(wanting, key=lambda c: (not c.owes_cleanup, c.created, c.name))
+    return sorted(wanting, key=lambda c: (not c.owes_cleanup, *c.arrival))
 
 
 def newest_waiting(candidates: Iterable[Candidate]) -> Candidate | None:
     waiting = [c for c in candidates if c.waiting and not c.deleting]
-    return max(waiting, key=lambda c: (c.created, c.name), default=None)
+    return max(waiting, key=lambda c: c.arrival, default=None)
 
 
 def view(

@@ -1,0 +1,680 @@
+"""`kubectl canary`: look at and steer CanaryRollouts.
+
+Installed as the executable `kubectl-canary`, so kubectl finds it as a plugin.
+Every command talks to the API like kubectl does (--kubeconfig, --context,
+-n/--namespace) and prints errors as one line with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from canary_operator.api import models
+from canary_operator.api.models import CanaryRolloutSpec, Phase
+from canary_operator.cli import client, wait
+from canary_operator.cli.client import CliError, Session
+from canary_operator.kube.api import JsonObj, path
+from canary_operator.lock import queue
+from canary_operator.lock.lease import HISTORY_ANNOTATION, HOLDER_ANNOTATION, lease_name
+from canary_operator.lock.queue import Candidate
+from canary_operator.rollout_view import (
+    PROMOTE_ANNOTATION,
+    RESET_LABEL,
+    RESUME_ANNOTATION,
+    RETRY_ANNOTATION,
+    TERMINAL,
+    effective_phase,
+    settled,
+)
+
+MARKS = {"Succeeded": "[x]", "Running": "[>]", "Failed": "[!]", "Cancelled": "[-]"}
+PENDING_MARK = "[ ]"
+LEGEND = "[x] done  [>] running  [ ] pending  [!] failed  [-] cancelled"
+Command = Callable[[Session, argparse.Namespace], Awaitable[int]]
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def _age(timestamp: str | None, now: datetime | None = None) -> str:
+    if not timestamp:
+        return "-"
+    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    seconds = int(((now or datetime.now(UTC)) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit != "m" else 1):
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _spec(body: JsonObj) -> CanaryRolloutSpec | None:
+    try:
+        return CanaryRolloutSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return None
+
+
+def _phase(body: JsonObj) -> str:
+    return str((body.get("status") or {}).get("phase") or "Pending")
+
+
+STEP_KINDS = ("canary", "setWeight", "pause", "test", "parallel", "analysis", "promote")
+
+
+def step_kind(step: JsonObj) -> str:
+    return next((k for k in STEP_KINDS if k in step), "?")
+
+
+def describe_step(step: JsonObj) -> str:
+    """A short text for one spec step (its kind and main parameter), from the raw spec
+    so that a plugin older or newer than the operator still shows every step."""
+    kind = step_kind(step)
+    if kind == "canary":
+        replicas = int((step["canary"] or {}).get("replicas", 1))
+        return f"canary {replicas} pod{'s' if replicas != 1 else ''}"
+    if kind == "setWeight":
+        return f"setWeight {step['setWeight']}%"
+    if kind == "pause":
+        duration = (step["pause"] or {}).get("duration")
+        return f"pause {duration}" if duration else "pause (until resumed)"
+    if kind == "parallel":
+        return f"parallel ({len(step['parallel'] or [])})"
+    if kind == "test":
+        return "test job" if (step["test"] or {}).get("job") else "test webhook"
+    return kind
+
+
+def _raw_steps(body: JsonObj) -> list[JsonObj]:
+    steps: list[JsonObj] = (body.get("spec") or {}).get("steps") or []
+    return steps
+
+
+def _indefinite_pause(body: JsonObj, index: int | None) -> bool:
+    steps = _raw_steps(body)
+    if index is None or index >= len(steps):
+        return False
+    items = [steps[index], *(steps[index].get("parallel") or [])]
+    return any("pause" in i and not (i["pause"] or {}).get("duration") for i in items)
+
+
+async def _events(session: Session, namespace: str, name: str, uid: str) -> list[JsonObj]:
+    selector = f"involvedObject.kind={models.KIND},involvedObject.name={name}"
+    result = await client.call(
+        session,
+        session.kube.request(
+            "GET", path("", "v1", "events", namespace), query={"fieldSelector": selector}
+        ),
+    )
+    items = [e for e in result.get("items", []) if e["involvedObject"].get("uid") in (uid, None)]
+    return sorted(items, key=lambda e: int(e["metadata"].get("resourceVersion") or 0))
+
+
+async def _patch(session: Session, body: JsonObj, patch: JsonObj) -> JsonObj:
+    meta = body["metadata"]
+    result: JsonObj = await client.call(
+        session,
+        session.kube.merge_patch(client.rollout_path(meta["namespace"], meta["name"]), patch),
+    )
+    return result
+
+
+async def _patch_read(
+    session: Session, body: JsonObj, annotations: dict[str, str | None], spec: JsonObj
+) -> JsonObj:
+    """Annotations whose value was computed from `body` (a run number): written only if
+    the rollout has not changed since it was read (409 otherwise)."""
+    meta = {"annotations": annotations, "resourceVersion": body["metadata"]["resourceVersion"]}
+    return await _patch(session, body, {"metadata": meta, "spec": spec})
+
+
+# --------------------------------------------------------------------- status
+
+
+def render_status(body: JsonObj, events: list[JsonObj] | None = None, max_events: int = 10) -> str:
+    """The `status` screen: summary, steps with marks, queue, outcome, events."""
+    meta, status = body["metadata"], body.get("status") or {}
+    spec: JsonObj = body.get("spec") or {}
+    lines: list[str] = []
+
+    def field(label: str, value: object) -> None:
+        lines.append(f"{label + ':':<13}{value}")
+
+    field("Name", f"{meta['name']}  (namespace {meta['namespace']})")
+    target = (spec.get("target") or {}).get("deployment", "?")
+    router = "gatewayAPI" if (spec.get("trafficRouting") or {}).get("gatewayAPI") else "replicas"
+    lock = spec.get("lockGroup") or target
+    field("Target", f"deployment/{target}  router {router}  lock {lock}")
+    phase = effective_phase(body)
+    shown_phase = phase if phase == _phase(body) else f"{phase} (operator has not seen the spec)"
+    field("Phase", f"{shown_phase}  run {status.get('run', 0)}")
+    if status.get("message"):
+        field("Message", status["message"])
+    if status.get("stepLabel"):
+        field("Step", status["stepLabel"])
+    field("Weight", f"{status['weight']}% to canary" if status.get("weight") is not None else "-")
+    lines.append(_queue_line(status))
+    if spec.get("paused"):
+        field("Paused", "yes (spec.paused); resume with: kubectl canary resume " + meta["name"])
+    outcome = status.get("outcome")
+    if outcome:
+        failed = f", failed step {outcome['failedStep']}" if outcome.get("failedStep") else ""
+        field("Outcome", f"{outcome['result']}{failed}: {outcome.get('message', '')}")
+    lines.append("")
+    lines.append(f"Steps  {LEGEND}")
+    lines.extend(_step_lines(_raw_steps(body), status))
+    cleanup = status.get("cleanup")
+    if cleanup:
+        lines.append("")
+        text = f"stage {cleanup.get('stage', '-')}, attempts {cleanup.get('attempts', 0)}"
+        if cleanup.get("lastError"):
+            text += f", last error: {cleanup['lastError']}"
+        if cleanup.get("finishedAt"):
+            text += f", finished {cleanup['finishedAt']}"
+        field("Cleanup", text)
+    lines.extend(_analysis_lines(status))
+    conditions = status.get("conditions") or []
+    if conditions:
+        lines.append("")
+        field(
+            "Conditions",
+            "  ".join(f"{c['type']}={c['status']} ({c.get('reason', '')})" for c in conditions),
+        )
+    if events is not None:
+        lines.append("")
+        lines.append(f"Events (last {min(len(events), max_events)} of {len(events)}):")
+        for event in events[-max_events:]:
+            stamp = (event.get("lastTimestamp") or event.get("eventTime") or "")[11:19]
+            lines.append(
+                f"  {stamp:<8}  {event.get('type', ''):<7}  {event.get('reason', ''):<20}  "
+                f"{event.get('message', '')}"
+            )
+        if not events:
+            lines.append("  <none>")
+    return "\n".join(lines)
+
+
+def _queue_line(status: JsonObj) -> str:
+    q = status.get("queue")
+    label = "Queue:       "
+    if not q:
+        return label + ("-" if _terminal(status) else "not queued yet")
+    lock = q.get("lock", "?")
+    waiting = int(q.get("waiting") or 0)
+    if int(q.get("position") or 0) == 0 and q.get("holder"):
+        return f"{label}holding {lock} ({waiting} waiting)"
+    holder = q.get("holder")
+    held = f"held by {holder} ({q.get('holderPhase') or '?'})" if holder else "free"
+    return f"{label}position {q.get('position')} of {waiting} for {lock}, {held}"
+
+
+def _terminal(status: JsonObj) -> bool:
+    return status.get("phase") in TERMINAL
+
+
+def _step_lines(spec_steps: list[JsonObj], status: JsonObj) -> list[str]:
+    recorded: list[JsonObj] = status.get("steps") or []
+    lines = []
+    for i in range(max(len(spec_steps), len(recorded))):
+        st = recorded[i] if i < len(recorded) else {}
+        step = spec_steps[i] if i < len(spec_steps) else {}
+        name = step.get("name") or st.get("name") or step_kind(step)
+        what = describe_step(step) if step else st.get("kind", "")
+        phase = st.get("phase", "Pending")
+        mark = MARKS.get(phase, PENDING_MARK)
+        message = st.get("message") or ""
+        lines.append(f"  {mark} {i + 1:>2}. {name:<22} {what:<22} {phase:<10} {message}".rstrip())
+        children = st.get("children") or []
+        items: list[JsonObj] = step.get("parallel") or []
+        for n in range(max(len(children), len(items))):
+            child = children[n] if n < len(children) else {}
+            item = items[n] if n < len(items) else {}
+            cname = child.get("name") or item.get("name") or f"item {n + 1}"
+            ckind = child.get("kind") or step_kind(item)
+            cphase = child.get("phase", "Pending")
+            cmark = MARKS.get(cphase, PENDING_MARK)
+            cmsg = child.get("message") or ""
+            lines.append(f"        {cmark} {cname:<20} {ckind:<20} {cphase:<10} {cmsg}".rstrip())
+    return lines
+
+
+def _analysis_lines(status: JsonObj) -> list[str]:
+    """Analysis verdicts of the steps (and parallel items) that ran an analysis."""
+    found: list[tuple[str, JsonObj]] = []
+    for i, step in enumerate(status.get("steps") or []):
+        for holder in [step, *(step.get("children") or [])]:
+            if isinstance(holder.get("analysis"), dict):
+                found.append((f"step {i + 1} {holder.get('name', '')}", holder["analysis"]))
+    if not found:
+        return []
+    lines = ["", "Analysis:"]
+    for where, analysis in found:
+        head = f"  {where}: {analysis.get('phase', '?')}"
+        if analysis.get("score") is not None:
+            head += f"  score {analysis['score']:g}"
+        if analysis.get("classification"):
+            head += f" ({analysis['classification']})"
+        if analysis.get("message"):
+            head += f"  {analysis['message']}"
+        lines.append(head)
+        lines.extend(f"      {_metric_verdict(m)}" for m in analysis.get("metrics") or [])
+    return lines
+
+
+def _metric_verdict(metric: JsonObj) -> str:
+    """One metric: its verdict, then counts (thresholds) or ratio and CI (statistical)."""
+    parts = [f"{metric.get('name', '?'):<20}", f"{metric.get('verdict', '?'):<12}"]
+    counts = [
+        f"{metric[k]} {label}"
+        for k, label in (
+            ("successful", "ok"),
+            ("failed", "failed"),
+            ("inconclusive", "inconclusive"),
+            ("noData", "no data"),
+        )
+        if metric.get(k) is not None
+    ]
+    if counts:
+        parts.append(", ".join(counts))
+    if metric.get("lastValue") is not None:
+        parts.append(f"last {metric['lastValue']:g}")
+    if metric.get("ratio") is not None:
+        parts.append(f"ratio {metric['ratio']:g}")
+    if metric.get("lowerCI") is not None and metric.get("upperCI") is not None:
+        parts.append(f"CI [{metric['lowerCI']:g}, {metric['upperCI']:g}]")
+    if metric.get("message"):
+        parts.append(str(metric["message"]))
+    return "  ".join(parts)
+
+
+# -------------------------------------------------------------------- commands
+
+
+async def cmd_list(session: Session, args: argparse.Namespace) -> int:
+    namespace = None if args.all_namespaces else session.namespace
+    items = await client.list_rollouts(session, namespace)
+    if not items:
+        where = "any namespace" if namespace is None else f"namespace {namespace}"
+        print(f"No canaryrollouts in {where}.")
+        return 0
+    header = ["NAME", "TARGET", "PHASE", "STEP", "WEIGHT", "QUEUE", "AGE"]
+    if namespace is None:
+        header.insert(0, "NAMESPACE")
+    rows = [header]
+    for body in sorted(items, key=lambda b: (b["metadata"]["namespace"], b["metadata"]["name"])):
+        meta, status = body["metadata"], body.get("status") or {}
+        weight = status.get("weight")
+        row = [
+            meta["name"],
+            str((body.get("spec") or {}).get("target", {}).get("deployment", "?")),
+            effective_phase(body),
+            str(status.get("stepLabel") or "-"),
+            f"{weight}%" if weight is not None else "-",
+            str(status.get("queueLabel") or "-"),
+            _age(meta.get("creationTimestamp")),
+        ]
+        if namespace is None:
+            row.insert(0, meta["namespace"])
+        rows.append(row)
+    print(_table(rows))
+    return 0
+
+
+async def cmd_status(session: Session, args: argparse.Namespace) -> int:
+    body = await client.get_rollout(session, args.name)
+    meta = body["metadata"]
+    events = await _events(session, meta["namespace"], meta["name"], meta["uid"])
+    print(render_status(body, events, args.events))
+    return 0
+
+
+def _step_states(body: JsonObj) -> dict[str, str]:
+    states: dict[str, str] = {}
+    for i, st in enumerate((body.get("status") or {}).get("steps") or []):
+        states[f"step {i + 1} {st.get('name', '')}"] = str(st.get("phase", "Pending"))
+        for child in st.get("children") or []:
+            states[f"step {i + 1}.{child.get('name', '')}"] = str(child.get("phase", "Pending"))
+    return states
+
+
+async def cmd_watch(session: Session, args: argparse.Namespace) -> int:
+    tty = sys.stdout.isatty() and not args.plain
+    shown = ""
+    steps: dict[str, str] = {}
+    last: JsonObj | None = None
+
+    async def follow() -> None:
+        nonlocal shown, steps, last
+        async for body in client.follow(session, args.name):
+            last = body
+            if tty:
+                print("\x1b[H\x1b[2J" + render_status(body), flush=True)
+            else:
+                line = wait.progress_line(body)
+                if line != shown:
+                    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+                    shown = line
+                now = _step_states(body)
+                for key, phase in now.items():
+                    if steps.get(key, "Pending") != phase:
+                        print(f"{time.strftime('%H:%M:%S')}   {key}: {phase}", flush=True)
+                steps = now
+            if settled(body):
+                return
+
+    timeout = models.parse_duration(args.timeout).total_seconds() if args.timeout else None
+    try:
+        await asyncio.wait_for(follow(), timeout)
+    except TimeoutError:
+        print(f"error: {args.name} did not finish within {args.timeout}", file=sys.stderr)
+        return 2
+    assert last is not None
+    phase = effective_phase(last)
+    outcome = (last.get("status") or {}).get("outcome") or {}
+    result, message = outcome.get("result", ""), outcome.get("message", "")
+    print(f"{args.name} finished: {phase} ({result}: {message})")
+    return 0 if phase == "Succeeded" else 1
+
+
+async def cmd_abort(session: Session, args: argparse.Namespace) -> int:
+    body = await client.get_rollout(session, args.name)
+    if _phase(body) in TERMINAL:
+        print(f"canaryrollout/{args.name} already finished ({_phase(body)}); nothing to abort")
+        return 0
+    await _patch(session, body, {"spec": {"abort": True}})
+    print(f"canaryrollout/{args.name} abort requested; its cleanup runs next")
+    return 0
+
+
+async def _unfinished(session: Session, name: str, verb: str) -> JsonObj:
+    """The rollout, or a CliError when it has ended (nothing to `verb`)."""
+    body = await client.get_rollout(session, name)
+    if _phase(body) in TERMINAL:
+        raise CliError(f"canaryrollout/{name} is {_phase(body)}; there is nothing to {verb}")
+    return body
+
+
+async def cmd_pause(session: Session, args: argparse.Namespace) -> int:
+    body = await _unfinished(session, args.name, "pause")
+    await _patch(session, body, {"spec": {"paused": True}})
+    print(f"canaryrollout/{args.name} paused (spec.paused=true)")
+    return 0
+
+
+async def cmd_resume(session: Session, args: argparse.Namespace) -> int:
+    body = await _unfinished(session, args.name, "resume")
+    current = (body.get("status") or {}).get("currentStep")
+    patch: JsonObj = {"spec": {"paused": False}}
+    done = ["spec.paused=false"]
+    if _indefinite_pause(body, current):
+        assert current is not None
+        patch["metadata"] = {"annotations": {RESUME_ANNOTATION: str(current + 1)}}
+        done.append(f"pause step {current + 1} released")
+    await _patch(session, body, patch)
+    print(f"canaryrollout/{args.name} resumed ({', '.join(done)})")
+    return 0
+
+
+async def cmd_promote(session: Session, args: argparse.Namespace) -> int:
+    body = await client.get_rollout(session, args.name)
+    phase = _phase(body)
+    if phase in TERMINAL or phase == Phase.CLEANING_UP:
+        raise CliError(f"canaryrollout/{args.name} is {phase}; only a running rollout is promoted")
+    run = (body.get("status") or {}).get("run") or 1
+    await _patch_read(session, body, {PROMOTE_ANNOTATION: str(run)}, {"paused": False})
+    print(f"canaryrollout/{args.name} run {run}: skipping the remaining steps to promotion")
+    return 0
+
+
+async def cmd_retry(session: Session, args: argparse.Namespace) -> int:
+    body = await client.get_rollout(session, args.name)
+    phase = _phase(body)
+    if phase not in TERMINAL:
+        raise CliError(
+            f"canaryrollout/{args.name} is {phase}; retry starts a new run of a finished one"
+        )
+    run = int((body.get("status") or {}).get("run") or 0) + 1
+    # The resume annotation names a step, not a run: a stale one would let the new run
+    # skip its pause steps.
+    annotations = {RETRY_ANNOTATION: str(run), RESUME_ANNOTATION: None}
+    await _patch_read(session, body, annotations, {"abort": False})
+    print(f"canaryrollout/{args.name} retry requested: run {run} starts (it queues for the lock)")
+    return 0
+
+
+def _candidates(items: list[JsonObj], lock_key: str) -> list[tuple[Candidate, JsonObj]]:
+    found = []
+    for body in items:
+        spec = _spec(body)
+        if spec is None or spec.lock_key != lock_key:
+            continue
+        meta = body["metadata"]
+        found.append(
+            (
+                Candidate(
+                    name=meta["name"],
+                    uid=meta["uid"],
+                    created=meta.get("creationTimestamp", ""),
+                    phase=Phase(_phase(body)),
+                    policy=spec.policy,
+                    deleting=bool(meta.get("deletionTimestamp")),
+                ),
+                body,
+            )
+        )
+    return found
+
+
+async def cmd_lock(session: Session, args: argparse.Namespace) -> int:
+    ns = session.namespace
+    name = lease_name(args.target)
+    lease = await client.call(
+        session, session.kube.get(path("coordination.k8s.io", "v1", "leases", ns, name))
+    )
+    found = _candidates(await client.list_rollouts(session, ns), args.target)
+    candidates = [c for c, _ in found]
+    spec = (lease or {}).get("spec") or {}
+    annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
+    holder_uid = spec.get("holderIdentity")
+    by_uid = {c.uid: c for c in candidates}
+    print(f"Lock:       {name}  (namespace {ns}, key {args.target})")
+    if lease is None:
+        print("Holder:     none (no rollout has taken this lock yet)")
+    elif not holder_uid:
+        print(f"Holder:     none (free; {spec.get('leaseTransitions', 0)} acquisitions so far)")
+    else:
+        holder = by_uid.get(holder_uid)
+        who = annotations.get(HOLDER_ANNOTATION) or holder_uid
+        phase = holder.phase.value if holder else "not found: may be taken over"
+        print(f"Holder:     {who} ({phase})  token {spec.get('leaseTransitions', 0)}")
+        acquired, renewed = spec.get("acquireTime", "-"), spec.get("renewTime", "-")
+        print(f"            acquired {acquired}, renewed {renewed}")
+    waiting = [
+        (queue.view(c, candidates, holder_uid, lock_free=False), c)
+        for c in queue.order(candidates, holder_uid)
+    ]
+    waiting.sort(key=lambda pair: pair[0].position)
+    print(f"Waiting:    {len(waiting) or 'none'}")
+    for view, c in waiting:
+        note = f"  superseded by {view.superseded_by}" if view.superseded_by else ""
+        owes = "  (owes a cleanup)" if c.owes_cleanup else ""
+        print(
+            f"  {view.position}. {c.name:<30} {c.phase.value:<12} {c.policy.value:<9} "
+            f"created {c.created}{owes}{note}"
+        )
+    history = json.loads(annotations.get(HISTORY_ANNOTATION) or "[]")
+    if history:
+        print(f"History (last {min(len(history), args.history)}):")
+        for entry in history[-args.history :]:
+            released = entry.get("released") or "holding"
+            print(
+                f"  token {entry.get('token', '?'):>3}  {entry.get('holder', '?'):<30} "
+                f"acquired {entry.get('acquired', '-')}  released {released}"
+            )
+    return 0
+
+
+async def cmd_reset(session: Session, args: argparse.Namespace) -> int:
+    ns = session.namespace
+    target = await client.call(
+        session, session.kube.get(path("apps", "v1", "deployments", ns, args.target))
+    )
+    if target is None:
+        raise CliError(f'deployment "{args.target}" not found in namespace "{ns}"')
+    previous = [
+        b
+        for b in await client.list_rollouts(session, ns)
+        if (b.get("spec") or {}).get("target", {}).get("deployment") == args.target
+        and not (b["metadata"].get("labels") or {}).get(RESET_LABEL)
+    ]
+    previous.sort(key=lambda b: b["metadata"].get("creationTimestamp", ""))
+    template = previous[-1]["spec"] if previous else {"target": {"deployment": args.target}}
+    spec: JsonObj = {
+        "target": template["target"],
+        "images": [
+            {"container": c["name"], "image": c["image"]}
+            for c in target["spec"]["template"]["spec"]["containers"]
+        ],
+        "steps": [{"name": "reset", "pause": {"duration": "0s"}}],
+    }
+    for key in ("lockGroup", "trafficRouting"):
+        if key in template:
+            spec[key] = template[key]
+    if args.service:
+        spec["target"] = {**spec["target"], "service": args.service}
+    if args.http_route:
+        spec["trafficRouting"] = {"gatewayAPI": {"httpRoute": args.http_route}}
+        spec["target"] = {"service": args.target, **spec["target"]}
+    lock_key = spec.get("lockGroup") or args.target
+    name = f"reset-{args.target[:40].rstrip('-.')}-{secrets.token_hex(3)}"
+    body = {
+        "apiVersion": f"{models.GROUP}/{models.VERSION}",
+        "kind": models.KIND,
+        "metadata": {"name": name, "namespace": ns, "labels": {RESET_LABEL: "true"}},
+        "spec": spec,
+    }
+    await client.call(session, session.kube.create(client.rollout_path(ns), body))
+    print(
+        f"canaryrollout/{name} created: built-in cleanup of {args.target} under lock "
+        f"{lease_name(lock_key)}"
+    )
+    if args.no_wait:
+        return 0
+    timeout = models.parse_duration(args.timeout).total_seconds()
+    waited = await wait.wait_settled(session, name, ns, timeout, sys.stdout)
+    last = waited.body
+    if not waited.done or last is None:
+        print(
+            f"error: the reset did not finish within {args.timeout}; see: kubectl canary "
+            f"status {name}",
+            file=sys.stderr,
+        )
+        return 2
+    status = last.get("status") or {}
+    verified: JsonObj = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "CleanupVerified"), {}
+    )
+    recovered = (status.get("lock") or {}).get("recoveredFrom")
+    print(
+        f"reset of {args.target}: {effective_phase(last)}"
+        + (f"; took the lock over from {recovered}" if recovered else "")
+    )
+    print(f"cleanup verified: {verified.get('status', 'Unknown')} ({verified.get('message', '')})")
+    return 0 if effective_phase(last) == "Succeeded" else 1
+
+
+# ------------------------------------------------------------------------ main
+
+
+def _connection_args(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("-n", "--namespace", default=default, help="namespace (default: context's)")
+    parser.add_argument("--kubeconfig", default=default, help="path to a kubeconfig")
+    parser.add_argument("--context", default=default, help="kubeconfig context")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubectl canary", description=__doc__.split("\n")[0])
+    _connection_args(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Command, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _connection_args(p, suppress=True)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("list", cmd_list, "list rollouts (phase, step, weight, queue)")
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p = command("status", cmd_status, "steps, weight, queue, outcome and events of a rollout")
+    p.add_argument("name")
+    p.add_argument("--events", type=int, default=10, help="how many recent events to show")
+    p = command("watch", cmd_watch, "follow a rollout until it ends (exit 0 only on Succeeded)")
+    p.add_argument("name")
+    p.add_argument("--timeout", default=None, help="give up after this long (exit 2)")
+    p.add_argument("--plain", action="store_true", help="line by line even on a terminal")
+    for name, func, help_ in (
+        ("abort", cmd_abort, "stop a rollout (spec.abort); its cleanup runs"),
+        ("pause", cmd_pause, "hold a rollout at its current step (spec.paused)"),
+        ("resume", cmd_resume, "continue a paused rollout, or release its pause step"),
+        ("promote", cmd_promote, "skip the remaining steps to promotion"),
+        ("retry", cmd_retry, "start a new run of a finished rollout"),
+    ):
+        command(name, func, help_).add_argument("name")
+    p = command("lock", cmd_lock, "who holds a target's lock, who waits, and its history")
+    p.add_argument("target", help="lock key: the target Deployment or spec.lockGroup")
+    p.add_argument("--history", type=int, default=10, help="history entries to show")
+    p = command("reset", cmd_reset, "run a target's built-in cleanup under its lock")
+    p.add_argument("target", help="the target Deployment")
+    p.add_argument("--timeout", default="10m", help="how long to wait for the reset")
+    p.add_argument("--no-wait", action="store_true", help="create the reset rollout and exit")
+    p.add_argument(
+        "--http-route",
+        help="the target's HTTPRoute (gatewayAPI routing); default: as the target's last rollout",
+    )
+    p.add_argument("--service", help="the target's stable Service; default: as its last rollout")
+    help_ = "wait for a rollout's current spec to end (the Spinnaker waiter)"
+    p = sub.add_parser("wait", help=help_, description=help_)
+    _connection_args(p, suppress=True)
+    wait.add_arguments(p, connection=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "wait":
+        return wait.run(args)
+    for option in ("timeout",):
+        value = getattr(args, option, None)
+        if value:
+            try:
+                models.parse_duration(value)
+            except ValueError as exc:
+                print(f"error: --{option}: {exc}", file=sys.stderr)
+                return 2
+
+    async def run() -> int:
+        session = client.track(await client.connect(args.kubeconfig, args.context, args.namespace))
+        result: int = await args.func(session, args)
+        return result
+
+    return client.run(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The operator's HTTP endpoints (aiohttp).
+
+- `/healthz`: the process and its event loop answer;
+- `/readyz`: the controller has started its work queue (or, under leader election,
+  this replica is a warm standby);
+- `/metrics`: Prometheus text format (see `metrics.py`);
+- `/status/{namespace}/{name}`: read-only `{"phase": ...}` for a Spinnaker Webhook
+  stage polling with `statusJsonPath: $.phase`; `Pending` until the operator has
+  seen the rollout's current generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from canary_operator.api import models
+from canary_operator.kube.api import JsonObj, Kube, path
+from canary_operator.leader import LeaderElector, default_namespace
+from canary_operator.metrics import Metrics
+from canary_operator.rollout_view import effective_phase, outcome_properties, settled
+from canary_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+Lookup = Callable[[str, str], Awaitable[JsonObj | None]]
+STARTING, RUNNING, STANDBY, STOPPING = "starting", "running", "standby", "stopping"
+
+
+@dataclass
+class RunOptions:
+    """How `canary-operator run` serves and elects (passed to the startup handler)."""
+
+    http_port: int = 8080
+    http_host: str = "0.0.0.0"
+    leader_elect: bool = False
+    leader_namespace: str | None = None
+    leader_name: str = "canary-operator-leader"
+
+
+@dataclass
+class WebState:
+    metrics: Metrics = field(default_factory=Metrics)
+    lookup: Lookup | None = None
+    mode: str = STARTING
+
+    def set_mode(self, mode: str) -> None:
+        self.mode = mode
+        self.metrics.leader = 1.0 if mode == RUNNING else 0.0
+
+
+def status_document(body: JsonObj) -> dict[str, Any]:
+    """The Webhook stage's view of a rollout: one scalar `phase`, plus details."""
+    meta, status = body["metadata"], body.get("status") or {}
+    props = outcome_properties(body)
+    return {
+        "phase": effective_phase(body),
+        "done": settled(body),
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "generation": meta.get("generation"),
+        "observedGeneration": status.get("observedGeneration"),
+        "run": status.get("run"),
+        "step": status.get("stepLabel"),
+        "weight": status.get("weight"),
+        "queue": status.get("queueLabel"),
+        "reason": props["REASON"] or None,
+        "failedStep": status.get("outcome", {}).get("failedStep"),
+        "failedStepName": props["FAILED_STEP_NAME"] or None,
+        "message": status.get("message"),
+    }
+
+
+def build_app(state: WebState) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if state.mode in (RUNNING, STANDBY):
+            return web.Response(text=f"ok ({state.mode})\n")
+        return web.Response(status=503, text=f"not ready ({state.mode})\n")
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=state.metrics.render().encode(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def status(request: web.Request) -> web.Response:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if state.lookup is None:
+            return web.json_response({"phase": "Unknown", "error": "not started"}, status=503)
+        try:
+            body = await state.lookup(namespace, name)
+        except ApiException as exc:
+            code = exc.status if exc.status in (401, 403) else 502
+            return web.json_response(
+                {"phase": "Unknown", "error": f"API error {exc.status}: {exc.reason}"}, status=code
+            )
+        except Exception as exc:
+            log.warning("status endpoint: reading %s/%s failed: %s", namespace, name, exc)
+            return web.json_response({"phase": "Unknown", "error": str(exc)}, status=502)
+        if body is None:
+            return web.json_response(
+                {"phase": "NotFound", "name": name, "namespace": namespace}, status=404
+            )
+        return web.json_response(status_document(body))
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status/{namespace}/{name}", status)
+    return app
+
+
+class WebServer:
+    """Runs the app on host:port; a port already taken is logged, not fatal."""
+
+    def __init__(self, state: WebState, host: str, port: int) -> None:
+        self.state = state
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> bool:
+        runner = web.AppRunner(build_app(self.state), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except OSError as exc:
+            log.error("cannot serve HTTP on %s:%d: %s", self.host, self.port, exc)
+            await runner.cleanup()
+            return False
+        self._runner = runner
+        log.info("serving /healthz /readyz /metrics /status on %s:%d", self.host, self.port)
+        return True
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class Services:
+    """What runs around the controller's work queue: the HTTP endpoints and, when
+    asked for, leader election (only the leader starts the queue)."""
+
+    def __init__(self, kube: Kube, options: RunOptions, work: WorkQueue) -> None:
+        self.kube = kube
+        self.options = options
+        self.work = work
+        self.state = WebState(lookup=self._lookup)
+        self.server: WebServer | None = None
+        self.elector: LeaderElector | None = None
+        self._stopping: asyncio.Future[None] | None = None
+
+    async def _lookup(self, namespace: str, name: str) -> JsonObj | None:
+        rollout = path(models.GROUP, models.VERSION, models.PLURAL, namespace, name)
+        return await self.kube.get(rollout)
+
+    async def start(self) -> None:
+        if self.options.http_port:
+            self.server = WebServer(self.state, self.options.http_host, self.options.http_port)
+            await self.server.start()
+        if not self.options.leader_elect:
+            self._lead()
+            return
+        self.elector = LeaderElector(
+            self.kube,
+            self.options.leader_namespace or default_namespace(),
+            self.options.leader_name,
+            on_started=self._lead,
+            on_lost=self._lost,
+        )
+        self.state.set_mode(STANDBY)
+        self.elector.start()
+
+    def _lead(self) -> None:
+        self.work.start()
+        self.state.set_mode(RUNNING)
+
+    def _lost(self) -> None:
+        """Stop working at once, then exit (SIGTERM: kopf shuts down, the pod restarts)."""
+        self.state.set_mode(STOPPING)
+        self._stopping = asyncio.ensure_future(self.work.stop())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def stop(self) -> None:
+        self.state.set_mode(STOPPING)
+        await self.work.stop()
+        if self.elector is not None:
+            await self.elector.stop()
+        if self.server is not None:
+            await self.server.stop()
