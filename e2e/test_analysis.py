@@ -24,7 +24,8 @@ from e2e.conftest import (
     stable_image,
     wait_phase,
 )
-from tests.harness.cluster import Cluster
+from tests.harness.cluster import Cluster, wait_for
+from tests.harness.prometheus import PrometheusError
 
 pytestmark = pytest.mark.cluster
 
@@ -34,6 +35,7 @@ LATENCY = "app_latency_seconds"
 
 def set_health(prometheus: Any, canary_errors: float, canary_latency: float) -> None:
     exporter = prometheus.exporter
+    exporter.clear()  # the server is shared by the session: drop other tests' series
     for role, errors, latency in (
         ("canary", canary_errors, canary_latency),
         ("baseline", 0.01, 0.100),
@@ -41,8 +43,15 @@ def set_health(prometheus: Any, canary_errors: float, canary_latency: float) -> 
     ):
         exporter.set(ERRORS, {"role": role}, errors)
         exporter.set(LATENCY, {"role": role}, latency)
-    # Prometheus must have scraped these numbers before an analysis reads them.
-    prometheus.wait_for_value(f'{ERRORS}{{role="canary"}}', lambda v: v == canary_errors, 30)
+    # Prometheus must have scraped exactly these numbers before an analysis reads them
+    # (until the next scrape marks the old series stale, a query sees several).
+    query = f'{ERRORS}{{role="canary"}}'
+    wait_for(
+        lambda: prometheus.value(query) == canary_errors,
+        30,
+        ignore=(PrometheusError,),
+        message=f"{query} == {canary_errors}",
+    )
 
 
 def aca_example(address: str) -> str:
@@ -93,6 +102,10 @@ def test_degraded_canary_fails_first_analysis(
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and "error-rate" in failed["message"]
     assert stable_image(kube_cluster, namespace) == "registry.example.com/web:1.0"
+    baseline_events = kube_cluster.get_json(
+        "events", "-n", namespace, "--field-selector", "involvedObject.name=web-baseline"
+    )["items"]
+    assert baseline_events, "the example runs a baseline beside the canary"
     assert canary_objects(kube_cluster, namespace) == []  # canary and baseline gone
     assert not lease(kube_cluster, namespace)["spec"].get("holderIdentity")
 

@@ -164,7 +164,7 @@ def test_pause_and_resume(
     assert "spec.paused=false" in resumed and "pause step 2 released" in resumed
     body = get_rollout(kube_cluster, namespace, "web-v1")
     assert body["spec"]["paused"] is False
-    assert body["metadata"]["annotations"]["canary-operator.dev/resume"] == "2"
+    assert body["metadata"]["annotations"]["canary-operator.dev/resume"] == "2@1"
     wait_phase(kube_cluster, namespace, "web-v1", "Succeeded")
     assert stable_image(kube_cluster, namespace) == NEW
 

@@ -848,7 +848,10 @@ def test_pause_without_duration_waits_for_the_resume_annotation() -> None:
     sim.annotate(RESUME_ANNOTATION, "1")  # another step's number: not this one
     sim.tick()
     assert sim.phase() == Phase.PAUSED
-    sim.annotate(RESUME_ANNOTATION, "2")
+    sim.annotate(RESUME_ANNOTATION, "2@7")  # this step, but of another run
+    sim.tick()
+    assert sim.phase() == Phase.PAUSED
+    sim.annotate(RESUME_ANNOTATION, f"2@{sim.status.run}")
     sim.tick(seconds=5)
     assert sim.phase() == Phase.PROGRESSING and sim.status.current_step == 2
     assert _step(sim, 1).message == "resumed"

@@ -423,7 +423,8 @@ async def cmd_resume(session: Session, args: argparse.Namespace) -> int:
     done = ["spec.paused=false"]
     if _indefinite_pause(body, current):
         assert current is not None
-        patch["metadata"] = {"annotations": {RESUME_ANNOTATION: str(current + 1)}}
+        run = (body.get("status") or {}).get("run") or 1
+        patch["metadata"] = {"annotations": {RESUME_ANNOTATION: f"{current + 1}@{run}"}}
         done.append(f"pause step {current + 1} released")
     await _patch(session, body, patch)
     print(f"canaryrollout/{args.name} resumed ({', '.join(done)})")

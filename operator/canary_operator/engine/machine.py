@@ -520,10 +520,7 @@ def _leaf(
                 return True, f"paused {item.pause.duration}"
             ctx.plan.requeue((until - ctx.now).total_seconds())
             return None
-        wanted = str((ctx.status.current_step or 0) + 1)
-        if ctx.rollout.annotations.get(RESUME_ANNOTATION) == wanted:
-            return True, "resumed"
-        return None
+        return (True, "resumed") if _resumed(ctx) else None
     if item.test is not None and item.test.webhook is not None:
         return _webhook(ctx, suffix, item.test.webhook, label)
     if item.test is not None:
@@ -540,9 +537,7 @@ def _leaf(
         return None
     assert item.analysis is not None and st.started_at is not None
     st.analysis = st.analysis or AnalysisStatus()
-    resumed = ctx.rollout.annotations.get(RESUME_ANNOTATION) == str(
-        (ctx.status.current_step or 0) + 1
-    )
+    resumed = _resumed(ctx)
     progress = analysis.progress(
         item.analysis,
         st.analysis,
@@ -558,6 +553,14 @@ def _leaf(
         ctx.plan.requeue(progress.requeue)
     ctx.waiting_for_resume = ctx.waiting_for_resume or progress.waiting_for_resume
     return progress.result
+
+
+def _resumed(ctx: _Context) -> bool:
+    """The resume annotation names the current step: "N", or "N@RUN" to hold only in
+    that run (what `kubectl canary resume` writes, so a later run does not inherit it)."""
+    value = ctx.rollout.annotations.get(RESUME_ANNOTATION, "")
+    step, _, run = value.partition("@")
+    return step == str((ctx.status.current_step or 0) + 1) and run in ("", str(ctx.status.run))
 
 
 def _webhook(ctx: _Context, key: str, webhook: WebhookSpec, label: str) -> StepResult:
