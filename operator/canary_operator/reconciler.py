@@ -551,6 +551,10 @@ class Reconciler:
         status = body.get("status") or {}
         if status.get("phase") in {p.value for p in models.TERMINAL_PHASES}:
             return
+        if status.get("phase") not in (None, Phase.PENDING.value, Phase.QUEUED.value):
+            # A run that started owes its cleanup, which needs a readable spec: keep
+            # retrying (with backoff) and say why, rather than end without the finally.
+            raise ValueError(f"spec no longer readable by this operator: {exc}")
         message = "; ".join(
             f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )[:1000]
