@@ -116,7 +116,8 @@ class LeaseLock:
                 free = True
                 stale_holder = holder_name or holder_uid
         holder_candidate = by_uid.get(holder_uid or "")
-        qv = queue.view(me, candidates, None if free else holder_uid, free)
+        # The holder (live, or expired and about to lose the lock) is not in the queue.
+        qv = queue.view(me, candidates, holder_uid, free)
         view = LockView(
             name=name,
             holder=None if free else (holder_name or holder_uid),
