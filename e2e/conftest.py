@@ -198,7 +198,7 @@ def events_of(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any
         "--field-selector",
         f"involvedObject.kind=CanaryRollout,involvedObject.name={name}",
     )["items"]
-    return sorted(items, key=lambda e: (e.get("lastTimestamp") or "", e["metadata"]["name"]))
+    return sorted(items, key=lambda e: e.get("eventTime") or e.get("lastTimestamp") or "")
 
 
 def canary_objects(cluster: Cluster, namespace: str) -> list[str]:

@@ -26,7 +26,9 @@ else
 fi
 
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-name=$(kubectl create --dry-run=client -f "$example" -o jsonpath='{range .items[?(@.kind=="CanaryRollout")]}{.metadata.name}{end}' 2>/dev/null || true)
+name=$(.venv/bin/python -c 'import sys, yaml
+print(next(d["metadata"]["name"] for d in yaml.safe_load_all(open(sys.argv[1]))
+           if d and d.get("kind") == "CanaryRollout"))' "$example")
 kubectl delete -n "$ns" -f "$example" --ignore-not-found --wait=true >/dev/null
 kubectl apply -n "$ns" -f "$example"
 echo
@@ -46,8 +48,9 @@ echo
 kubectl get cro -n "$ns"
 echo
 echo "Events:"
-kubectl get events -n "$ns" --field-selector "involvedObject.name=$name" \
-  --sort-by=.lastTimestamp -o custom-columns=REASON:.reason,MESSAGE:.message | tail -n 25
+uid=$(kubectl get cro "$name" -n "$ns" -o jsonpath='{.metadata.uid}')
+kubectl get events -n "$ns" --field-selector "involvedObject.uid=$uid" \
+  --sort-by=.eventTime -o custom-columns=REASON:.reason,MESSAGE:.message | tail -n 25
 echo
 echo "Cluster and operator are still running: . .cluster/env; kubectl get cro -A"
 echo "Stop both with: make cluster-down"

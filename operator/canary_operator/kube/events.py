@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 from datetime import UTC, datetime
 
 from canary_operator.api import models
@@ -16,11 +17,13 @@ class EventRecorder:
     def __init__(self, kube: Kube, component: str = "canary-operator") -> None:
         self.kube = kube
         self.component = component
+        self.instance = socket.gethostname()
 
     async def emit(
         self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool
     ) -> None:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        moment = datetime.now(UTC)
+        now = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -40,6 +43,11 @@ class EventRecorder:
             "count": 1,
             "source": {"component": self.component},
             "reportingComponent": self.component,
+            # Microseconds: several events often fall in one second, and timestamps in
+            # seconds would leave their order to chance (`kubectl events` sorts on this).
+            "eventTime": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "reportingInstance": self.instance,
+            "action": reason,
         }
         log.info("%s/%s %s: %s", namespace, name, reason, message)
         try:
