@@ -6,50 +6,9 @@ from __future__ import annotations
 import copy
 from typing import Any, cast
 
-from canary_operator.kube.api import Conflict, Kube
+from canary_operator.kube.api import Kube
 from canary_operator.leader import LeaderElector
-
-
-class FakeApi:
-    """get/create/replace with optimistic concurrency, like the API server."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[str, Any]] = {}
-        self.version = 0
-
-    def _stamp(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.version += 1
-        body = copy.deepcopy(body)
-        body["metadata"]["resourceVersion"] = str(self.version)
-        return body
-
-    async def get(self, path: str) -> dict[str, Any] | None:
-        found = self.objects.get(path)
-        return copy.deepcopy(found) if found else None
-
-    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        full = f"{path}/{body['metadata']['name']}"
-        if full in self.objects:
-            raise Conflict("exists")
-        self.objects[full] = self._stamp(body)
-        return copy.deepcopy(self.objects[full])
-
-    async def replace(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        current = self.objects.get(path)
-        if current is None or current["metadata"]["resourceVersion"] != body["metadata"].get(
-            "resourceVersion"
-        ):
-            raise Conflict("changed")
-        self.objects[path] = self._stamp(body)
-        return copy.deepcopy(self.objects[path])
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.harness.fake_api import Clock, FakeApi
 
 
 def elector(api: FakeApi, clock: Clock, name: str, events: list[str]) -> LeaderElector:

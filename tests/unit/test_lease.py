@@ -3,7 +3,6 @@ preconditions like the real one (the real API is exercised by the e2e suite)."""
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -13,47 +12,9 @@ from canary_operator.api.models import Phase
 from canary_operator.kube.api import Conflict
 from canary_operator.lock.lease import LEASE_DURATION_SECONDS, LeaseLock, lease_name
 from canary_operator.lock.queue import Candidate
+from tests.harness.fake_api import Clock, FakeApi
 
 NS = "ns"
-
-
-class FakeKube:
-    """Leases only: GET/POST/PUT with optimistic concurrency."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[str, Any]] = {}
-        self.rv = 0
-
-    def _bump(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.rv += 1
-        body["metadata"]["resourceVersion"] = str(self.rv)
-        return copy.deepcopy(body)
-
-    async def get(self, path: str) -> dict[str, Any] | None:
-        found = self.objects.get(path)
-        return copy.deepcopy(found) if found else None
-
-    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        full = f"{path}/{body['metadata']['name']}"
-        if full in self.objects:
-            raise Conflict("exists")
-        self.objects[full] = copy.deepcopy(body)
-        return self._bump(self.objects[full])
-
-    async def replace(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        current = self.objects[path]
-        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
-            raise Conflict("stale resourceVersion")
-        self.objects[path] = copy.deepcopy(body)
-        return self._bump(self.objects[path])
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def rollout(name: str, created: str, phase: Phase = Phase.QUEUED) -> Candidate:
@@ -65,15 +26,15 @@ async def alive(namespace: str, name: str, uid: str) -> bool:
 
 
 @pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
+def kube() -> FakeApi:
+    return FakeApi()
 
 
-def lease_of(kube: FakeKube) -> dict[str, Any]:
+def lease_of(kube: FakeApi) -> dict[str, Any]:
     return next(iter(kube.objects.values()))
 
 
-async def test_first_in_queue_acquires_and_others_wait(kube: FakeKube) -> None:
+async def test_first_in_queue_acquires_and_others_wait(kube: FakeApi) -> None:
     lock = LeaseLock(kube, Clock())  # type: ignore[arg-type]
     a, b = rollout("a", "2026-01-01T00:00:00Z"), rollout("b", "2026-01-01T00:00:01Z")
     view_b = await lock.observe(NS, "web", b, [a, b], True, alive)
@@ -86,7 +47,7 @@ async def test_first_in_queue_acquires_and_others_wait(kube: FakeKube) -> None:
 
 
 async def test_a_live_holder_is_taken_over_only_after_its_lease_stood_still(
-    kube: FakeKube,
+    kube: FakeApi,
 ) -> None:
     clock = Clock()
     a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
@@ -107,7 +68,7 @@ async def test_a_live_holder_is_taken_over_only_after_its_lease_stood_still(
     assert history[0]["takenOverBy"] == "b"
 
 
-async def test_a_renewal_restarts_the_expiry_count(kube: FakeKube) -> None:
+async def test_a_renewal_restarts_the_expiry_count(kube: FakeApi) -> None:
     clock = Clock()
     a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
     b = rollout("b", "2026-01-01T00:00:01Z")
@@ -123,7 +84,7 @@ async def test_a_renewal_restarts_the_expiry_count(kube: FakeKube) -> None:
     assert (await waiter.observe(NS, "web", b, [a, b], True, alive)).held
 
 
-async def test_a_gone_or_ended_holder_is_taken_over_at_once(kube: FakeKube) -> None:
+async def test_a_gone_or_ended_holder_is_taken_over_at_once(kube: FakeApi) -> None:
     a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
     b = rollout("b", "2026-01-01T00:00:01Z")
     lock = LeaseLock(kube, Clock())  # type: ignore[arg-type]
@@ -136,7 +97,7 @@ async def test_a_gone_or_ended_holder_is_taken_over_at_once(kube: FakeKube) -> N
     assert taken.held and taken.recovered_from == "a"
 
 
-async def test_only_one_of_two_racing_writers_wins(kube: FakeKube) -> None:
+async def test_only_one_of_two_racing_writers_wins(kube: FakeApi) -> None:
     a, b = rollout("a", "2026-01-01T00:00:00Z"), rollout("b", "2026-01-01T00:00:00Z")
     first, second = LeaseLock(kube, Clock()), LeaseLock(kube, Clock())  # type: ignore[arg-type]
     await first.observe(NS, "web", a, [a], True, alive)
@@ -155,7 +116,7 @@ async def test_only_one_of_two_racing_writers_wins(kube: FakeKube) -> None:
     assert not (await second.observe(NS, "web", b, [a, b], True, alive)).held
 
 
-async def test_release_only_by_the_holder_and_records_it(kube: FakeKube) -> None:
+async def test_release_only_by_the_holder_and_records_it(kube: FakeApi) -> None:
     a = rollout("a", "2026-01-01T00:00:00Z")
     lock = LeaseLock(kube, Clock())  # type: ignore[arg-type]
     await lock.observe(NS, "web", a, [a], True, alive)

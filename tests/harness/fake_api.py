@@ -1,0 +1,52 @@
+"""An in-memory stand-in for the few API calls the lock and leader election make:
+get/create/replace with resourceVersion preconditions, the only API behaviour those
+protocols rely on (the real API server is exercised by the e2e suite)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from canary_operator.kube.api import Conflict
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.version = 0
+
+    def _stamp(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        body = copy.deepcopy(body)
+        body["metadata"]["resourceVersion"] = str(self.version)
+        return body
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        found = self.objects.get(path)
+        return copy.deepcopy(found) if found else None
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        full = f"{path}/{body['metadata']['name']}"
+        if full in self.objects:
+            raise Conflict("exists")
+        self.objects[full] = self._stamp(body)
+        return copy.deepcopy(self.objects[full])
+
+    async def replace(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        current = self.objects.get(path)
+        if current is None or current["metadata"]["resourceVersion"] != body["metadata"].get(
+            "resourceVersion"
+        ):
+            raise Conflict("changed")
+        self.objects[path] = self._stamp(body)
+        return copy.deepcopy(self.objects[path])
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
