@@ -490,9 +490,6 @@ class CanaryRolloutSpec(ApiModel):
     paused: bool = Field(default=False, description="Hold the rollout at its current step.")
     abort: bool = Field(default=False, description="Stop the rollout; cleanup runs.")
 
-    def step_at(self, index: int) -> Step:
-        return self.steps[index]
-
     @property
     def lock_key(self) -> str:
         return self.lock_group or self.target.deployment

@@ -30,10 +30,6 @@ def _reason(data: bytes, default: str | None) -> str:
         return default or ""
 
 
-def is_status(exc: BaseException, *codes: int) -> bool:
-    return isinstance(exc, ApiException) and exc.status in codes
-
-
 async def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster config when running in a pod, else the kubeconfig."""
     try:

@@ -223,13 +223,3 @@ class LeaseLock:
         await self.kube.replace(self._path(namespace, name), body)  # Conflict: caller retries
         self._renewed.pop((namespace, name), None)
         return True
-
-    async def force_release(self, namespace: str, lock_key: str) -> JsonObj | None:
-        """For humans (`kubectl canary reset`/annotation): clear the holder, whoever it is."""
-        name = lease_name(lock_key)
-        lease = await self.kube.get(self._path(namespace, name))
-        if lease is None or not lease.get("spec", {}).get("holderIdentity"):
-            return None
-        holder = lease["spec"]["holderIdentity"]
-        await self.release(namespace, lock_key, holder)
-        return lease
