@@ -36,6 +36,9 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+# One Direction for the API and the judge: a metric's direction passes straight through.
+from canary_operator.api.models import Direction
+
 __all__ = [
     "CONFIDENCE_LEVEL",
     "NODATA_FAIL_PERCENT",
@@ -74,12 +77,6 @@ _SORT_CUTOFF = 4096
 
 class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class Direction(StrEnum):
-    INCREASE = "increase"
-    DECREASE = "decrease"
-    EITHER = "either"
 
 
 class NanStrategy(StrEnum):
