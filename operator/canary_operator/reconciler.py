@@ -567,21 +567,14 @@ class Reconciler:
             completed_at=now,
             conditions=[
                 models.Condition(
-                    type="Failed",
-                    status="True",
+                    type=type_,
+                    status=value,
                     reason="InvalidSpec",
                     message=message,
                     last_transition_time=now,
                     observed_generation=body["metadata"].get("generation"),
-                ),
-                models.Condition(
-                    type="Completed",
-                    status="False",
-                    reason="InvalidSpec",
-                    message=message,
-                    last_transition_time=now,
-                    observed_generation=body["metadata"].get("generation"),
-                ),
+                )
+                for type_, value in (("Failed", "True"), ("Completed", "False"))
             ],
         )
         await self._write_status(body, failed)
