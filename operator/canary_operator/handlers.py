@@ -12,10 +12,12 @@ from typing import Any
 import kopf
 
 from canary_operator.api import models
+from canary_operator.api.models import Phase
+from canary_operator.checks.inflight import CheckRunner
 from canary_operator.kube import objects
 from canary_operator.kube.api import Kube, load_config
 from canary_operator.kube.events import EventRecorder
-from canary_operator.lock.lease import LOCK_LABEL, LeaseLock
+from canary_operator.lock.lease import LOCK_KEY_ANNOTATION, LOCK_LABEL, LeaseLock
 from canary_operator.reconciler import Reconciler, RolloutIndex, parse_spec
 from canary_operator.web import RunOptions, Services
 from canary_operator.workqueue import WorkQueue
@@ -24,16 +26,39 @@ log = logging.getLogger(__name__)
 
 
 class Controller:
-    def __init__(self, kube: Kube) -> None:
+    """The work queue and what runs beside it, apart from reconciles: the lease
+    renewer and the background checks. Started and stopped as one (by the leader)."""
+
+    def __init__(self, kube: Kube, workers: int = 8) -> None:
         self.kube = kube
         self.index = RolloutIndex()
-        self.reconciler = Reconciler(kube, LeaseLock(kube), self.index, EventRecorder(kube))
-        self.queue = WorkQueue(lambda key: self.reconciler.reconcile(*key))
+        self.lock = LeaseLock(kube)
+        self.checks = CheckRunner(wake=self.wake)
+        self.reconciler = Reconciler(kube, self.lock, self.index, EventRecorder(kube), self.checks)
+        self.queue = WorkQueue(lambda key: self.reconciler.reconcile(*key), workers=workers)
+        self.lock.renewer.on_lost = self.wake
+        self.lock.renewer.holder_active = self.index.active
+        # (namespace, lease) -> (holder uid, token) last seen: renewals wake nobody.
+        self._lease_holders: dict[tuple[str, str], tuple[str | None, int]] = {}
+
+    def start(self) -> None:
+        self.lock.renewer.start()
+        self.queue.start()
+
+    async def stop(self) -> None:
+        await self.queue.stop()
+        await self.checks.stop()
+        await self.lock.renewer.stop()
+
+    def wake(self, namespace: str, name: str) -> None:
+        self.queue.add((namespace, name))
 
     def on_rollout(self, event_type: str | None, body: dict[str, Any]) -> None:
         self.index.update(body, deleted=event_type == "DELETED")
         if event_type != "DELETED":
             self.queue.add((body["metadata"]["namespace"], body["metadata"]["name"]))
+        else:
+            self.checks.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         # A rollout that changed phase may unblock others sharing its lock.
         self.wake_lock_group(body)
 
@@ -47,14 +72,26 @@ class Controller:
             if other["metadata"]["name"] != body["metadata"]["name"]:
                 self.queue.add((ns, other["metadata"]["name"]))
 
-    def on_lease(self, body: dict[str, Any]) -> None:
-        """A lock changed hands: wake every rollout that shares it (event-driven handoff)."""
-        ns = body["metadata"]["namespace"]
-        key = (body["metadata"].get("annotations") or {}).get("canary-operator.dev/lock-key")
+    def on_lease(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A lock changed hands: wake the rollouts that share it (event-driven handoff).
+        A renewal changes nothing anyone waits for, so it wakes nobody."""
+        self.lock.renewer.seen(body)
+        meta = body["metadata"]
+        ns = meta["namespace"]
+        spec = body.get("spec") or {}
+        holder = (
+            None if event_type == "DELETED" else spec.get("holderIdentity") or None,
+            int(spec.get("leaseTransitions") or 0),
+        )
+        if self._lease_holders.get((ns, meta["name"])) == holder:
+            return
+        self._lease_holders[(ns, meta["name"])] = holder
+        key = (meta.get("annotations") or {}).get(LOCK_KEY_ANNOTATION)
         if key is None:
             return
         for other in self.index.sharing_lock(ns, key):
-            self.queue.add((ns, other["metadata"]["name"]))
+            if not Phase((other.get("status") or {}).get("phase") or "Pending").terminal:
+                self.queue.add((ns, other["metadata"]["name"]))
 
     def on_owned(self, body: dict[str, Any]) -> None:
         """A canary Deployment or a Job changed: reconcile the rollout it belongs to."""
@@ -85,7 +122,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     controller = Controller(kube)
     # HTTP endpoints, metrics and (optionally) leader election; only the leader
     # starts the work queue.
-    services = Services(kube, memo.get("options") or RunOptions(http_port=0), controller.queue)
+    services = Services(kube, memo.get("options") or RunOptions(http_port=0), controller)
     controller.reconciler.on_status_written = services.state.metrics.record
     memo["controller"] = controller
     memo["api_client"] = api_client
@@ -114,7 +151,7 @@ async def rollout_metrics(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
 
 @kopf.on.event("coordination.k8s.io", "v1", "leases", labels={LOCK_LABEL: "true"})
 async def lease_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    memo["controller"].on_lease(dict(event["object"]))
+    memo["controller"].on_lease(event.get("type"), dict(event["object"]))
 
 
 @kopf.on.event("apps", "v1", "deployments")

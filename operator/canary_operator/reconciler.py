@@ -1,13 +1,19 @@
 """One reconcile of one rollout: observe, plan (pure), act, write status.
 
 This is the only place that joins the state machine to the API. Order matters:
-side effects first, then the status write (with a resourceVersion precondition), and
-only after the status is durably terminal: release the lock and drop the finalizer.
+side effects first (each write to the target preceded by a fencing check that the
+run still holds its lock), then the status write (with a resourceVersion
+precondition), then the Events of that transition (so a transition whose write was
+lost is never announced), and only after the status is durably terminal: release
+the lock and drop the finalizer.
+
+Nothing here waits on a user endpoint: webhook calls and measurements are started
+in the background (checks/inflight.py) and their answers come back as observations,
+so a reconcile costs API round trips only, whatever the endpoints do.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
@@ -38,10 +44,12 @@ from canary_operator.api.models import (
     parse_duration,
 )
 from canary_operator.api.models import MetricProvider as MetricProviderSpec
+from canary_operator.checks.inflight import CheckRunner, RunRef
 from canary_operator.checks.webhook import resolve_headers, run_webhook
 from canary_operator.engine import machine
 from canary_operator.engine.types import (
     CHECK_ACTIONS,
+    TARGET_EFFECTS,
     Action,
     AddFinalizer,
     CallWebhook,
@@ -52,6 +60,7 @@ from canary_operator.engine.types import (
     EnsureCanary,
     EnsureJob,
     JobView,
+    LockView,
     Measure,
     Observed,
     Plan,
@@ -75,8 +84,16 @@ from canary_operator.traffic.replicas import ReplicasRouter
 log = logging.getLogger(__name__)
 
 FINALIZER = "canary-operator.dev/cleanup"
-LOCK_HELD_REQUEUE = 8.0  # the holder renews its Lease at least this often
 TRANSIENT = (ApiException, Conflict, aiohttp.ClientError, TimeoutError, OSError)
+
+
+class LockLost(Exception):
+    """The fencing check before a write found the lock no longer held by this run."""
+
+
+class RetryLater(Exception):
+    """An API call failed in a way a retry may cure; the status says so, the work
+    queue retries with backoff."""
 
 
 def rollout_path(namespace: str, name: str | None = None) -> str:
@@ -112,9 +129,15 @@ class RolloutIndex:
     def __init__(self) -> None:
         # (namespace, name) -> (body, lock key, target Deployment); unreadable specs skipped
         self._entries: dict[tuple[str, str], tuple[JsonObj, str, str]] = {}
+        self._phases: dict[tuple[str, str], tuple[str, Phase]] = {}  # -> (uid, phase)
 
     def update(self, body: JsonObj, deleted: bool = False) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if deleted:
+            self._phases.pop(key, None)
+        else:
+            phase = (body.get("status") or {}).get("phase") or Phase.PENDING.value
+            self._phases[key] = (body["metadata"]["uid"], Phase(phase))
         try:
             spec = parse_spec(body)
         except ValidationError:
@@ -123,6 +146,14 @@ class RolloutIndex:
             self._entries.pop(key, None)
         else:
             self._entries[key] = (body, spec.lock_key, spec.target.deployment)
+
+    def active(self, namespace: str, uid: str) -> bool:
+        """Whether the rollout with this uid exists (as last seen) and has not ended."""
+        return any(
+            u == uid and not phase.terminal
+            for (ns, _), (u, phase) in list(self._phases.items())
+            if ns == namespace
+        )
 
     def sharing_lock(self, namespace: str, lock_key: str) -> list[JsonObj]:
         return [
@@ -150,12 +181,18 @@ StatusHook = Callable[[str, str, CanaryRolloutStatus | None, CanaryRolloutStatus
 
 class Reconciler:
     def __init__(
-        self, kube: Kube, lock: LeaseLock, index: RolloutIndex, events: EventRecorder
+        self,
+        kube: Kube,
+        lock: LeaseLock,
+        index: RolloutIndex,
+        events: EventRecorder,
+        checks: CheckRunner,
     ) -> None:
         self.kube = kube
         self.lock = lock
         self.index = index
         self.events = events
+        self.checks = checks
         # Called after each status write: (namespace, name, old status, new status).
         self.on_status_written: StatusHook | None = None
 
@@ -165,6 +202,7 @@ class Reconciler:
         """Returns seconds until the next reconcile is wanted (None: wait for events)."""
         body = await self.kube.get(rollout_path(namespace, name))
         if body is None:
+            self.checks.forget(namespace, name)
             return None
         self.index.update(body)
         meta = body["metadata"]
@@ -188,69 +226,105 @@ class Reconciler:
             has_finalizer=FINALIZER in (meta.get("finalizers") or []),
             annotations=meta.get("annotations") or {},
         )
+        ref = RunRef(namespace, name, rollout.uid, status.run)
         targets = await self._read_targets(rollout)
-        obs = await self._observe(rollout, body, targets)
-        result, post = await self._plan_and_act(rollout, obs, targets, body)
+        obs = await self._observe(rollout, body, targets, ref)
+        result, retry_error = await self._plan_and_act(rollout, obs, targets, body, ref)
         written = await self._write_status(body, result.status)
         if written is None:
             return 0.5  # lost a race with another writer: re-read and decide again
         if self.on_status_written is not None and written is not body:
             self.on_status_written(namespace, name, status, result.status)
-        for action in post:
-            await self._execute(action, rollout, obs, targets, written)
-        return self._next(result, obs.lock.held)
+        # The transition is durable: announce it, and drop the answers it recorded.
+        for action in result.actions:
+            if isinstance(action, Emit):
+                await self._emit(rollout, action)
+        self.checks.retain(
+            RunRef(namespace, name, rollout.uid, result.status.run),
+            {a.key for a in result.actions if isinstance(a, CHECK_ACTIONS)},
+        )
+        if retry_error is not None:
+            raise RetryLater(retry_error)
+        for action in result.actions:
+            if _after_status(action):
+                await self._execute(action, rollout, obs, targets, written)
+        return result.requeue_after
 
     async def _plan_and_act(
-        self, rollout: Rollout, obs: Observed, targets: _Targets, body: JsonObj
-    ) -> tuple[Plan, list[Action]]:
-        """Plan and run the side effects; returns the plan and what must follow the status
-        write. Webhook calls and measurements run here too, and their answers are fed
-        back into a second round of planning, so they are recorded in the same write."""
-        first_status = rollout.status
-        for round_ in (1, 2):
-            result = machine.plan(rollout, obs)
-            checks: list[Action] = [a for a in result.actions if isinstance(a, CHECK_ACTIONS)]
-            pre: list[Action] = [
-                a
-                for a in result.actions
-                if not _after_status(a) and not isinstance(a, CHECK_ACTIONS)
-            ]
-            post: list[Action] = [a for a in result.actions if _after_status(a)]
-            try:
-                for action in pre:
-                    await self._execute(action, rollout, obs, targets, body)
-            except (*TRANSIENT, PermanentRouteError, ValueError) as exc:
-                permanent = not isinstance(exc, TRANSIENT) or _refused(exc)
-                if not permanent and first_status.phase != Phase.CLEANING_UP:
-                    raise  # transient: the work queue retries with backoff
-                # The API refused what we sent (e.g. an invalid Job in the spec), or a
-                # cleanup action failed: the step fails, or the cleanup backs off.
-                result = machine.action_failed(rollout, obs, result.status, _describe(exc))
-                for action in result.actions:
-                    if isinstance(action, Emit):
-                        await self._emit(rollout, action)
-                return result, [a for a in result.actions if _after_status(a)]
-            if round_ == 2 or not checks:
-                return result, post
-            obs = replace(obs, **await self._run_checks(rollout, obs, checks))
-            rollout = replace(rollout, status=result.status, has_finalizer=True)
-        raise AssertionError("unreachable")
+        self, rollout: Rollout, obs: Observed, targets: _Targets, body: JsonObj, ref: RunRef
+    ) -> tuple[Plan, str | None]:
+        """Plan and run the side effects (all but what must follow the status write).
+        Returns the plan to record and, when an API call failed in a way a retry may
+        cure, what failed (the caller retries after recording it)."""
+        result = machine.plan(rollout, obs)
+        try:
+            await self._act(result, rollout, obs, targets, body, ref)
+        except LockLost as lost:
+            # Decide again as the run that lost its lock: it ends LockLost and queues
+            # for its cleanup; such a plan asks for nothing that touches the target.
+            log.warning("%s/%s: %s", rollout.namespace, rollout.name, lost)
+            obs = replace(obs, lock=LockView(name=obs.lock.name, holder=str(lost), busy=True))
+            return machine.plan(rollout, obs), None
+        except (*TRANSIENT, PermanentRouteError, ValueError) as exc:
+            permanent = not isinstance(exc, TRANSIENT) or _refused(exc)
+            if not permanent and rollout.status.phase != Phase.CLEANING_UP:
+                # The run keeps its lock (renewed apart from reconciles) and says what
+                # fails; the work queue retries with backoff.
+                error = _describe(exc)
+                return machine.retrying(rollout, obs, result.status, error), error
+            # The API refused what we sent (e.g. an invalid Job in the spec), or a
+            # cleanup action failed: the step fails, or the cleanup backs off.
+            return machine.action_failed(rollout, obs, result.status, _describe(exc)), None
+        machine.recovered(result.status, obs.now, rollout.generation)
+        return result, None
 
-    async def _run_checks(
-        self, rollout: Rollout, obs: Observed, checks: list[Action]
-    ) -> dict[str, Any]:
-        """Call the webhooks and take the measurements the plan asked for, concurrently."""
-        context = self._context(rollout, obs)
-        webhooks = [a for a in checks if isinstance(a, CallWebhook)]
-        measures = [a for a in checks if isinstance(a, Measure)]
-        webhook_results = await asyncio.gather(
-            *(self._call_webhook(rollout, a, {**context, "step": a.step_label}) for a in webhooks)
-        )
-        measurements = await asyncio.gather(*(self._measure(rollout, a) for a in measures))
-        return {
-            "checks": {a.key: r for a, r in zip(webhooks, webhook_results, strict=True)},
-            "measurements": {a.key: m for a, m in zip(measures, measurements, strict=True)},
-        }
+    async def _act(
+        self,
+        result: Plan,
+        rollout: Rollout,
+        obs: Observed,
+        targets: _Targets,
+        body: JsonObj,
+        ref: RunRef,
+    ) -> None:
+        for action in result.actions:
+            if isinstance(action, Emit) or _after_status(action):
+                continue
+            if isinstance(action, CHECK_ACTIONS):
+                if not self.checks.known(ref, action.key):
+                    await self._fence(rollout, obs)  # a step starts only under the lock
+                    self._start_check(ref, rollout, obs, action)
+                continue
+            if isinstance(action, TARGET_EFFECTS):
+                await self._fence(rollout, obs)
+            await self._execute(action, rollout, obs, targets, body)
+
+    async def _fence(self, rollout: Rollout, obs: Observed) -> None:
+        """Immediately before a write to the target (or the start of a check): a fresh
+        read of the Lease confirms this run still holds it with its token."""
+        ns, key = rollout.namespace, rollout.spec.lock_key
+        if not await self.lock.confirm(ns, key, rollout.uid, obs.lock.token):
+            raise LockLost(f"lock {obs.lock.name} no longer held with token {obs.lock.token}")
+
+    def _start_check(self, ref: RunRef, rollout: Rollout, obs: Observed, action: Action) -> None:
+        """Start a webhook call or a measurement in the background."""
+        if isinstance(action, CallWebhook):
+            context = {**self._context(rollout, obs), "step": action.step_label}
+            self.checks.ensure(
+                ref,
+                action.key,
+                lambda: self._call_webhook(rollout, action, context),
+                lambda exc: CheckResult(False, f"webhook call failed: {_describe(exc)}"),
+            )
+        elif isinstance(action, Measure):
+            self.checks.ensure(
+                ref,
+                action.key,
+                lambda: self._measure(rollout, action),
+                lambda exc: MeasurementStatus(
+                    at=machine.iso(datetime.now(UTC)), error=f"measurement failed: {exc}"
+                ),
+            )
 
     def _context(self, rollout: Rollout, obs: Observed | None) -> dict[str, Any]:
         """What webhooks (tests and metric providers) are told about the rollout."""
@@ -331,12 +405,6 @@ class Reconciler:
             spec.webhook.url, parse_duration(spec.webhook.timeout).total_seconds(), headers
         )
 
-    def _next(self, result: Plan, holding: bool) -> float | None:
-        delay = result.requeue_after
-        if holding:  # keep renewing the Lease, whatever the phase
-            delay = LOCK_HELD_REQUEUE if delay is None else min(delay, LOCK_HELD_REQUEUE)
-        return delay
-
     # ---------------------------------------------------------------- observe
 
     async def _read_targets(self, rollout: Rollout) -> _Targets:
@@ -361,7 +429,9 @@ class Reconciler:
             )
         return ReplicasRouter(self.kube, rollout.namespace, spec.target.deployment, canary)
 
-    async def _observe(self, rollout: Rollout, body: JsonObj, targets: _Targets) -> Observed:
+    async def _observe(
+        self, rollout: Rollout, body: JsonObj, targets: _Targets, ref: RunRef
+    ) -> Observed:
         ns, spec = rollout.namespace, rollout.spec
         me = candidate(body)
         assert me is not None
@@ -372,8 +442,9 @@ class Reconciler:
         ]
         if all(c.uid != me.uid for c in shared):
             shared.append(me)
-        phase = rollout.status.phase
-        wants = phase in (Phase.QUEUED, Phase.PROGRESSING, Phase.PAUSED, Phase.CLEANING_UP)
+        # Only a rollout about to start, or one owing a cleanup, takes the lock. A run in
+        # progress never takes it again: if it is not held any more, the run lost it.
+        wants = rollout.status.phase in (Phase.QUEUED, Phase.CLEANING_UP)
         lock = await self.lock.observe(ns, spec.lock_key, me, shared, wants, self._holder_running)
         canary = await self.kube.get(
             path("apps", "v1", "deployments", ns, objects.canary_name(spec))
@@ -384,6 +455,7 @@ class Reconciler:
         pods = await self.kube.list(path("", "v1", "pods", ns), objects.any_role_selector(spec))
         jobs = await self.kube.list(path("batch", "v1", "jobs", ns), objects.target_selector(spec))
         route = await self.router(rollout, lock.token).read()
+        answers, running = self.checks.observe(ref)
         return Observed(
             now=datetime.now(UTC),
             lock=lock,
@@ -397,6 +469,9 @@ class Reconciler:
                 if _owned_by(j, rollout.uid) or _purpose(j) == "test"
             },
             canary_pods=len(pods),
+            checks={k: v for k, v in answers.items() if isinstance(v, CheckResult)},
+            measurements={k: v for k, v in answers.items() if isinstance(v, MeasurementStatus)},
+            in_flight=running,
         )
 
     async def _holder_running(self, namespace: str, name: str, uid: str) -> bool:

@@ -17,7 +17,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -27,7 +27,6 @@ from canary_operator.kube.api import JsonObj, Kube, path
 from canary_operator.leader import LeaderElector, default_namespace
 from canary_operator.metrics import Metrics
 from canary_operator.rollout_view import effective_phase, outcome_properties, settled
-from canary_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +149,19 @@ class WebServer:
             self._runner = None
 
 
+class Controller(Protocol):
+    """What the leader runs: the work queue and its companions (handlers.Controller)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class Services:
     """What runs around the controller's work queue: the HTTP endpoints and, when
     asked for, leader election (only the leader starts the queue)."""
 
-    def __init__(self, kube: Kube, options: RunOptions, work: WorkQueue) -> None:
+    def __init__(self, kube: Kube, options: RunOptions, work: Controller) -> None:
         self.kube = kube
         self.options = options
         self.work = work

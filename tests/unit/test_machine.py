@@ -23,6 +23,7 @@ from canary_operator.api.models import (
     CleanupStatus,
     Condition,
     ImageOverride,
+    MeasurementStatus,
     Phase,
     Result,
     StepPhase,
@@ -40,6 +41,7 @@ from canary_operator.engine.types import (
     Action,
     AddFinalizer,
     CallWebhook,
+    CheckResult,
     DeleteCanaryObjects,
     DeleteJob,
     Emit,
@@ -81,7 +83,9 @@ SIDE_EFFECTS = (
     ResetRoute,
     DeleteCanaryObjects,
 )
-WANTS_LOCK = {Phase.QUEUED, Phase.PROGRESSING, Phase.PAUSED, Phase.CLEANING_UP}
+# A run in progress never takes the lock again (only one about to start, or owing a
+# cleanup, does): the reconciler's rule, mirrored by the simulated world.
+WANTS_LOCK = {Phase.QUEUED, Phase.CLEANING_UP}
 RUNNING = {Phase.PROGRESSING, Phase.PAUSED}
 
 # ------------------------------------------------------------------ spec factories
@@ -216,6 +220,20 @@ class World:
     jobs: dict[str, JobView] = field(default_factory=dict)
     # Job outcome by name suffix ("s2", "s3-1", "c1-a0"): True/False, None = keeps running.
     results: dict[str, bool | None] = field(default_factory=dict)
+    # Background calls (webhooks, measurements) by key: None while in flight, then the
+    # answer; `started` lists every call made, `cancelled` every call cancelled.
+    calls: dict[str, CheckResult | MeasurementStatus | None] = field(default_factory=dict)
+    started: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+    def answer(self, key: str, ok: bool = True, message: str = "HTTP 200") -> None:
+        assert key in self.calls and self.calls[key] is None, f"{key} not in flight"
+        self.calls[key] = CheckResult(ok, message)
+
+    def measured(self, key: str, value: float | None) -> None:
+        assert key in self.calls and self.calls[key] is None, f"{key} not in flight"
+        values = {} if value is None else {"m": {"canary": value}}
+        self.calls[key] = MeasurementStatus(at=iso(self.now), values=values)
 
     def route(self) -> RouteView:
         if self.router == "gatewayAPI":
@@ -273,7 +291,21 @@ class World:
             route=self.route(),
             jobs=dict(self.jobs),
             canary_pods=self.pods,
+            checks={k: v for k, v in self.calls.items() if isinstance(v, CheckResult)},
+            measurements={k: v for k, v in self.calls.items() if isinstance(v, MeasurementStatus)},
+            in_flight=frozenset(k for k, v in self.calls.items() if v is None),
         )
+
+    def checks_answered(self) -> set[str]:
+        return {k for k, v in self.calls.items() if v is not None}
+
+    def retain(self, wanted: set[str]) -> None:
+        """What the reconciler does after a status write (checks/inflight.py)."""
+        for key in list(self.calls):
+            if key not in wanted:
+                if self.calls[key] is None:
+                    self.cancelled.append(key)
+                del self.calls[key]
 
     def apply(self, actions: Sequence[Action]) -> None:
         for action in actions:
@@ -298,6 +330,9 @@ class World:
                     self.promoted_by = rid
                 case ReleaseLock() if self.holder == ME:
                     self.holder = None
+                case CallWebhook(key=key) | Measure(key=key) if key not in self.calls:
+                    self.calls[key] = None
+                    self.started.append(key)
 
     @property
     def clean(self) -> bool:
@@ -419,6 +454,7 @@ class Sim:
             assert is_true(now, "CleanupVerified") or (
                 forced and condition(now, "CleanupVerified").reason == "ForceReleased"
             )
+        self.world.retain({a.key for a in result.actions if isinstance(a, CallWebhook | Measure)})
         post = [a for a in result.actions if isinstance(a, ReleaseLock | RemoveFinalizer)]
         self.world.apply(post)
         if was.run in self.started_runs and ended and not was.phase.terminal:
@@ -454,6 +490,10 @@ class Sim:
 
     def update(self, **fields: Any) -> None:
         self.rollout = replace(self.rollout, **fields)
+
+    def restart(self) -> None:
+        """The operator process restarts: calls in flight are lost with it."""
+        self.world.calls.clear()
 
     def delete(self) -> None:
         self.update(deleting=True)
@@ -1653,3 +1693,276 @@ def test_no_side_effect_is_ever_planned_without_the_lock() -> None:
                     assert effects(result.actions) == [], (status.phase, lock, extra)
                     if not (result.status.phase.terminal or status.started_at is None):
                         assert not of_type(result.actions, ReleaseLock)
+
+
+# ============================================ checks in flight (webhooks, measurements)
+
+HOOK: dict[str, Any] = {"url": "http://tests.example/run", "timeout": "10s", "retries": 2}
+
+
+def hook_test(name: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"test": {"webhook": HOOK}, **({"name": name} if name else {}), **extra}
+
+
+def calls_asked(result: Plan) -> list[str]:
+    return [a.key for a in result.actions if isinstance(a, CallWebhook | Measure)]
+
+
+def test_a_webhook_runs_in_the_background_and_is_asked_for_until_it_answers() -> None:
+    sim = started(CANARY, hook_test(), PROMOTE)
+    sim.at_step(1)
+    result = sim.tick()
+    assert calls_asked(result) == ["s2"] and sim.world.started == ["s2"]
+    for _ in range(3):  # in flight: asked for again (idempotent), never started twice
+        result = sim.tick(seconds=4)
+        assert calls_asked(result) == ["s2"] and _step(sim).phase == StepPhase.RUNNING
+        assert result.requeue_after is not None
+        assert result.requeue_after <= machine.POLL_WAITING
+    assert sim.world.started == ["s2"]
+    sim.world.answer("s2", True, "POST http://tests.example/run: HTTP 200")
+    result = sim.tick()
+    assert _step(sim, 1).phase == StepPhase.SUCCEEDED
+    assert "HTTP 200" in (_step(sim, 1).message or "")
+    assert calls_asked(result) == [] and "s2" not in sim.world.calls  # recorded, dropped
+    assert sim.world.cancelled == []
+    sim.finish()
+    assert sim.phase() == Phase.SUCCEEDED
+
+
+def test_a_failing_webhook_fails_its_step_and_cleanup_follows() -> None:
+    sim = started(CANARY, hook_test(), PROMOTE)
+    sim.at_step(1)
+    sim.tick()
+    sim.world.answer("s2", False, "POST http://tests.example/run: HTTP 500")
+    sim.tick()
+    assert sim.phase() == Phase.CLEANING_UP
+    assert sim.status.outcome is not None and sim.status.outcome.result == Result.STEP_FAILED
+    assert "HTTP 500" in sim.status.outcome.message
+    sim.finish()
+    assert sim.phase() == Phase.FAILED and sim.world.promoted_by is None
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "result"),
+    [
+        (abort, Result.ABORTED),
+        (lambda sim: sim.delete(), Result.DELETED),
+        (lambda sim: sim.new_image(), Result.SPEC_CHANGED),
+    ],
+)
+def test_a_call_in_flight_holds_up_no_abort_delete_or_spec_change(
+    interrupt: Callable[[Sim], None], result: Result
+) -> None:
+    sim = started(CANARY, hook_test(), PROMOTE)
+    sim.at_step(1)
+    sim.tick()
+    assert sim.world.calls == {"s2": None}
+    interrupt(sim)
+    decided = sim.tick()  # the very next reconcile, the call still hanging
+    assert sim.phase() == Phase.CLEANING_UP
+    assert sim.status.outcome is not None and sim.status.outcome.result == result
+    assert calls_asked(decided) == [] and sim.world.cancelled == ["s2"]
+    assert reasons(decided.actions).count("CleanupStarted") == 1
+    if result == Result.SPEC_CHANGED:  # cleaned up (the Sim checks it), then run 2 queues
+        sim.run_until(lambda s: s.status.run == 2)
+    else:
+        sim.finish()
+    assert sim.world.clean and sim.events().count("CleanupStarted") == 1
+
+
+def test_a_hanging_call_is_cancelled_by_its_step_timeout() -> None:
+    sim = started(CANARY, hook_test(timeout="30s"), PROMOTE)
+    sim.at_step(1)
+    sim.tick()
+    result = sim.tick(seconds=20)
+    assert result.requeue_after is not None and result.requeue_after <= 10
+    sim.tick(seconds=10)
+    assert sim.phase() == Phase.CLEANING_UP
+    assert "timed out after 30s" in (_step(sim, 1).message or "")
+    assert sim.world.cancelled == ["s2"]
+
+
+def test_the_progress_deadline_is_enforced_while_a_call_hangs() -> None:
+    sim = started(CANARY, hook_test(), PROMOTE, progressDeadlineSeconds=60)
+    sim.at_step(1)
+    result = sim.tick()
+    assert result.requeue_after is not None and result.requeue_after <= 61
+    sim.tick(seconds=61)
+    assert sim.phase() == Phase.CLEANING_UP
+    assert sim.status.outcome is not None
+    assert sim.status.outcome.result == Result.DEADLINE_EXCEEDED
+    assert sim.world.cancelled == ["s2"]
+
+
+def test_a_call_lost_with_a_restarted_operator_is_made_again_and_recorded_once() -> None:
+    sim = started(CANARY, hook_test(), PROMOTE)
+    sim.at_step(1)
+    sim.tick()
+    sim.restart()
+    result = sim.tick()
+    assert calls_asked(result) == ["s2"] and sim.world.started == ["s2", "s2"]
+    sim.world.answer("s2")
+    sim.tick()
+    assert _step(sim, 1).phase == StepPhase.SUCCEEDED
+    assert sim.events().count("StepSucceeded") == 2  # canary, then the test: once each
+
+
+def test_an_answer_whose_status_write_was_lost_is_offered_again() -> None:
+    sim = started(CANARY, hook_test(), PROMOTE)
+    sim.at_step(1)
+    sim.tick()
+    sim.world.answer("s2")
+    sim.tick(crash=True)  # planned the step's success, but the write never happened
+    assert _step(sim, 1).phase == StepPhase.RUNNING and "s2" in sim.world.checks_answered()
+    sim.tick()
+    assert _step(sim, 1).phase == StepPhase.SUCCEEDED and sim.world.started == ["s2"]
+
+
+def test_a_failing_parallel_webhook_cancels_its_siblings_calls() -> None:
+    sim = started(CANARY, parallel(hook_test("a"), hook_test("b"), job_test("c")), PROMOTE)
+    sim.at_step(1)
+    sim.world.results = {"s2-3": None}
+    sim.tick()
+    assert sorted(sim.world.calls) == ["s2-1", "s2-2"]
+    sim.world.answer("s2-1", False, "HTTP 503")
+    sim.tick()
+    assert sim.phase() == Phase.CLEANING_UP
+    assert sim.world.cancelled == ["s2-2"]
+    children = {c.name: c.phase for c in _step(sim, 1).children}
+    assert children == {"a": StepPhase.FAILED, "b": StepPhase.CANCELLED, "c": StepPhase.CANCELLED}
+
+
+def test_a_webhook_cleanup_step_runs_in_the_background_too() -> None:
+    sim = started(CANARY, pause(), cleanup=[{"name": "notify", "webhook": HOOK}])
+    sim.run_until(Phase.PAUSED)
+    abort(sim)
+    sim.run_until(lambda s: "c1-a0" in s.world.calls)
+    sim.tick(seconds=30)
+    assert sim.phase() == Phase.CLEANING_UP and sim.world.calls == {"c1-a0": None}
+    sim.world.answer("c1-a0", False, "HTTP 502")
+    sim.tick()
+    assert sim.status.cleanup is not None and sim.status.cleanup.attempts == 1
+    sim.run_until(lambda s: "c1-a1" in s.world.calls, seconds=5)
+    sim.world.answer("c1-a1")
+    sim.finish()
+    assert sim.phase() == Phase.ABORTED and is_true(sim.status, "CleanupVerified")
+
+
+ANALYSIS: dict[str, Any] = {
+    "analysis": {
+        "provider": {"prometheus": {"address": "http://prometheus.example:9090"}},
+        "interval": "10s",
+        "count": 3,
+        "metrics": [{"name": "m", "query": "x", "successCondition": "result < 1"}],
+    }
+}
+
+
+def test_a_slow_measurement_delays_the_series_and_is_recorded_once() -> None:
+    sim = started(CANARY, ANALYSIS, PROMOTE)
+    sim.at_step(1)
+    result = sim.tick()
+    assert calls_asked(result) == ["s2-m0"]
+    for _ in range(5):  # far past the interval: no second measurement while one is out
+        assert calls_asked(sim.tick(seconds=10)) == ["s2-m0"]
+    assert sim.world.started == ["s2-m0"]
+    sim.world.measured("s2-m0", 0.5)
+    result = sim.tick()
+    analysis = _step(sim, 1).analysis
+    assert analysis is not None and len(analysis.measurements) == 1
+    assert calls_asked(result) == ["s2-m1"]  # overdue: the next one at once
+    sim.world.measured("s2-m1", 0.2)
+    sim.tick()
+    sim.tick(seconds=10)
+    sim.world.measured("s2-m2", 0.1)
+    sim.tick()
+    assert _step(sim, 1).phase == StepPhase.SUCCEEDED
+    analysis = _step(sim, 1).analysis
+    assert analysis is not None
+    assert [m.values["m"]["canary"] for m in analysis.measurements] == [0.5, 0.2, 0.1]
+    assert sim.world.started == ["s2-m0", "s2-m1", "s2-m2"]
+
+
+def test_a_late_duplicate_measurement_is_not_counted_twice() -> None:
+    sim = started(CANARY, ANALYSIS, PROMOTE)
+    sim.at_step(1)
+    sim.tick()
+    sim.world.measured("s2-m0", 0.5)
+    sim.tick()
+    # The same answer again (e.g. adopted after a lost write): no key asks for it now.
+    rollout = sim.rollout
+    obs = replace(
+        sim.observe(),
+        measurements={"s2-m0": MeasurementStatus(at=iso(NOW), values={"m": {"canary": 9.0}})},
+    )
+    again = checked_plan(rollout, obs)
+    assert again.status.steps is not None
+    analysis = again.status.steps[1].analysis
+    assert analysis is not None and len(analysis.measurements) == 1
+
+
+# ================================================================ lock continuity
+
+
+def test_a_run_never_takes_the_lock_again_after_losing_it() -> None:
+    sim = started(CANARY, pause(), PROMOTE)
+    sim.run_until(Phase.PAUSED)
+    token = sim.world.token
+    sim.world.holder = None  # released behind its back (a human, a foreign writer)
+    result = sim.tick()
+    assert sim.phase() == Phase.CLEANING_UP and effects(result.actions) == []
+    assert sim.status.outcome is not None and sim.status.outcome.result == Result.LOCK_LOST
+    assert "no longer held" in sim.status.outcome.message
+    sim.finish()
+    # The cleanup took the lock anew (first in line) and recorded it.
+    assert sim.world.token == token + 1
+    assert sim.status.lock is not None and sim.status.lock.token == token + 1
+    assert "acquired lock cro-lock-web for cleanup (token 2)" in [
+        a.message for a in of_type(sim.all_actions(), Emit)
+    ]
+    assert sim.phase() == Phase.FAILED and sim.world.promoted_by is None
+
+
+def test_a_lock_held_with_another_token_than_the_run_started_with_is_lost() -> None:
+    sim = started(CANARY, pause(), PROMOTE)
+    sim.run_until(Phase.PAUSED)
+    sim.world.token += 2  # someone else held it in between; now it is ours again
+    result = sim.tick()
+    assert sim.phase() == Phase.CLEANING_UP and effects(result.actions) == []
+    assert sim.status.outcome is not None and sim.status.outcome.result == Result.LOCK_LOST
+    assert "token 1, now 3" in sim.status.outcome.message
+
+
+def test_renewal_failures_are_shown_and_cleared() -> None:
+    sim = started(CANARY, pause())
+    sim.run_until(Phase.PAUSED)
+    rollout, obs = sim.rollout, sim.observe()
+    failing = replace(obs, lock=replace(obs.lock, renew_error="lease renewal failed: timed out"))
+    result = checked_plan(rollout, failing)
+    found = condition(result.status, "LockRenewed")
+    assert (found.status, found.reason) == ("False", "RenewalFailing")
+    assert "timed out" in found.message
+    healed = checked_plan(replace(rollout, status=result.status), obs)
+    assert condition(healed.status, "LockRenewed").status == "True"
+    assert checked_plan(rollout, obs).status.condition("LockRenewed") is None
+
+
+def test_an_error_a_retry_may_cure_is_said_once_and_cleared() -> None:
+    sim = started(CANARY, pause())
+    rollout, obs = sim.rollout, sim.observe()
+    planned = checked_plan(rollout, obs)
+    first = machine.retrying(rollout, obs, planned.status, "API error 500 Internal")
+    assert first.status.phase == Phase.PROGRESSING
+    assert condition(first.status, "ReconcileError").status == "True"
+    assert first.status.message == "retrying: API error 500 Internal"
+    assert reasons(first.actions) == ["RetryingAfterError"]
+    again = machine.retrying(
+        replace(rollout, status=first.status), obs, first.status, "API error 500 Internal"
+    )
+    assert reasons(again.actions) == []  # the same error again: no new Event
+    other = machine.retrying(rollout, obs, first.status, "API error 503 Unavailable")
+    assert reasons(other.actions) == ["RetryingAfterError"]
+    healed = first.status.model_copy(deep=True)
+    machine.recovered(healed, NOW, 1)
+    assert condition(healed, "ReconcileError").status == "False"
+    assert condition(healed, "ReconcileError").reason == "Recovered"

@@ -1,13 +1,16 @@
 """Analysis steps, pure: when to measure, and what the measurements so far mean.
 
 Measurements live in the step's status, so a restarted operator continues the series
-where it was. A measurement is taken by the reconciler (`Measure` action) and handed
-back as an observation in the same reconcile.
+where it was. A measurement is taken in the background (`Measure` action) and handed
+back as an observation. Its key names the step and the measurement's index
+(``s3-m0``, ``s3-m1``, ...), so an answer is recorded exactly once: a late duplicate
+(for an index already recorded) matches no key the step still waits for.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -38,6 +41,10 @@ def roles(spec: AnalysisStepSpec, baseline: bool) -> tuple[str, ...]:
     return ("canary",)
 
 
+def measurement_key(step_key: str, index: int) -> str:
+    return f"{step_key}-m{index}"
+
+
 def progress(
     spec: AnalysisStepSpec,
     status: AnalysisStatus,
@@ -45,10 +52,12 @@ def progress(
     now: datetime,
     key: str,
     baseline: bool,
-    new_measurement: MeasurementStatus | None,
+    answers: Mapping[str, MeasurementStatus],
     resumed: bool,
 ) -> AnalysisProgress:
-    """Advance one analysis step; `status` is updated in place."""
+    """Advance one analysis step; `status` is updated in place. `answers` are the
+    measurements that came back, by key; only the next one of this step is taken."""
+    new_measurement = answers.get(measurement_key(key, len(status.measurements)))
     if new_measurement is not None and status.phase == "Running":
         status.measurements.append(new_measurement)
     if status.phase == "Running":
@@ -68,8 +77,9 @@ def progress(
     due = delay + taken * parse_duration(spec.interval).total_seconds()
     elapsed = (now - started_at).total_seconds()
     if elapsed >= due:
+        # Asked for until it answers (a slow provider delays the series, never doubles it).
         return AnalysisProgress(
-            actions=[Measure(key, spec, roles(spec, baseline))],
+            actions=[Measure(measurement_key(key, taken), spec, roles(spec, baseline))],
             requeue=parse_duration(spec.interval).total_seconds(),
         )
     return AnalysisProgress(requeue=due - elapsed)

@@ -162,6 +162,7 @@ def plan(rollout: Rollout, obs: Observed) -> Plan:
         _cleaning_up(ctx)
     status = ctx.status  # a new run replaces the status object
     status.observed_generation = rollout.generation  # this status answers this generation
+    _renewal_condition(ctx)
     _finalizer(ctx)
     if obs.lock.held and status.phase in (Phase.PROGRESSING, Phase.PAUSED, Phase.CLEANING_UP):
         status.weight = obs.route.weight
@@ -317,8 +318,21 @@ def _queued(ctx: _Context) -> None:
 def _progressing(ctx: _Context) -> None:
     rollout, status, obs, spec = ctx.rollout, ctx.status, ctx.obs, ctx.rollout.spec
     _record_queue(ctx)
+    # A run owns the lock it started with: never one acquired again later (another
+    # rollout may have run in between). Lost, it does nothing more to the target and
+    # queues for its cleanup.
     if not obs.lock.held:
-        _decide(ctx, Result.LOCK_LOST, f"lock {obs.lock.name} was taken by {obs.lock.holder}")
+        now_with = obs.lock.holder or "nobody"
+        _decide(ctx, Result.LOCK_LOST, f"lock {obs.lock.name} is no longer held (now: {now_with})")
+        return
+    started_with = status.lock.token if status.lock is not None else None
+    if started_with is not None and obs.lock.token != started_with:
+        _decide(
+            ctx,
+            Result.LOCK_LOST,
+            f"lock {obs.lock.name} changed hands during the run "
+            f"(token {started_with}, now {obs.lock.token})",
+        )
         return
     if rollout.deleting:
         _decide(ctx, Result.DELETED, "the rollout was deleted")
@@ -344,13 +358,18 @@ def _progressing(ctx: _Context) -> None:
     paused_for = timedelta(0)
     if status.paused_at is not None:
         paused_for = parse_time(iso(ctx.now)) - parse_time(status.paused_at)
-    if status.deadline_at and ctx.now > parse_time(status.deadline_at) + paused_for:
-        _decide(
-            ctx,
-            Result.DEADLINE_EXCEEDED,
-            f"not finished within progressDeadlineSeconds={spec.progress_deadline_seconds}",
-        )
-        return
+    if status.deadline_at:
+        deadline = parse_time(status.deadline_at) + paused_for
+        if ctx.now > deadline:
+            _decide(
+                ctx,
+                Result.DEADLINE_EXCEEDED,
+                f"not finished within progressDeadlineSeconds={spec.progress_deadline_seconds}",
+            )
+            return
+        if status.paused_at is None:  # paused, the deadline moves on with the clock
+            # Enforced on time even while a check is in flight or nothing else happens.
+            ctx.plan.requeue((deadline - ctx.now).total_seconds() + 1)
 
     index = status.current_step or 0
     _skip_to_promotion(ctx, index)
@@ -411,6 +430,17 @@ def _cleaning_up(ctx: _Context) -> None:
         status.message = f"cleanup waiting for lock {obs.lock.name} ({obs.lock.holder})"
         ctx.plan.requeue(POLL_WAITING)
         return
+    if status.lock is None or status.lock.token != obs.lock.token:
+        # The run lost its lock; it was taken again (first in the queue) for the cleanup.
+        status.lock = LockStatus(
+            name=obs.lock.name,
+            token=obs.lock.token or 0,
+            acquired_at=iso(ctx.now),
+            recovered_from=obs.lock.recovered_from,
+        )
+        ctx.event(
+            "LockAcquired", f"acquired lock {obs.lock.name} for cleanup (token {obs.lock.token})"
+        )
     if cleanup.next_attempt_at and ctx.now < parse_time(cleanup.next_attempt_at):
         remaining = (parse_time(cleanup.next_attempt_at) - ctx.now).total_seconds()
         ctx.plan.requeue(remaining)
@@ -545,7 +575,7 @@ def _leaf(
         ctx.now,
         suffix,
         ctx.rollout.spec.baseline,
-        ctx.obs.measurements.get(suffix),
+        ctx.obs.measurements,
         resumed,
     )
     ctx.act(*progress.actions)
@@ -564,13 +594,17 @@ def _resumed(ctx: _Context) -> bool:
 
 
 def _webhook(ctx: _Context, key: str, webhook: WebhookSpec, label: str) -> StepResult:
-    """A webhook is called within the reconcile; its answer comes back as an observation."""
+    """A webhook is called in the background, never inside a reconcile: asked for
+    (again and again, which is idempotent) until its answer comes back as an
+    observation. A call no plan asks for any more (abort, timeout, a failed sibling,
+    lost lock) is cancelled; one lost with a restarted operator is asked for anew."""
     result = ctx.obs.checks.get(key)
-    if result is None:
-        ctx.act(CallWebhook(key=key, webhook=webhook, step_label=label))
-        ctx.plan.requeue(POLL_RUNNING)
-        return None
-    return result.ok, result.message
+    if result is not None:
+        return result.ok, result.message
+    ctx.act(CallWebhook(key=key, webhook=webhook, step_label=label))
+    # The answer wakes the rollout; polling is only a safety net.
+    ctx.plan.requeue(POLL_WAITING if key in ctx.obs.in_flight else POLL_RUNNING)
+    return None
 
 
 def _parallel(ctx: _Context, index: int, items: list[ParallelItem], st: StepStatus) -> StepResult:
@@ -751,6 +785,47 @@ def _leftovers(obs: Observed) -> bool:
 def _test_jobs(ctx: _Context) -> bool:
     """Test Jobs that still exist (cleanup Jobs are kept for their logs)."""
     return any(not job.cleanup for job in ctx.obs.jobs.values())
+
+
+def _renewal_condition(ctx: _Context) -> None:
+    """A held lease whose renewal fails is said so (it is never taken from a live
+    holder, but a human should know the operator cannot write it)."""
+    error = ctx.obs.lock.renew_error if ctx.obs.lock.held else None
+    if error:
+        ctx.set_condition("LockRenewed", False, "RenewalFailing", error)
+    elif ctx.status.condition("LockRenewed") is not None:
+        ctx.set_condition("LockRenewed", True, "Renewed", "")
+
+
+def retrying(rollout: Rollout, obs: Observed, status: CanaryRolloutStatus, error: str) -> Plan:
+    """An API call of the planned actions failed in a way a retry may cure (a 5xx, a
+    timeout, a refused connection): keep the planned status and the lock, and say what
+    fails, once, rather than let the run look stuck for no reason."""
+    ctx = _Context(rollout.__class__(**{**rollout.__dict__, "status": status}), obs)
+    previous = ctx.status.condition("ReconcileError")
+    said = previous is not None and previous.status == "True" and previous.message == error
+    ctx.set_condition("ReconcileError", True, "Retrying", error)
+    ctx.status.message = f"retrying: {error}"
+    if not said:
+        ctx.event("RetryingAfterError", f"{error}; retrying with backoff, lock kept", warning=True)
+    return ctx.plan
+
+
+def recovered(status: CanaryRolloutStatus, now: datetime, generation: int) -> None:
+    """The actions of a reconcile went through: an earlier ReconcileError is over."""
+    previous = status.condition("ReconcileError")
+    if previous is None or previous.status != "True":
+        return
+    status.conditions = [c for c in status.conditions or [] if c.type != "ReconcileError"] + [
+        Condition(
+            type="ReconcileError",
+            status="False",
+            reason="Recovered",
+            message=f"recovered from: {previous.message}"[:1000],
+            last_transition_time=iso(now),
+            observed_generation=generation,
+        )
+    ]
 
 
 def _record_queue(ctx: _Context) -> None:

@@ -49,6 +49,7 @@ class LockView:
     busy: bool = False  # another rollout holds it
     superseded_by: str | None = None  # a newer waiting rollout replaces this one
     recovered_from: str | None = None  # taken over from a stale holder
+    renew_error: str | None = None  # the last renewal of a held lease failed (and why)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class RouteView:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """The outcome of a webhook call made during this reconcile."""
+    """The answer of a webhook call that ran in the background."""
 
     ok: bool
     message: str
@@ -107,10 +108,13 @@ class Observed:
     route: RouteView = RouteView(weight=0)
     jobs: Mapping[str, JobView] = field(default_factory=dict)
     canary_pods: int = 0
-    # Results of calls made in this very reconcile (webhooks, metric measurements),
-    # keyed like the action that asked for them; the machine records them in status.
+    # Calls to user endpoints (webhooks, metric measurements) run in the background,
+    # never inside a reconcile. Their answers, keyed like the action that asked for
+    # them, come back here until the status that records them is written; `in_flight`
+    # names the calls still running.
     checks: Mapping[str, CheckResult] = field(default_factory=dict)
     measurements: Mapping[str, MeasurementStatus] = field(default_factory=dict)
+    in_flight: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------------- actions
@@ -174,6 +178,9 @@ class PromoteStable:
 
 @dataclass(frozen=True)
 class CallWebhook:
+    """Have this webhook called in the background (once per key; asking again while
+    it runs or after it answered does nothing)."""
+
     key: str
     webhook: WebhookSpec
     step_label: str
@@ -181,7 +188,8 @@ class CallWebhook:
 
 @dataclass(frozen=True)
 class Measure:
-    """Take one measurement of every metric of an analysis step."""
+    """Take one measurement of every metric of an analysis step, in the background.
+    The key names the step and the measurement's index, so an answer is recorded once."""
 
     key: str
     analysis: AnalysisStepSpec
@@ -212,6 +220,17 @@ Action = (
 )
 
 CHECK_ACTIONS = (CallWebhook, Measure)
+# Writes to objects of the target (shared with other rollouts of it): each is preceded
+# by a check that the lock is still held with the run's token (fencing).
+TARGET_EFFECTS = (
+    EnsureCanary,
+    SetRouteWeight,
+    ResetRoute,
+    DeleteCanaryObjects,
+    EnsureJob,
+    DeleteJob,
+    PromoteStable,
+)
 
 
 @dataclass

@@ -2,11 +2,25 @@
 
 Protocol (see DESIGN.md, "Exclusion"):
 - every write carries the resourceVersion it read: a 409 means another writer won;
-- a lease may be taken over when its holder rollout no longer exists, has ended, or
-  the lease has not changed for leaseDurationSeconds as measured on *our* monotonic
-  clock since we first saw that version (wall clocks of other hosts are never used);
+- **a live holder is never preempted**: a lease whose holder is an existing rollout
+  that has not ended stays with it, however long its steps take and however long
+  its lease has gone unrenewed (slowness, a stalled API server or a dead operator
+  delay a rollout, never hand its lock to another). Before taking a lease over,
+  the holder is read fresh from the API server, not from the watch-fed index;
+- a lease may be taken over when its holder rollout no longer exists (or exists
+  under a new uid) or has ended; the new holder first runs a recovery cleanup;
+- expiry is only for a lease this operator cannot judge by its holder: one whose
+  holder names no rollout (written by hand or by another tool). It counts as
+  expired when it has not changed for leaseDurationSeconds on *our* monotonic clock
+  since we first saw that version; wall clocks of other hosts are never used;
 - leaseTransitions increases on every acquisition and is the fencing token;
-- the holder renews while it holds the lock, whatever its phase (also while paused).
+  `confirm` reads the lease fresh before each write to the target;
+- renewal is lock/renewer.py's, on its own schedule, never a reconcile's.
+
+Two operator processes acting on the same rollouts at once (no leader election)
+stay safe: holders are rollouts, not processes, so both renew the same holder;
+acquisitions race through resourceVersion preconditions (one wins, both then see
+the same holder), and neither ever takes a lease from a live holder.
 """
 
 from __future__ import annotations
@@ -16,21 +30,32 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from canary_operator.engine.types import LockView
-from canary_operator.kube.api import Conflict, JsonObj, Kube, path
+from canary_operator.kube.api import Conflict, JsonObj, Kube
 from canary_operator.lock import queue
 from canary_operator.lock.queue import Candidate
+from canary_operator.lock.renewer import LeaseRenewer, lease_path, micro_time
+
+__all__ = [
+    "HISTORY_ANNOTATION",
+    "HOLDER_ANNOTATION",
+    "LEASE_DURATION_SECONDS",
+    "LOCK_LABEL",
+    "LeaseLock",
+    "lease_name",
+    "micro_time",
+]
 
 LEASE_DURATION_SECONDS = 30
-RENEW_EVERY_SECONDS = 10.0
 HOLDER_ANNOTATION = "canary-operator.dev/holder"
 HISTORY_ANNOTATION = "canary-operator.dev/history"
 LOCK_LABEL = "canary-operator.dev/lock"
+LOCK_KEY_ANNOTATION = "canary-operator.dev/lock-key"
 HISTORY_LENGTH = 30
 
-# Asks whether a holder rollout (namespace, name, uid) still runs: True / False.
+# Asks the API server (fresh, not a cache) whether a holder rollout (namespace, name,
+# uid) still exists and has not ended.
 HolderCheck = Callable[[str, str, str], Awaitable[bool]]
 
 
@@ -41,10 +66,6 @@ def lease_name(lock_key: str) -> str:
     return f"cro-lock-{hashlib.sha256(lock_key.encode()).hexdigest()[:16]}"
 
 
-def micro_time(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 @dataclass
 class _Seen:
     resource_version: str
@@ -52,14 +73,19 @@ class _Seen:
 
 
 class LeaseLock:
-    def __init__(self, kube: Kube, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        clock: Callable[[], float] = time.monotonic,
+        renewer: LeaseRenewer | None = None,
+    ) -> None:
         self.kube = kube
         self.clock = clock
+        self.renewer = renewer or LeaseRenewer(kube, clock)
         self._seen: dict[tuple[str, str], _Seen] = {}
-        self._renewed: dict[tuple[str, str], float] = {}
 
     def _path(self, namespace: str, name: str | None = None) -> str:
-        return path("coordination.k8s.io", "v1", "leases", namespace, name)
+        return lease_path(namespace, name)
 
     def _unchanged_for(self, namespace: str, lease: JsonObj) -> float:
         key = (namespace, lease["metadata"]["name"])
@@ -80,7 +106,8 @@ class LeaseLock:
         wants_lock: bool,
         holder_running: HolderCheck,
     ) -> LockView:
-        """Read the lock; renew it if we hold it; take it if we are next and may."""
+        """Read the lock; take it if we are next and may. A held lease is handed to the
+        renewer (also after a restart: the holder is the rollout, not the process)."""
         name = lease_name(lock_key)
         lease = await self.kube.get(self._path(namespace, name))
         spec = (lease or {}).get("spec", {})
@@ -91,7 +118,7 @@ class LeaseLock:
         by_uid = {c.uid: c for c in candidates}
 
         if lease is not None and holder_uid == me.uid:
-            await self._renew(namespace, lease)
+            self.renewer.hold(namespace, lease, me.name)
             waiting = len(queue.order(candidates, me.uid))
             return LockView(
                 name=name,
@@ -100,31 +127,37 @@ class LeaseLock:
                 holder=me.name,
                 holder_phase=me.phase.value,
                 waiting=waiting,
+                renew_error=self.renewer.error(namespace, name),
             )
 
-        free = holder_uid is None
-        stale_holder: str | None = None
-        if not free and lease is not None:
-            holder = by_uid.get(holder_uid or "")
-            alive = holder.active if holder is not None else False
-            if holder is None and holder_name:
-                alive = await holder_running(namespace, holder_name, holder_uid or "")
-            expired = self._unchanged_for(namespace, lease) >= float(
-                spec.get("leaseDurationSeconds") or LEASE_DURATION_SECONDS
-            )
-            if not alive or expired:
-                free = True
-                stale_holder = holder_name or holder_uid
-        holder_candidate = by_uid.get(holder_uid or "")
-        # The holder (live, or expired and about to lose the lock) is not in the queue.
-        qv = queue.view(me, candidates, holder_uid, free)
-        view = LockView(
+        holder = by_uid.get(holder_uid or "")
+        # Free, or held by someone who may be gone or ended (confirmed fresh below,
+        # only if we would take it). A holder the index shows running is left alone.
+        maybe_free = holder_uid is None or holder is None or not holder.active
+        qv = queue.view(me, candidates, holder_uid, maybe_free)
+        busy_view = LockView(
             name=name,
-            holder=None if free else (holder_name or holder_uid),
-            holder_phase=holder_candidate.phase.value if holder_candidate and not free else None,
+            holder=holder_name or holder_uid,
+            holder_phase=holder.phase.value if holder is not None else None,
             position=qv.position,
             waiting=qv.waiting,
-            busy=not free,
+            busy=True,
+            superseded_by=qv.superseded_by,
+        )
+        if not maybe_free:
+            return busy_view
+        stale_holder: str | None = None
+        if holder_uid is not None:
+            assert lease is not None
+            if not wants_lock or not qv.may_acquire:
+                return busy_view  # whether it may be taken over matters only to the head
+            if not await self._may_take_over(namespace, lease, holder_name, holder_running):
+                return busy_view
+            stale_holder = holder_name or holder_uid
+        view = LockView(
+            name=name,
+            position=qv.position,
+            waiting=qv.waiting,
             superseded_by=qv.superseded_by,
         )
         if not (wants_lock and qv.may_acquire):
@@ -142,6 +175,37 @@ class LeaseLock:
             recovered_from=stale_holder,
         )
 
+    async def _may_take_over(
+        self,
+        namespace: str,
+        lease: JsonObj,
+        holder_name: str | None,
+        holder_running: HolderCheck,
+    ) -> bool:
+        holder_uid = lease["spec"]["holderIdentity"]
+        if holder_name:
+            # Fresh read, not the watch-fed index: taking a lease from a holder that
+            # still runs would break the one promise the lock makes.
+            return not await holder_running(namespace, holder_name, holder_uid)
+        # A holder that names no rollout: only expiry tells that it is abandoned.
+        duration = float(lease["spec"].get("leaseDurationSeconds") or LEASE_DURATION_SECONDS)
+        return self._unchanged_for(namespace, lease) >= duration
+
+    async def confirm(self, namespace: str, lock_key: str, uid: str, token: int | None) -> bool:
+        """Fencing: does `uid` still hold the lock with `token`? A fresh read of the
+        Lease, on purpose not the watch-fed view: it guards a write to the target."""
+        name = lease_name(lock_key)
+        lease = await self.kube.get(self._path(namespace, name))
+        if lease is None:
+            return False
+        spec = lease.get("spec") or {}
+        holds = spec.get("holderIdentity") == uid and int(spec.get("leaseTransitions") or 0) == (
+            token or 0
+        )
+        if holds:
+            self.renewer.seen(lease)
+        return holds
+
     async def _acquire(
         self, namespace: str, name: str, lock_key: str, lease: JsonObj | None, me: Candidate
     ) -> int | None:
@@ -154,7 +218,7 @@ class LeaseLock:
                     "name": name,
                     "namespace": namespace,
                     "labels": {LOCK_LABEL: "true"},
-                    "annotations": {"canary-operator.dev/lock-key": lock_key},
+                    "annotations": {LOCK_KEY_ANNOTATION: lock_key},
                 },
                 "spec": {},
             }
@@ -187,26 +251,14 @@ class LeaseLock:
                 written = await self.kube.replace(self._path(namespace, name), body)
         except Conflict:
             return None
-        self._renewed[(namespace, name)] = self.clock()
         self._seen.pop((namespace, name), None)
+        self.renewer.hold(namespace, written, me.name)
         return int(written["spec"]["leaseTransitions"])
-
-    async def _renew(self, namespace: str, lease: JsonObj) -> None:
-        key = (namespace, lease["metadata"]["name"])
-        last = self._renewed.get(key)
-        if last is not None and self.clock() - last < RENEW_EVERY_SECONDS:
-            return
-        body = json.loads(json.dumps(lease))
-        body["spec"]["renewTime"] = micro_time()
-        try:
-            await self.kube.replace(self._path(namespace, key[1]), body)
-            self._renewed[key] = self.clock()
-        except Conflict:
-            pass  # someone wrote meanwhile; the next observation tells who holds it
 
     async def release(self, namespace: str, lock_key: str, uid: str) -> bool:
         """Give the lock up if `uid` holds it. Returns whether a release was written."""
         name = lease_name(lock_key)
+        self.renewer.drop(namespace, name)  # no renewal may race the release
         lease = await self.kube.get(self._path(namespace, name))
         if lease is None or lease.get("spec", {}).get("holderIdentity") != uid:
             return False
@@ -221,5 +273,4 @@ class LeaseLock:
         annotations.pop(HOLDER_ANNOTATION, None)
         body["metadata"]["annotations"] = annotations
         await self.kube.replace(self._path(namespace, name), body)  # Conflict: caller retries
-        self._renewed.pop((namespace, name), None)
         return True

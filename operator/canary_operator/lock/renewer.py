@@ -1,0 +1,234 @@
+"""Renewal of the per-target leases this operator's rollouts hold, on its own schedule.
+
+A live holder's lease must never lapse because its rollout is slow, so nothing a
+reconcile does is on the renewal path: no user endpoint, no work-queue backlog, no
+worker stalled on a slow API call. One task looks at every held lease each
+`TICK_SECONDS` and renews those last renewed `RENEW_EVERY_SECONDS` ago, each in its
+own task with its own time limit, so one slow write holds no other lease back.
+
+A renewal is a conditional write (the resourceVersion last seen). A 409 is read
+again: if the lease still names the same holder and token, someone renewed it for
+us (a second operator process of the same rollouts) and that counts; otherwise the
+lock was lost, the holder is forgotten and its rollout woken, and its run ends
+`LockLost` (lock/lease.py never takes a lease from a live holder, so that takes a
+human or a foreign writer). Failed renewals are kept per lease (`error`), counted
+(`on_renewal(False)`), and shown on the rollout by the state machine (condition
+`LockRenewed=False`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from canary_operator.kube.api import Conflict, JsonObj, Kube, path
+
+log = logging.getLogger(__name__)
+
+RENEW_EVERY_SECONDS = 5.0  # a sixth of the lease duration: renewTime never lags a third
+TICK_SECONDS = 1.0
+WRITE_TIMEOUT_SECONDS = 10.0
+
+
+def lease_path(namespace: str, name: str | None = None) -> str:
+    return path("coordination.k8s.io", "v1", "leases", namespace, name)
+
+
+def micro_time(now: datetime | None = None) -> str:
+    """A Lease's MicroTime (renewTime, acquireTime)."""
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class HeldLease:
+    namespace: str
+    name: str
+    holder_uid: str
+    holder_name: str
+    token: int
+    lease: JsonObj  # the newest version seen: read, written, or from the watch
+    renewed_at: float  # monotonic: when it last changed (our write or someone's)
+    error: str | None = None  # why the last renewal failed; None once one succeeds
+
+
+def _version(lease: JsonObj) -> int:
+    try:
+        return int(lease["metadata"].get("resourceVersion") or 0)
+    except ValueError:  # resourceVersions are opaque; compare only when numeric
+        return 0
+
+
+def _holder(lease: JsonObj) -> tuple[str | None, int]:
+    spec = lease.get("spec") or {}
+    return spec.get("holderIdentity") or None, int(spec.get("leaseTransitions") or 0)
+
+
+class LeaseRenewer:
+    def __init__(
+        self,
+        kube: Kube,
+        clock: Callable[[], float] = time.monotonic,
+        renew_every: float = RENEW_EVERY_SECONDS,
+        write_timeout: float = WRITE_TIMEOUT_SECONDS,
+    ) -> None:
+        self.kube = kube
+        self.clock = clock
+        self.renew_every = renew_every
+        self.write_timeout = write_timeout
+        self._held: dict[tuple[str, str], HeldLease] = {}
+        self._renewing: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._loop: asyncio.Task[None] | None = None
+        # (namespace, rollout name): the lock of this rollout was lost.
+        self.on_lost: Callable[[str, str], None] | None = None
+        # (namespace, holder uid) -> whether that rollout still exists and runs: a
+        # holder that ended or went is not kept alive by renewals.
+        self.holder_active: Callable[[str, str], bool] | None = None
+        self.on_renewal: Callable[[bool], None] | None = None
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def hold(self, namespace: str, lease: JsonObj, holder_name: str) -> None:
+        """`lease` names one of our rollouts as holder: renew it from now on."""
+        uid, token = _holder(lease)
+        if uid is None:
+            return
+        key = (namespace, lease["metadata"]["name"])
+        known = self._held.get(key)
+        if known is not None and (known.holder_uid, known.token) == (uid, token):
+            if _version(lease) > _version(known.lease):
+                known.lease = lease
+            return
+        self._held[key] = HeldLease(
+            namespace, key[1], uid, holder_name, token, lease, renewed_at=self.clock()
+        )
+
+    def drop(self, namespace: str, name: str) -> None:
+        self._held.pop((namespace, name), None)
+        task = self._renewing.pop((namespace, name), None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def seen(self, lease: JsonObj) -> None:
+        """A watch event of a Lease: keep the newest version; notice a lost lock."""
+        meta = lease["metadata"]
+        held = self._held.get((meta.get("namespace", ""), meta["name"]))
+        if held is None or _version(lease) <= _version(held.lease):
+            return
+        if _holder(lease) != (held.holder_uid, held.token):
+            self._lost(held, lease)
+            return
+        if lease["metadata"].get("resourceVersion") != held.lease["metadata"].get(
+            "resourceVersion"
+        ):
+            held.renewed_at = self.clock()
+        held.lease = lease
+
+    def error(self, namespace: str, name: str) -> str | None:
+        held = self._held.get((namespace, name))
+        return held.error if held is not None else None
+
+    def holds(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self._held
+
+    def held(self) -> list[HeldLease]:
+        return list(self._held.values())
+
+    def _lost(self, held: HeldLease, lease: JsonObj | None) -> None:
+        now_holder = _holder(lease)[0] if lease is not None else None
+        log.warning(
+            "lock %s/%s of %s is no longer ours (holder now %s)",
+            held.namespace,
+            held.name,
+            held.holder_name,
+            now_holder,
+        )
+        self.drop(held.namespace, held.name)
+        if self.on_lost is not None:
+            self.on_lost(held.namespace, held.holder_name)
+
+    # ---------------------------------------------------------------- renewal
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.create_task(self._run(), name="lease renewer")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._loop, *self._renewing.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop = None
+        self._renewing.clear()
+
+    async def _run(self) -> None:
+        while True:
+            self.renew_due()
+            await asyncio.sleep(TICK_SECONDS)  # a timer: the renewal schedule itself
+
+    def renew_due(self) -> list[asyncio.Task[None]]:
+        """Start a renewal of every held lease that is due (and not being renewed)."""
+        started = []
+        now = self.clock()
+        for key, held in list(self._held.items()):
+            if now - held.renewed_at < self.renew_every or key in self._renewing:
+                continue
+            if self.holder_active is not None and not self.holder_active(
+                held.namespace, held.holder_uid
+            ):
+                log.info("not renewing %s/%s: its holder has ended", *key)
+                self.drop(*key)
+                continue
+            task = asyncio.create_task(self._renew(held), name=f"renew {key[0]}/{key[1]}")
+            self._renewing[key] = task
+            task.add_done_callback(self._renewal_done)
+            started.append(task)
+        return started
+
+    def _renewal_done(self, task: asyncio.Task[None]) -> None:
+        for key, running in list(self._renewing.items()):
+            if running is task:
+                del self._renewing[key]
+
+    async def _renew(self, held: HeldLease) -> None:
+        body = copy.deepcopy(held.lease)
+        body["spec"]["renewTime"] = micro_time()
+        where = lease_path(held.namespace, held.name)
+        try:
+            try:
+                written = await asyncio.wait_for(self.kube.replace(where, body), self.write_timeout)
+            except Conflict:
+                fresh = await asyncio.wait_for(self.kube.get(where), self.write_timeout)
+                if fresh is None or _holder(fresh) != (held.holder_uid, held.token):
+                    self._lost(held, fresh)
+                    return
+                written = fresh  # renewed by someone else (another operator process)
+        except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            held.error = f"lease renewal failed: {_describe(exc)}"
+            log.warning("%s/%s: %s", held.namespace, held.name, held.error)
+            self._count(False)
+            return
+        if self._held.get((held.namespace, held.name)) is held:
+            held.lease, held.renewed_at, held.error = written, self.clock(), None
+        self._count(True)
+
+    def _count(self, ok: bool) -> None:
+        if self.on_renewal is not None:
+            with contextlib.suppress(Exception):
+                self.on_renewal(ok)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"API error {exc.status} {exc.reason}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
