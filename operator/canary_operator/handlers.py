@@ -123,7 +123,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # HTTP endpoints, metrics and (optionally) leader election; only the leader
     # starts the work queue.
     services = Services(kube, memo.get("options") or RunOptions(http_port=0), controller)
-    controller.reconciler.on_status_written = services.state.metrics.record
+    metrics = services.state.metrics
+    controller.reconciler.on_status_written = metrics.record
+    controller.queue.observer = metrics.reconciled
+    controller.lock.renewer.on_renewal = metrics.lease_renewal
     memo["controller"] = controller
     memo["api_client"] = api_client
     memo["services"] = services

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Labels = tuple[tuple[str, str], ...]
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _FINISHED = ("Succeeded", "Failed", "Cancelled")
 
 
@@ -92,8 +93,18 @@ class Metrics:
         self.step_duration = _Histogram()
         self.cleanup_duration = _Histogram()
         self.lock_wait = _Histogram()
+        self.reconcile_duration = _Histogram(RECONCILE_BUCKETS)
+        self.lease_renewals: dict[Labels, int] = {}
 
     # ----------------------------------------------------------------- inputs
+
+    def reconciled(self, seconds: float, ok: bool) -> None:
+        """One reconcile, as the work queue timed it."""
+        self.reconcile_duration.observe(_labels(result="ok" if ok else "error"), seconds)
+
+    def lease_renewal(self, ok: bool) -> None:
+        labels = _labels(result="ok" if ok else "failed")
+        self.lease_renewals[labels] = self.lease_renewals.get(labels, 0) + 1
 
     def observe(self, namespace: str, name: str, phase: str | None) -> None:
         """A rollout as the watch sees it (`phase` None: it was deleted)."""
@@ -289,8 +300,22 @@ class Metrics:
                 self.lock_wait,
                 "Time from queuing to acquiring the target's lock.",
             ),
+            (
+                "canary_operator_reconcile_duration_seconds",
+                self.reconcile_duration,
+                "Time one reconcile took (API round trips only: checks run apart).",
+            ),
         ):
             family(name, "histogram", help_, histogram.lines(name))
+        family(
+            "canary_operator_lease_renewals_total",
+            "counter",
+            "Renewals of held per-target leases, by result.",
+            [
+                f"canary_operator_lease_renewals_total{_format_labels(k)} {v}"
+                for k, v in sorted(self.lease_renewals.items())
+            ],
+        )
         family(
             "canary_operator_status_writes_total",
             "counter",

@@ -95,6 +95,8 @@ class RetryLater(Exception):
     """An API call failed in a way a retry may cure; the status says so, the work
     queue retries with backoff."""
 
+    described = True  # the status and an Event tell it: no traceback in the log
+
 
 def rollout_path(namespace: str, name: str | None = None) -> str:
     return path(models.GROUP, models.VERSION, models.PLURAL, namespace, name)
@@ -445,7 +447,16 @@ class Reconciler:
         # Only a rollout about to start, or one owing a cleanup, takes the lock. A run in
         # progress never takes it again: if it is not held any more, the run lost it.
         wants = rollout.status.phase in (Phase.QUEUED, Phase.CLEANING_UP)
-        lock = await self.lock.observe(ns, spec.lock_key, me, shared, wants, self._holder_running)
+
+        async def still_current() -> bool:
+            # Fresh read, only when about to take a free lock (see LeaseLock.observe).
+            fresh = await self.kube.get(rollout_path(ns, rollout.name))
+            version = body["metadata"]["resourceVersion"]
+            return fresh is not None and fresh["metadata"]["resourceVersion"] == version
+
+        lock = await self.lock.observe(
+            ns, spec.lock_key, me, shared, wants, self._holder_running, still_current
+        )
         canary = await self.kube.get(
             path("apps", "v1", "deployments", ns, objects.canary_name(spec))
         )

@@ -1,23 +1,31 @@
 """A de-duplicating, delaying work queue of rollout keys (controller-runtime style).
 
 A key is processed by one worker at a time; events arriving meanwhile mark it dirty
-so it runs once more afterwards. Failures retry with exponential backoff.
+so it runs once more afterwards. Failures retry with exponential backoff; an event
+for a backing-off key (an abort, say) still runs it at once.
+
+Reconciles never wait on user endpoints (checks run in the background) and lease
+renewal does not depend on them, so a backlog or a slow API call delays work but
+cannot cost a holder its lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 Reconcile = Callable[[Key], Awaitable[float | None]]
+# (seconds one reconcile took, whether it succeeded)
+Observer = Callable[[float, bool], None]
 
 
 class WorkQueue:
-    def __init__(self, reconcile: Reconcile, workers: int = 4, max_backoff: float = 30.0) -> None:
+    def __init__(self, reconcile: Reconcile, workers: int = 8, max_backoff: float = 10.0) -> None:
         self._reconcile = reconcile
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
@@ -28,6 +36,7 @@ class WorkQueue:
         self._workers_count = workers
         self._workers: list[asyncio.Task[None]] = []
         self._max_backoff = max_backoff
+        self.observer: Observer | None = None
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._workers_count)]
@@ -66,24 +75,33 @@ class WorkQueue:
             self._queued.discard(key)
             self._running.add(key)
             delay: float | None
+            started = time.monotonic()
+            ok = False
             try:
                 delay = await self._reconcile(key)
                 self._failures.pop(key, None)
+                ok = True
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 count = self._failures.get(key, 0) + 1
                 self._failures[key] = count
                 delay = min(self._max_backoff, 0.25 * 2**count)
-                log.exception(
-                    "reconcile of %s/%s failed (attempt %d); retry in %.1fs",
+                log.log(
+                    logging.WARNING,
+                    "reconcile of %s/%s failed (attempt %d); retry in %.1fs: %s",
                     key[0],
                     key[1],
                     count,
                     delay,
+                    exc,
+                    # A failure already described in the rollout's status needs no trace.
+                    exc_info=not getattr(exc, "described", False),
                 )
             finally:
                 self._running.discard(key)
+                if self.observer is not None:
+                    self.observer(time.monotonic() - started, ok)
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)

@@ -10,7 +10,12 @@ import pytest
 
 from canary_operator.api.models import Phase
 from canary_operator.kube.api import Conflict
-from canary_operator.lock.lease import LEASE_DURATION_SECONDS, LeaseLock, lease_name
+from canary_operator.lock.lease import (
+    LEASE_DURATION_SECONDS,
+    TAKEOVER_GRACE_SECONDS,
+    LeaseLock,
+    lease_name,
+)
 from canary_operator.lock.queue import Candidate
 from tests.harness.fake_api import Clock, FakeApi
 
@@ -74,7 +79,8 @@ async def test_a_holder_the_index_shows_ended_is_confirmed_fresh_before_a_takeov
     a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
     a_ended = rollout("a", "2026-01-01T00:00:00Z", Phase.SUCCEEDED)
     b = rollout("b", "2026-01-01T00:00:01Z")
-    lock = LeaseLock(kube, Clock())  # type: ignore[arg-type]
+    clock = Clock()
+    lock = LeaseLock(kube, clock)  # type: ignore[arg-type]
     await lock.observe(NS, "web", a, [a], True, alive)
     asked: list[tuple[str, str, str]] = []
 
@@ -82,6 +88,9 @@ async def test_a_holder_the_index_shows_ended_is_confirmed_fresh_before_a_takeov
         asked.append((namespace, name, uid))
         return True  # the index was stale: the API server says it runs
 
+    view = await lock.observe(NS, "web", b, [a_ended, b], True, still_running)
+    assert not view.held and view.busy and asked == []  # within the grace: not even asked
+    clock.now += TAKEOVER_GRACE_SECONDS
     view = await lock.observe(NS, "web", b, [a_ended, b], True, still_running)
     assert not view.held and view.busy
     assert asked == [(NS, "a", "uid-a")]
@@ -141,17 +150,45 @@ async def test_a_lease_naming_no_rollout_is_taken_only_after_it_stood_still(
     assert taken.held and taken.recovered_from == "someone"
 
 
-async def test_a_gone_or_ended_holder_is_taken_over_at_once(kube: FakeApi) -> None:
+async def test_a_gone_holder_is_taken_over_after_a_short_grace(kube: FakeApi) -> None:
+    clock = Clock()
     a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
     b = rollout("b", "2026-01-01T00:00:01Z")
-    lock = LeaseLock(kube, Clock())  # type: ignore[arg-type]
+    lock = LeaseLock(kube, clock)  # type: ignore[arg-type]
     await lock.observe(NS, "web", a, [a], True, alive)
 
     async def gone(namespace: str, name: str, uid: str) -> bool:
         return False
 
-    taken = await lock.observe(NS, "web", b, [b], True, gone)  # a is not in the index
+    assert not (await lock.observe(NS, "web", b, [b], True, gone)).held  # a not in the index
+    clock.now += TAKEOVER_GRACE_SECONDS
+    taken = await lock.observe(NS, "web", b, [b], True, gone)
     assert taken.held and taken.recovered_from == "a"
+
+
+async def test_an_ended_holder_that_releases_within_the_grace_hands_over_cleanly(
+    kube: FakeApi,
+) -> None:
+    """The normal handoff: the waiter sees the holder's terminal status (watch) a moment
+    before the holder's release; it waits for the release rather than take over."""
+    clock = Clock()
+    a = rollout("a", "2026-01-01T00:00:00Z", Phase.CLEANING_UP)
+    a_ended = rollout("a", "2026-01-01T00:00:00Z", Phase.SUCCEEDED)
+    b = rollout("b", "2026-01-01T00:00:01Z")
+    lock = LeaseLock(kube, clock)  # type: ignore[arg-type]
+    await lock.observe(NS, "web", a, [a], True, alive)
+
+    async def ended(namespace: str, name: str, uid: str) -> bool:
+        return False
+
+    assert not (await lock.observe(NS, "web", b, [a_ended, b], True, ended)).held
+    clock.now += 0.05
+    assert await lock.release(NS, "web", "uid-a")
+    taken = await lock.observe(NS, "web", b, [a_ended, b], True, ended)
+    assert taken.held and taken.recovered_from is None and taken.token == 2
+    history = json.loads(lease_of(kube)["metadata"]["annotations"]["canary-operator.dev/history"])
+    assert [h["holder"] for h in history] == ["a", "b"]
+    assert all("takenOverBy" not in h for h in history)
 
 
 async def test_only_one_of_two_racing_writers_wins(kube: FakeApi) -> None:
@@ -215,3 +252,26 @@ async def test_a_held_lease_is_renewed_by_the_renewer_also_after_a_restart(
     assert restarted.renewer.holds(NS, lease_name("web"))
     await restarted.release(NS, "web", "uid-a")
     assert not restarted.renewer.holds(NS, lease_name("web"))
+
+
+async def test_a_stale_view_of_the_would_be_holder_does_not_take_a_free_lock(
+    kube: FakeApi,
+) -> None:
+    """Another operator process ended this rollout's run and released the lock after we
+    read the rollout: the fresh read right before acquiring says so."""
+    a = rollout("a", "2026-01-01T00:00:00Z", Phase.CLEANING_UP)
+
+    async def moved_on() -> bool:
+        return False
+
+    async def as_read() -> bool:
+        return True
+
+    view = await LeaseLock(kube, Clock()).observe(  # type: ignore[arg-type]
+        NS, "web", a, [a], True, alive, moved_on
+    )
+    assert not view.held and kube.objects == {}
+    view = await LeaseLock(kube, Clock()).observe(  # type: ignore[arg-type]
+        NS, "web", a, [a], True, alive, as_read
+    )
+    assert view.held and view.token == 1

@@ -8,7 +8,10 @@ Protocol (see DESIGN.md, "Exclusion"):
   delay a rollout, never hand its lock to another). Before taking a lease over,
   the holder is read fresh from the API server, not from the watch-fed index;
 - a lease may be taken over when its holder rollout no longer exists (or exists
-  under a new uid) or has ended; the new holder first runs a recovery cleanup;
+  under a new uid) or has ended, and the lease has not changed for
+  TAKEOVER_GRACE_SECONDS (an ended holder releases within moments, and that
+  release, not a takeover, is the normal handoff); the new holder first runs a
+  recovery cleanup;
 - expiry is only for a lease this operator cannot judge by its holder: one whose
   holder names no rollout (written by hand or by another tool). It counts as
   expired when it has not changed for leaseDurationSeconds on *our* monotonic clock
@@ -48,6 +51,7 @@ __all__ = [
 ]
 
 LEASE_DURATION_SECONDS = 30
+TAKEOVER_GRACE_SECONDS = 5.0
 HOLDER_ANNOTATION = "canary-operator.dev/holder"
 HISTORY_ANNOTATION = "canary-operator.dev/history"
 LOCK_LABEL = "canary-operator.dev/lock"
@@ -57,6 +61,8 @@ HISTORY_LENGTH = 30
 # Asks the API server (fresh, not a cache) whether a holder rollout (namespace, name,
 # uid) still exists and has not ended.
 HolderCheck = Callable[[str, str, str], Awaitable[bool]]
+# Asks the API server (fresh) whether the would-be holder is still as it was read.
+SelfCheck = Callable[[], Awaitable[bool]]
 
 
 def lease_name(lock_key: str) -> str:
@@ -105,9 +111,15 @@ class LeaseLock:
         candidates: list[Candidate],
         wants_lock: bool,
         holder_running: HolderCheck,
+        still_current: SelfCheck | None = None,
     ) -> LockView:
         """Read the lock; take it if we are next and may. A held lease is handed to the
-        renewer (also after a restart: the holder is the rollout, not the process)."""
+        renewer (also after a restart: the holder is the rollout, not the process).
+
+        `still_current` is asked right before taking a free lock: another operator
+        process may have ended this rollout's run (and released the lock) after we
+        read the rollout. A run writes its terminal status before releasing, so a
+        fresh read after seeing the lock free tells; a stale view never takes it."""
         name = lease_name(lock_key)
         lease = await self.kube.get(self._path(namespace, name))
         spec = (lease or {}).get("spec", {})
@@ -162,6 +174,8 @@ class LeaseLock:
         )
         if not (wants_lock and qv.may_acquire):
             return view
+        if still_current is not None and not await still_current():
+            return view
         token = await self._acquire(namespace, name, lock_key, lease, me)
         if token is None:
             return view
@@ -183,13 +197,16 @@ class LeaseLock:
         holder_running: HolderCheck,
     ) -> bool:
         holder_uid = lease["spec"]["holderIdentity"]
+        unchanged = self._unchanged_for(namespace, lease)
         if holder_name:
+            if unchanged < TAKEOVER_GRACE_SECONDS:
+                return False  # an ended holder's own release is on its way
             # Fresh read, not the watch-fed index: taking a lease from a holder that
             # still runs would break the one promise the lock makes.
             return not await holder_running(namespace, holder_name, holder_uid)
         # A holder that names no rollout: only expiry tells that it is abandoned.
         duration = float(lease["spec"].get("leaseDurationSeconds") or LEASE_DURATION_SECONDS)
-        return self._unchanged_for(namespace, lease) >= duration
+        return unchanged >= duration
 
     async def confirm(self, namespace: str, lock_key: str, uid: str, token: int | None) -> bool:
         """Fencing: does `uid` still hold the lock with `token`? A fresh read of the
