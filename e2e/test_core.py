@@ -357,6 +357,7 @@ def test_operator_killed_mid_step_and_mid_cleanup(
         return status.get("currentStep") == index and status["steps"][index]["phase"] == "Running"
 
     wait_for(lambda: running_step(2), 60, message="the slow test step running")
+    step_started = get_rollout(kube_cluster, namespace, "a")["status"]["steps"][2]["startedAt"]
     operator.kill()
     replacement = OperatorProcess(kube_cluster, namespace, tmp_path / "op2.log").start()
     operators.append(replacement)
@@ -369,13 +370,18 @@ def test_operator_killed_mid_step_and_mid_cleanup(
     assert body["status"]["phase"] == "Succeeded"
     assert condition(body, "CleanupVerified")["status"] == "True"
     assert stable_image(kube_cluster, namespace) == NEW
-    # the step that was running when the operator died ran once, not twice
-    test_jobs = [
+    # The step that was running when the operator died ran once, not twice: it was
+    # never started anew (its start time is the one recorded before the kill), and it
+    # was announced at most once (an Event follows the status write that records the
+    # transition, so a kill right after that write may lose it, never double it).
+    assert body["status"]["steps"][2]["startedAt"] == step_started
+    assert body["status"]["steps"][2]["phase"] == "Succeeded"
+    started_events = [
         e
         for e in events_of(kube_cluster, namespace, "a")
         if e["reason"] == "StepStarted" and "step 3/" in e["message"]
     ]
-    assert len(test_jobs) == 1
+    assert len(started_events) <= 1
     assert_no_overlap(lease_history(kube_cluster, namespace))
     assert_clean(kube_cluster, namespace)
 
