@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from canary_operator.api.models import CanaryRolloutSpec, parse_duration
@@ -221,29 +223,6 @@ async def wait_settled(
     return result
 
 
-async def abort_unfinished(session: Session, name: str, namespace: str) -> tuple[bool, JsonObj]:
-    """Set spec.abort=true unless the current spec's run has already ended (an abort
-    then would only bump the generation). The patch carries the resourceVersion it
-    was decided on, so a rollout that ended meanwhile is read again, not aborted."""
-    path = client.rollout_path(namespace, name)
-    for _ in range(5):
-        body = await client.get_rollout(session, name, namespace)
-        if settled(body):
-            return False, body
-        patch = {
-            "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
-            "spec": {"abort": True},
-        }
-        try:
-            patched: JsonObj = await session.kube.merge_patch(path, patch)
-        except Conflict:
-            continue
-        except Exception as exc:
-            raise CliError(client.explain(exc, session.server)) from exc
-        return True, patched
-    raise CliError(f"canaryrollout {name!r} kept changing; abort not applied")
-
-
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Entry point of `canary-operator wait` and `kubectl canary wait`."""
     if not args.name:
@@ -313,8 +292,14 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 async def _terminated(session: Session, name: str, namespace: str, out: TextIO) -> int:
     """SIGTERM with --abort-on-term: abort the rollout if its run has not ended."""
-    aborted, body = await abort_unfinished(session, name, namespace)
-    if aborted:
+    try:
+        request = await client.request_abort(session.kube, namespace, name)
+    except (ApiException, Conflict, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise CliError(f"abort on SIGTERM failed: {client.explain(exc, session.server)}") from exc
+    body = request.body
+    if body is None:
+        raise CliError(f'canaryrollout "{name}" not found in namespace "{namespace}"')
+    if request.aborted:
         message = "the waiter was stopped (SIGTERM); abort requested (spec.abort=true)"
     else:
         message = f"the waiter was stopped (SIGTERM); the run had ended ({effective_phase(body)})"
