@@ -230,18 +230,20 @@ def build_app(state: WebState) -> web.Application:
             )
         if outcome.body is None:
             return web.json_response({"aborted": False, "phase": "NotFound", **target}, status=404)
-        phase = effective_phase(outcome.body)
         if not outcome.aborted:
             return web.json_response(
                 {
                     "aborted": False,
-                    "phase": phase,
+                    "phase": effective_phase(outcome.body),
                     "message": "the run has already ended",
                     **target,
                 },
                 status=409,
             )
         log.info("abort of %s/%s requested by %s", namespace, name, caller.username)
+        # The phase the abort found: the patch made a generation the operator has
+        # not acted on yet, so the generation-aware phase would only say Pending.
+        phase = str((outcome.body.get("status") or {}).get("phase") or "Pending")
         return web.json_response(
             {"aborted": True, "phase": phase, "requestedBy": caller.username, **target},
             status=202,

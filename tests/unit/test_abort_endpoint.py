@@ -106,7 +106,9 @@ async def test_a_caller_who_may_not_patch_the_rollout_is_403() -> None:
 
 
 async def test_an_allowed_caller_aborts_with_202() -> None:
-    access, aborts = FakeAccess(ALLOWED), Aborts(AbortRequest(True, rollout("Paused", True)))
+    patched = rollout("Paused", True)
+    patched["metadata"]["generation"] = 2  # the abort's generation, not acted on yet
+    access, aborts = FakeAccess(ALLOWED), Aborts(AbortRequest(True, patched))
     async with TestClient(app(access, aborts)) as http:
         response = await http.post(
             "/abort/apps/web-v001", headers={"authorization": "bearer good-token"}

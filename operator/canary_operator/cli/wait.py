@@ -304,5 +304,8 @@ async def _terminated(session: Session, name: str, namespace: str, out: TextIO) 
     else:
         message = f"the waiter was stopped (SIGTERM); the run had ended ({effective_phase(body)})"
     print(f"{name}: {message}", file=sys.stderr)
-    out.write(properties(body, REASON="Terminated", MESSAGE=message))
+    # After the abort patch the generation-aware phase is Pending; report the phase
+    # the run was in.
+    phase = str((body.get("status") or {}).get("phase") or "Pending")
+    out.write(properties(body, PHASE=phase, REASON="Terminated", MESSAGE=message))
     return EXIT_TERMINATED
