@@ -75,7 +75,7 @@ CASES = [
             failed=2,
         ),
     ),
-    Case("deadline", body(Phase.FAILED, Result.DEADLINE_EXCEEDED, DEADLINE, failed=3)),
+    Case("deadline, no failed step", body(Phase.FAILED, Result.DEADLINE_EXCEEDED, DEADLINE)),
     Case("aborted", body(Phase.ABORTED, Result.ABORTED, "aborted by the user (spec.abort)")),
     Case(
         "superseded",
@@ -185,8 +185,8 @@ def test_the_old_output_lost_values_the_new_one_keeps() -> None:
     values = expected_values(case)
     naive = "".join(f"SPINNAKER_PROPERTY_{k.upper()}={v}\n" for k, v in values.items())
     lost = extract_properties_from_log(naive)
-    assert "message" not in lost and lost["failed_step"] == "3"
-    assert "reason" in lost and "failed_step_name" in lost
+    assert "message" not in lost and "failed_step" not in lost
+    assert lost["reason"] == "ProgressDeadlineExceeded"
     succeeded = expected_values(CASES[0])
     naive = "".join(f"SPINNAKER_PROPERTY_{k.upper()}={v}\n" for k, v in succeeded.items())
     assert "failed_step" not in extract_properties_from_log(naive)  # empty: dropped
