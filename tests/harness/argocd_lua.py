@@ -80,3 +80,31 @@ def run(script: str, obj: dict[str, Any], open_libs: bool = False, action: bool 
     if result.returncode != 0:
         raise LuaError(result.stderr.strip())
     return json.loads(result.stdout)
+
+
+def merge_patch(live: Any, new: Any) -> Any:
+    """RFC 7386 merge patch turning `live` into `new`, as jsonpatch.CreateMergePatch
+    computes it in argo-cd's server/application (null deletes a key; arrays and
+    scalars are replaced whole): what Argo CD sends after an action."""
+    if not isinstance(live, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in live.keys() | new.keys():
+        if key not in new:
+            patch[key] = None
+        elif key not in live:
+            patch[key] = new[key]
+        elif isinstance(live[key], dict) and isinstance(new[key], dict):
+            inner = merge_patch(live[key], new[key])
+            if inner:
+                patch[key] = inner
+        elif live[key] != new[key]:
+            patch[key] = new[key]
+    return patch
+
+
+def action_patch(script: str, live: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch Argo CD would send for this action on this live object."""
+    patch = merge_patch(live, run(script, live, action=True))
+    assert isinstance(patch, dict)
+    return patch

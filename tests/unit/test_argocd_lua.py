@@ -7,7 +7,8 @@ Bodies are built from the operator's own status model (dump_status), so the
 field names the scripts read are the ones the operator writes. Action results
 are turned into the merge patch Argo CD sends (argo-cd server/application:
 jsonpatch.CreateMergePatch of the live and the returned object), and the tests
-assert that exact patch."""
+assert that exact patch; e2e/test_argocd_actions.py applies those patches to
+rollouts on a real API server and watches the operator act on them."""
 
 from __future__ import annotations
 
@@ -265,32 +266,9 @@ def test_discovery_before_the_operator_wrote_a_status() -> None:
     assert discover(rollout(None)) == {"abort", "promote"}
 
 
-def merge_patch(live: Any, new: Any) -> Any:
-    """RFC 7386 merge patch turning `live` into `new`, as jsonpatch.CreateMergePatch
-    computes it (null deletes a key; arrays and scalars are replaced whole)."""
-    if not isinstance(live, dict) or not isinstance(new, dict):
-        return new
-    patch: dict[str, Any] = {}
-    for key in live.keys() | new.keys():
-        if key not in new:
-            patch[key] = None
-        elif key not in live:
-            patch[key] = new[key]
-        elif isinstance(live[key], dict) and isinstance(new[key], dict):
-            inner = merge_patch(live[key], new[key])
-            if inner:
-                patch[key] = inner
-        elif live[key] != new[key]:
-            patch[key] = new[key]
-    return patch
-
-
 def act(name: str, body: dict[str, Any]) -> dict[str, Any]:
     assert name in discover(body), f"{name} is not offered for this rollout"
-    result = argocd_lua.run(ACTIONS[name], body, action=True)
-    patch = merge_patch(body, result)
-    assert isinstance(patch, dict)
-    return patch
+    return argocd_lua.action_patch(ACTIONS[name], body)
 
 
 def at_step(index: int, phase: Phase = Phase.PAUSED, run: int = 3) -> CanaryRolloutStatus:
