@@ -40,6 +40,8 @@ EXPECTED_RULES = {
     "/pods": {"list", "delete"},
     "/events": {"create"},
     "gateway.networking.k8s.io/httproutes": {"get", "update"},
+    "authentication.k8s.io/tokenreviews": {"create"},
+    "authorization.k8s.io/subjectaccessreviews": {"create"},
 }
 
 
@@ -243,6 +245,8 @@ def test_service_account_can_do_what_it_needs(
         ("delete", "pods", None),
         ("create", "events", None),
         ("update", "httproutes.gateway.networking.k8s.io", None),
+        ("create", "tokenreviews.authentication.k8s.io", None),
+        ("create", "subjectaccessreviews.authorization.k8s.io", None),
     ]:
         assert can_i(kube_cluster, IDENTITY, verb, resource, namespace, sub), (verb, resource)
 

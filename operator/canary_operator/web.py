@@ -6,7 +6,10 @@
 - `/metrics`: Prometheus text format (see `metrics.py`);
 - `/status/{namespace}/{name}`: read-only `{"phase": ...}` for a Spinnaker Webhook
   stage polling with `statusJsonPath: $.phase`; `Pending` until the operator has
-  seen the rollout's current generation.
+  seen the rollout's current generation;
+- `POST /abort/{namespace}/{name}`: sets spec.abort=true for a caller whose bearer
+  token the API server accepts (TokenReview) and who may patch that rollout
+  (SubjectAccessReview); a Spinnaker Webhook stage's `cancelEndpoint`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from aiohttp import web
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from canary_operator.api import models
-from canary_operator.kube.api import JsonObj, Kube, path
+from canary_operator.cli.client import AbortRequest, request_abort
+from canary_operator.kube.api import Conflict, JsonObj, Kube, path
 from canary_operator.leader import LeaderElector, default_namespace
 from canary_operator.metrics import Metrics
 from canary_operator.rollout_view import effective_phase, outcome_properties, settled
@@ -31,7 +35,87 @@ from canary_operator.rollout_view import effective_phase, outcome_properties, se
 log = logging.getLogger(__name__)
 
 Lookup = Callable[[str, str], Awaitable[JsonObj | None]]
+Aborter = Callable[[str, str], Awaitable[AbortRequest]]
 STARTING, RUNNING, STANDBY, STOPPING = "starting", "running", "standby", "stopping"
+# The permission an abort needs: what `kubectl canary abort` does is a patch.
+ABORT_VERB = "patch"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a bearer token belongs to, as the API server's TokenReview says."""
+
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+
+class AccessReview(Protocol):
+    """Authentication and authorisation of HTTP callers, delegated to the API server."""
+
+    async def authenticate(self, token: str) -> Caller | None: ...
+
+    async def may_abort(self, caller: Caller, namespace: str, name: str) -> bool: ...
+
+
+class KubeAccessReview:
+    """TokenReview and SubjectAccessReview (the operator needs `create` on both,
+    the rights of the built-in ClusterRole system:auth-delegator)."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+
+    async def authenticate(self, token: str) -> Caller | None:
+        review = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token},
+        }
+        result = await self.kube.create(path("authentication.k8s.io", "v1", "tokenreviews"), review)
+        status = result.get("status") or {}
+        user = status.get("user") or {}
+        if not status.get("authenticated") or not user.get("username"):
+            return None
+        return Caller(
+            username=str(user["username"]),
+            uid=str(user.get("uid") or ""),
+            groups=tuple(user.get("groups") or ()),
+            extra={k: list(v) for k, v in (user.get("extra") or {}).items()},
+        )
+
+    async def may_abort(self, caller: Caller, namespace: str, name: str) -> bool:
+        spec: JsonObj = {
+            "user": caller.username,
+            "groups": list(caller.groups),
+            "resourceAttributes": {
+                "namespace": namespace,
+                "verb": ABORT_VERB,
+                "group": models.GROUP,
+                "resource": models.PLURAL,
+                "name": name,
+            },
+        }
+        if caller.uid:
+            spec["uid"] = caller.uid
+        if caller.extra:
+            spec["extra"] = caller.extra
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": spec,
+        }
+        result = await self.kube.create(
+            path("authorization.k8s.io", "v1", "subjectaccessreviews"), review
+        )
+        return bool((result.get("status") or {}).get("allowed"))
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (scheme case-insensitive)."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 @dataclass
@@ -49,6 +133,8 @@ class RunOptions:
 class WebState:
     metrics: Metrics = field(default_factory=Metrics)
     lookup: Lookup | None = None
+    access: AccessReview | None = None
+    abort: Aborter | None = None
     mode: str = STARTING
 
     def set_mode(self, mode: str) -> None:
@@ -113,12 +199,70 @@ def build_app(state: WebState) -> web.Application:
             )
         return web.json_response(status_document(body))
 
+    async def abort(request: web.Request) -> web.Response:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        target = {"name": name, "namespace": namespace}
+        if state.access is None or state.abort is None:
+            return web.json_response({"aborted": False, "error": "not started"}, status=503)
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
+            return _unauthorized("an Authorization: Bearer token is required", target)
+        try:
+            caller = await state.access.authenticate(token)
+            if caller is None:
+                return _unauthorized("the API server did not accept the token", target)
+            if not await state.access.may_abort(caller, namespace, name):
+                message = (
+                    f"{caller.username} may not {ABORT_VERB} {models.PLURAL}.{models.GROUP} "
+                    f"{name!r} in namespace {namespace!r}"
+                )
+                return web.json_response({"aborted": False, "error": message, **target}, status=403)
+            outcome = await state.abort(namespace, name)
+        except (ApiException, Conflict, OSError, TimeoutError) as exc:
+            # The operator could not review the token or write the abort (e.g. its
+            # own RBAC lacks create on tokenreviews): not the caller's fault.
+            log.warning("abort endpoint: %s/%s: %s", namespace, name, exc)
+            detail = f"{exc.status}: {exc.reason}" if isinstance(exc, ApiException) else str(exc)
+            return web.json_response(
+                {"aborted": False, "error": f"the operator could not do it ({detail})", **target},
+                status=503,
+            )
+        if outcome.body is None:
+            return web.json_response({"aborted": False, "phase": "NotFound", **target}, status=404)
+        if not outcome.aborted:
+            return web.json_response(
+                {
+                    "aborted": False,
+                    "phase": effective_phase(outcome.body),
+                    "message": "the run has already ended",
+                    **target,
+                },
+                status=409,
+            )
+        log.info("abort of %s/%s requested by %s", namespace, name, caller.username)
+        # The phase the abort found: the patch made a generation the operator has
+        # not acted on yet, so the generation-aware phase would only say Pending.
+        phase = str((outcome.body.get("status") or {}).get("phase") or "Pending")
+        return web.json_response(
+            {"aborted": True, "phase": phase, "requestedBy": caller.username, **target},
+            status=202,
+        )
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status/{namespace}/{name}", status)
+    app.router.add_post("/abort/{namespace}/{name}", abort)
     return app
+
+
+def _unauthorized(message: str, target: dict[str, str]) -> web.Response:
+    return web.json_response(
+        {"aborted": False, "error": message, **target},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="canary-operator"'},
+    )
 
 
 class WebServer:
@@ -140,7 +284,7 @@ class WebServer:
             await runner.cleanup()
             return False
         self._runner = runner
-        log.info("serving /healthz /readyz /metrics /status on %s:%d", self.host, self.port)
+        log.info("serving /healthz /readyz /metrics /status /abort on %s:%d", self.host, self.port)
         return True
 
     async def stop(self) -> None:
@@ -165,7 +309,7 @@ class Services:
         self.kube = kube
         self.options = options
         self.work = work
-        self.state = WebState(lookup=self._lookup)
+        self.state = WebState(lookup=self._lookup, access=KubeAccessReview(kube), abort=self._abort)
         self.server: WebServer | None = None
         self.elector: LeaderElector | None = None
         self._stopping: asyncio.Future[None] | None = None
@@ -173,6 +317,9 @@ class Services:
     async def _lookup(self, namespace: str, name: str) -> JsonObj | None:
         rollout = path(models.GROUP, models.VERSION, models.PLURAL, namespace, name)
         return await self.kube.get(rollout)
+
+    async def _abort(self, namespace: str, name: str) -> AbortRequest:
+        return await request_abort(self.kube, namespace, name)
 
     async def start(self) -> None:
         if self.options.http_port:

@@ -18,6 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from canary_operator.api import models
 from canary_operator.kube.api import Conflict, JsonObj, Kube, path
+from canary_operator.rollout_view import settled
 
 T = TypeVar("T")
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -229,3 +230,40 @@ async def _watch(
         async for line in response.content:
             if line.strip():
                 yield json.loads(line)
+
+
+@dataclass
+class AbortRequest:
+    """What asking for an abort did: `aborted` is False when there was nothing to
+    abort (`body` None: no such rollout; else its run had already ended)."""
+
+    aborted: bool
+    body: JsonObj | None
+
+
+async def request_abort(kube: Kube, namespace: str, name: str, attempts: int = 5) -> AbortRequest:
+    """Set spec.abort=true on a rollout whose current run has not ended.
+
+    An ended run is left alone: the operator would not act on it, and the spec
+    change would only bump the generation (the rollout would then read Pending
+    everywhere). The merge patch carries the resourceVersion it was decided on, so a
+    rollout that ends meanwhile is read again rather than aborted."""
+    resource = rollout_path(namespace, name)
+    for _ in range(attempts):
+        body = await kube.get(resource)
+        if body is None:
+            return AbortRequest(False, None)
+        if settled(body):
+            return AbortRequest(False, body)
+        if (body.get("spec") or {}).get("abort") is True:
+            return AbortRequest(True, body)  # asked for already
+        patch = {
+            "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
+            "spec": {"abort": True},
+        }
+        try:
+            patched: JsonObj = await kube.merge_patch(resource, patch)
+        except Conflict:
+            continue
+        return AbortRequest(True, patched)
+    raise Conflict(f"canaryrollout {namespace}/{name} kept changing; abort not applied")

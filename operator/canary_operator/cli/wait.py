@@ -1,37 +1,60 @@
 """`canary-operator wait NAME`: block until the rollout's current spec has finished.
 
-Made for a Spinnaker Run Job (Manifest) stage, which reads `SPINNAKER_PROPERTY_*`
-lines from the Job's log into the stage's outputs. Exit 0 on Succeeded, 1 on any
-other end (Failed, Aborted, Superseded, or the spec replaced by a newer one), 2 on a
-timeout or an error. Progress goes to stderr, the properties to stdout.
+Made for a Spinnaker Run Job (Manifest) stage: clouddriver reads the Job's log
+(`kubectl logs job/NAME -c CONTAINER`, stdout and stderr together) with its
+PropertyParser (clouddriver-kubernetes .../provider/view/PropertyParser.java) into
+the stage's outputs. That parser keeps a `SPINNAKER_PROPERTY_K=V` line only when
+splitting it on `=` (empty parts dropped, parts trimmed) gives exactly two parts, so
+an empty value or one containing `=` would silently vanish. The waiter therefore
+prints a property line only for values that survive, and always the whole outcome
+as one `SPINNAKER_CONFIG_JSON={...}` line, which the parser reads with Jackson,
+intact. Exit 0 on Succeeded, 1 on any other end (Failed, Aborted, Superseded, or the
+spec replaced by a newer one), 2 on a timeout or an error. Progress goes to stderr.
 
 In a Job, the arguments may come from the environment instead (CANARY_ROLLOUT,
-CANARY_NAMESPACE, CANARY_WAIT_TIMEOUT), which suits Spinnaker's preconfigured jobs.
+CANARY_NAMESPACE, CANARY_WAIT_TIMEOUT, CANARY_ABORT_ON_TERM), which suits Spinnaker's
+preconfigured jobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from typing import TextIO
 
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from canary_operator.api.models import CanaryRolloutSpec, parse_duration
 from canary_operator.cli import client
 from canary_operator.cli.client import CliError, Session
-from canary_operator.kube.api import JsonObj
+from canary_operator.kube.api import Conflict, JsonObj
 from canary_operator.rollout_view import effective_phase, outcome_properties, settled
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 EXIT_TIMEOUT = 2
+EXIT_TERMINATED = 128 + signal.SIGTERM
 PROPERTY_KEYS = ("PHASE", "REASON", "FAILED_STEP", "FAILED_STEP_NAME", "MESSAGE", "RUN")
+PROPERTY_PREFIX = "SPINNAKER_PROPERTY_"
+CONFIG_JSON_PREFIX = "SPINNAKER_CONFIG_JSON="
+# Guava's CharMatcher.whitespace() (Unicode White_Space): what the parser's
+# trimResults() strips from each part.
+GUAVA_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(chr(c) for c in range(0x2000, 0x200B))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+# Below Orca's default task timeout for a Run Job (WaitOnJobCompletion: 120 min),
+# so that without stageTimeoutMs the waiter still reports its own timeout first.
+DEFAULT_TIMEOUT = "110m"
 
 
 def add_arguments(parser: argparse.ArgumentParser, connection: bool = True) -> None:
@@ -45,8 +68,17 @@ def add_arguments(parser: argparse.ArgumentParser, connection: bool = True) -> N
     )
     parser.add_argument(
         "--timeout",
-        default=os.environ.get("CANARY_WAIT_TIMEOUT") or "30m",
-        help="give up after this long (Go duration; default 30m)",
+        default=os.environ.get("CANARY_WAIT_TIMEOUT") or DEFAULT_TIMEOUT,
+        help=f"give up after this long (Go duration; default {DEFAULT_TIMEOUT}, below "
+        "Orca's 120 min for a Run Job stage without stageTimeoutMs)",
+    )
+    parser.add_argument(
+        "--abort-on-term",
+        action="store_true",
+        default=os.environ.get("CANARY_ABORT_ON_TERM", "").lower() in ("1", "true", "yes"),
+        help="on SIGTERM (the Job deleted, e.g. a cancelled pipeline) set spec.abort=true "
+        "on a rollout that has not ended, then exit; needs patch on canaryrollouts "
+        "($CANARY_ABORT_ON_TERM)",
     )
     if connection:
         parser.add_argument(
@@ -72,11 +104,40 @@ def rollout_name(text: str) -> str:
     return text
 
 
-def properties(body: JsonObj | None, **override: str) -> str:
-    """The SPINNAKER_PROPERTY_* lines (always the same keys; empty when unknown)."""
+def survives_property_parser(value: str) -> bool:
+    """Whether clouddriver's PropertyParser keeps `SPINNAKER_PROPERTY_K=value` as is:
+    exactly two parts when split on `=` without empty ones, and nothing trimmed."""
+    return value != "" and "=" not in value and value == value.strip(GUAVA_WHITESPACE)
+
+
+def _json_line(document: dict[str, str]) -> str:
+    # ASCII only, one line; the magic string of the property rule must not appear
+    # in it (the parser would also read the line as a property), so its underscore
+    # is written as a JSON escape, which decodes to the same text.
+    text = json.dumps(document, ensure_ascii=True, separators=(",", ":"))
+    return CONFIG_JSON_PREFIX + text.replace(PROPERTY_PREFIX, "SPINNAKER\\u005fPROPERTY_") + "\n"
+
+
+def properties(
+    body: JsonObj | None, rollout: str = "", namespace: str = "", **override: str
+) -> str:
+    """What the waiter prints on stdout for Spinnaker: a `SPINNAKER_PROPERTY_K=V`
+    line for every value the parser keeps intact, then the whole outcome (every key,
+    empty strings when unknown) as one `SPINNAKER_CONFIG_JSON=` line. Both give the
+    same lower-case keys (`phase`, `failed_step`, ...) in the stage's outputs."""
     props = outcome_properties(body) if body is not None else {"PHASE": "Unknown"}
     props.update(override)
-    return "".join(f"SPINNAKER_PROPERTY_{k}={props.get(k, '')}\n" for k in PROPERTY_KEYS)
+    values = {key: props.get(key, "") for key in PROPERTY_KEYS}
+    lines = [
+        f"{PROPERTY_PREFIX}{key}={value}\n"
+        for key, value in values.items()
+        if survives_property_parser(value)
+    ]
+    meta = (body or {}).get("metadata") or {}
+    document = {key.lower(): value for key, value in values.items()}
+    document["rollout"] = str(meta.get("name") or rollout)
+    document["namespace"] = str(meta.get("namespace") or namespace)
+    return "".join(lines) + _json_line(document)
 
 
 def progress_line(body: JsonObj) -> str:
@@ -88,7 +149,8 @@ def progress_line(body: JsonObj) -> str:
             parts.append(f"{label}={status[key]}")
     if status.get("message"):
         parts.append(f"message={status['message']!r}")
-    return " ".join(parts)
+    # stderr is in the same log the parser reads: never let a message pose as a property.
+    return " ".join(parts).replace(PROPERTY_PREFIX, "SPINNAKER-PROPERTY-")
 
 
 def _fingerprint(body: JsonObj) -> str | None:
@@ -100,11 +162,13 @@ def _fingerprint(body: JsonObj) -> str | None:
 
 @dataclass
 class Waited:
-    """How a wait ended: the last body seen, and whether it settled or was replaced."""
+    """How a wait ended: the last body seen, and whether it settled, was replaced, or
+    was stopped from outside (SIGTERM)."""
 
     body: JsonObj | None
     done: bool
     replaced: bool = False
+    stopped: bool = False
 
 
 async def wait_settled(
@@ -114,11 +178,13 @@ async def wait_settled(
     timeout: float,  # noqa: ASYNC109 - the deadline also ends a watch in progress
     progress: TextIO | None,
     pin_spec: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> Waited:
     """Follow the rollout until its current spec's run is over.
 
     `pin_spec`: the version first seen is the one waited for; if a different spec
-    (another version, not a pause or abort) replaces it, stop and say so."""
+    (another version, not a pause or abort) replaces it, stop and say so.
+    `stop`: set from outside to end the wait early (`stopped`)."""
     result = Waited(None, False)
     shown = ""
     pinned: str | None = None
@@ -141,8 +207,19 @@ async def wait_settled(
                 result.done = True
                 return
 
-    with contextlib.suppress(TimeoutError):  # a timeout leaves result.done False
-        await asyncio.wait_for(until_settled(), timeout)
+    following = asyncio.ensure_future(until_settled())
+    halting = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    tasks = [t for t in (following, halting) if t is not None]
+    try:  # a timeout leaves result.done False
+        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if following in done:
+        following.result()  # a CliError from following the rollout ends the wait
+    elif halting is not None and halting in done:
+        result.stopped = True
     return result
 
 
@@ -157,22 +234,36 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         timeout = parse_duration(args.timeout).total_seconds()
     except ValueError as exc:
         print(f"error: --timeout: {exc}", file=sys.stderr)
-        out.write(properties(None, REASON="Error", MESSAGE=str(exc)))
+        out.write(properties(None, name, REASON="Error", MESSAGE=str(exc)))
         return EXIT_TIMEOUT
 
     async def main() -> int:
+        # Orca cancels a Run Job stage by deleting its Job: the pod gets SIGTERM and
+        # a grace period, time enough for one patch.
+        terminated = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        abort_on_term = bool(getattr(args, "abort_on_term", False))
+        if abort_on_term:
+            loop.add_signal_handler(signal.SIGTERM, terminated.set)
+        namespace = getattr(args, "namespace", None) or ""
         try:
             session = client.track(
                 await client.connect(args.kubeconfig, args.context, args.namespace)
             )
+            namespace = session.namespace
             progress = None if args.quiet else sys.stderr
             waited = await wait_settled(
-                session, name, session.namespace, timeout, progress, pin_spec=True
+                session, name, namespace, timeout, progress, pin_spec=True, stop=terminated
             )
+            if waited.stopped:
+                return await _terminated(session, name, namespace, out)
         except CliError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            out.write(properties(None, REASON="Error", MESSAGE=str(exc)))
+            out.write(properties(None, name, namespace, REASON="Error", MESSAGE=str(exc)))
             return EXIT_TIMEOUT
+        finally:
+            if abort_on_term:
+                loop.remove_signal_handler(signal.SIGTERM)
         body = waited.body
         if waited.replaced:
             generation = (body or {}).get("metadata", {}).get("generation")
@@ -197,3 +288,24 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     code = client.run(main)
     out.flush()
     return code
+
+
+async def _terminated(session: Session, name: str, namespace: str, out: TextIO) -> int:
+    """SIGTERM with --abort-on-term: abort the rollout if its run has not ended."""
+    try:
+        request = await client.request_abort(session.kube, namespace, name)
+    except (ApiException, Conflict, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise CliError(f"abort on SIGTERM failed: {client.explain(exc, session.server)}") from exc
+    body = request.body
+    if body is None:
+        raise CliError(f'canaryrollout "{name}" not found in namespace "{namespace}"')
+    if request.aborted:
+        message = "the waiter was stopped (SIGTERM); abort requested (spec.abort=true)"
+    else:
+        message = f"the waiter was stopped (SIGTERM); the run had ended ({effective_phase(body)})"
+    print(f"{name}: {message}", file=sys.stderr)
+    # After the abort patch the generation-aware phase is Pending; report the phase
+    # the run was in.
+    phase = str((body.get("status") or {}).get("phase") or "Pending")
+    out.write(properties(body, PHASE=phase, REASON="Terminated", MESSAGE=message))
+    return EXIT_TERMINATED

@@ -1,9 +1,12 @@
 -- Argo CD health check for canary-operator.dev/CanaryRollout.
--- Generation-aware: until the operator has acted on the current spec, the
--- rollout is Progressing, whatever phase the previous spec ended in.
+-- Runs in Argo CD's sandbox for argocd-cm scripts: base, table and a safe os only
+-- (no string or math library), so it uses nothing but the base functions.
+-- Generation-aware: until the operator has acted on the current spec (or started a
+-- requested retry), the rollout is Progressing, whatever the previous run's result.
 local hs = {}
 local status = obj.status
-local generation = (obj.metadata and obj.metadata.generation) or 1
+local metadata = obj.metadata or {}
+local generation = metadata.generation or 1
 
 if status == nil or status.phase == nil then
   hs.status = "Progressing"
@@ -11,11 +14,16 @@ if status == nil or status.phase == nil then
   return hs
 end
 
+-- The operator records the generation it acted on in status and in every condition.
 local observed = status.observedGeneration or 0
+local blocked = false
 if status.conditions ~= nil then
   for _, c in ipairs(status.conditions) do
     if c.observedGeneration ~= nil and c.observedGeneration > observed then
       observed = c.observedGeneration
+    end
+    if c.type == "CleanupVerified" and c.status == "False" and c.reason == "CleanupBlocked" then
+      blocked = true
     end
   end
 end
@@ -26,13 +34,21 @@ if observed < generation then
 end
 
 local phase = status.phase
-local message = status.message or phase
-local annotations = (obj.metadata and obj.metadata.annotations) or {}
-local retry = annotations["canary-operator.dev/retry"]
+local run = status.run or 0
 local terminal = phase == "Succeeded" or phase == "Failed" or phase == "Aborted"
   or phase == "Superseded"
-if terminal and retry ~= nil and string.match(retry, "^%d+$") ~= nil
-    and retry ~= tostring(status.run or 0) then
+
+-- retry=N starts run N when N is a whole number above the current run (as the
+-- operator reads it). Without the string library, "a whole number" is checked as
+-- tonumber() giving back the same text.
+local annotations = metadata.annotations or {}
+local retry = annotations["canary-operator.dev/retry"]
+local wanted = nil
+if retry ~= nil then
+  wanted = tonumber(retry)
+end
+if terminal and wanted ~= nil and wanted % 1 == 0 and tostring(wanted) == retry
+    and wanted > run then
   hs.status = "Progressing"
   hs.message = "Retry requested: run " .. retry .. " is starting"
   return hs
@@ -47,7 +63,7 @@ elseif phase == "Failed" or phase == "Aborted" then
   hs.status = "Degraded"
 elseif phase == "Paused" then
   hs.status = "Suspended"
-elseif phase == "CleaningUp" and status.cleanup ~= nil and status.cleanup.lastError ~= nil then
+elseif phase == "CleaningUp" and (blocked or (status.cleanup ~= nil and status.cleanup.lastError ~= nil)) then
   -- A blocked cleanup keeps the target's lock and retries: a human may be needed.
   hs.status = "Degraded"
 elseif phase == "Pending" or phase == "Queued" or phase == "Progressing"
@@ -56,5 +72,5 @@ elseif phase == "Pending" or phase == "Queued" or phase == "Progressing"
 else
   hs.status = "Unknown"
 end
-hs.message = message
+hs.message = status.message or phase
 return hs
