@@ -52,10 +52,12 @@ def retry_pending(body: JsonObj) -> bool:
     annotations = body.get("metadata", {}).get("annotations") or {}
     retry = annotations.get(RETRY_ANNOTATION)
     run = _status(body).get("run") or 0
+    # The operator honours retry=N only for N above the current run (engine/machine.py).
     return (
         retry is not None
+        and retry.isascii()
         and retry.isdigit()
-        and retry != str(run)
+        and int(retry) > int(run)
         and _status(body).get("phase") in TERMINAL
     )
 

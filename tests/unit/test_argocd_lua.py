@@ -321,6 +321,14 @@ def test_retry_asks_for_the_next_run_and_drops_a_stale_resume() -> None:
     assert health(retried)[0] == "Progressing"
 
 
+@pytest.mark.parametrize(("retry", "pending"), [("4", True), ("3", False), ("2", False)])
+def test_retry_pending_agrees_with_the_operator(retry: str, pending: bool) -> None:
+    """The operator starts run N only for retry=N above the current run: a stale or
+    lower value is not a retry the waiter or /status should wait for."""
+    body = rollout(status(Phase.FAILED, run=3), annotations={RETRY_ANNOTATION: retry})
+    assert retry_pending(body) is pending
+
+
 def test_retry_of_a_rollout_without_annotations() -> None:
     patch = act("retry", rollout(status(Phase.FAILED, run=1)))
     assert patch == {"metadata": {"annotations": {RETRY_ANNOTATION: "2"}}}
