@@ -14,6 +14,7 @@ so a reconcile costs API round trips only, whatever the endpoints do.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -411,10 +412,13 @@ class Reconciler:
 
     async def _read_targets(self, rollout: Rollout) -> _Targets:
         ns, spec = rollout.namespace, rollout.spec
-        target = await self.kube.get(path("apps", "v1", "deployments", ns, spec.target.deployment))
-        service = None
-        if spec.target.service:
-            service = await self.kube.get(path("", "v1", "services", ns, spec.target.service))
+        service_name = spec.target.service
+        target, service = await asyncio.gather(
+            self.kube.get(path("apps", "v1", "deployments", ns, spec.target.deployment)),
+            self.kube.get(path("", "v1", "services", ns, service_name))
+            if service_name
+            else _nothing(),
+        )
         return _Targets(target, service)
 
     def router(self, rollout: Rollout, token: int | None) -> TrafficRouter:
@@ -454,18 +458,17 @@ class Reconciler:
             version = body["metadata"]["resourceVersion"]
             return fresh is not None and fresh["metadata"]["resourceVersion"] == version
 
-        lock = await self.lock.observe(
-            ns, spec.lock_key, me, shared, wants, self._holder_running, still_current
+        # Independent round trips, issued at once (the route read needs no token).
+        lock, canary, canary_service, pods, jobs, route = await asyncio.gather(
+            self.lock.observe(
+                ns, spec.lock_key, me, shared, wants, self._holder_running, still_current
+            ),
+            self.kube.get(path("apps", "v1", "deployments", ns, objects.canary_name(spec))),
+            self.kube.get(path("", "v1", "services", ns, objects.canary_name(spec))),
+            self.kube.list(path("", "v1", "pods", ns), objects.any_role_selector(spec)),
+            self.kube.list(path("batch", "v1", "jobs", ns), objects.target_selector(spec)),
+            self.router(rollout, None).read(),
         )
-        canary = await self.kube.get(
-            path("apps", "v1", "deployments", ns, objects.canary_name(spec))
-        )
-        canary_service = await self.kube.get(
-            path("", "v1", "services", ns, objects.canary_name(spec))
-        )
-        pods = await self.kube.list(path("", "v1", "pods", ns), objects.any_role_selector(spec))
-        jobs = await self.kube.list(path("batch", "v1", "jobs", ns), objects.target_selector(spec))
-        route = await self.router(rollout, lock.token).read()
         answers, running = self.checks.observe(ref)
         return Observed(
             now=datetime.now(UTC),
@@ -669,6 +672,10 @@ class Reconciler:
         await self.events.emit(
             rollout.namespace, rollout.name, rollout.uid, event.reason, event.message, event.warning
         )
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _after_status(action: Action) -> bool:
