@@ -1966,3 +1966,36 @@ def test_an_error_a_retry_may_cure_is_said_once_and_cleared() -> None:
     machine.recovered(healed, NOW, 1)
     assert condition(healed, "ReconcileError").status == "False"
     assert condition(healed, "ReconcileError").reason == "Recovered"
+
+
+# ==================================================================== policy
+
+
+@pytest.mark.parametrize("phase", [Phase.PENDING, Phase.QUEUED])
+def test_a_spec_the_operators_policy_forbids_is_refused_before_anything(phase: Phase) -> None:
+    problem = "spec.steps[0].test.job: the Job may not run as ServiceAccount 'admin'"
+    sim = Sim(make_spec(job_test(), CANARY))
+    if phase == Phase.QUEUED:
+        sim.run_until(Phase.QUEUED)
+    sim.world.holder = ME if phase == Phase.QUEUED else None
+    sim.world.token = 1
+    result = checked_plan(sim.rollout, replace(sim.observe(), policy_problems=(problem,)))
+    status = result.status
+    assert status.phase == Phase.FAILED and effects(result.actions) == []
+    assert status.outcome is not None and status.outcome.result == Result.INVALID
+    assert problem in status.outcome.message
+    assert bool(of_type(result.actions, ReleaseLock)) == (phase == Phase.QUEUED)
+
+
+def test_a_spec_made_invalid_while_queued_is_refused_before_it_starts() -> None:
+    sim = Sim(make_spec(CANARY))
+    sim.world.holder = OTHER
+    sim.run_until(Phase.QUEUED)
+    sim.tick()
+    bad = {"analysis": {"metrics": [{"name": "m", "query": "{{nope}}"}]}}
+    sim.change_spec(steps=make_spec(bad).steps)
+    sim.world.holder = None
+    result = sim.tick()
+    assert sim.phase() == Phase.FAILED and effects(result.actions) == []
+    assert sim.status.outcome is not None and sim.status.outcome.result == Result.INVALID
+    assert "nope" in sim.status.outcome.message

@@ -227,7 +227,7 @@ def _pending(ctx: _Context) -> None:
     if rollout.spec.abort:
         _end_without_run(ctx, Result.ABORTED, "aborted before it started")
         return
-    problems = _spec_problems(rollout.spec)
+    problems = [*_spec_problems(rollout.spec), *obs.policy_problems]
     if problems:
         _end_without_run(ctx, Result.INVALID, "; ".join(problems))
         return
@@ -257,6 +257,11 @@ def _queued(ctx: _Context) -> None:
     if status.fingerprint != spec.run_fingerprint():
         status.fingerprint = spec.run_fingerprint()
         status.observed_generation = rollout.generation
+    # Checked again here: the spec may have changed while it waited.
+    problems = [*_spec_problems(spec), *obs.policy_problems]
+    if problems:
+        _end_without_run(ctx, Result.INVALID, "; ".join(problems), lock.held)
+        return
     if obs.target is None:
         _end_without_run(
             ctx,

@@ -115,6 +115,9 @@ class Observed:
     checks: Mapping[str, CheckResult] = field(default_factory=dict)
     measurements: Mapping[str, MeasurementStatus] = field(default_factory=dict)
     in_flight: frozenset[str] = frozenset()
+    # What the operator's configuration forbids in this spec (e.g. a Job naming a
+    # ServiceAccount it may not use): the run is refused before it touches anything.
+    policy_problems: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------- actions
