@@ -106,8 +106,7 @@ class _StateCollector(Collector):
 
         phase = GaugeMetricFamily(
             "canary_operator_rollout_phase",
-            "1 for each shown rollout's current phase (running ones and the most recently "
-            "ended).",
+            "1 for the current phase of each running or recently ended rollout.",
             labels=["namespace", "name", "phase"],
         )
         weight = GaugeMetricFamily(
