@@ -25,11 +25,22 @@ TERMINAL = {"Succeeded", "Failed", "Aborted", "Superseded"}
 @pytest.fixture(scope="session")
 def crd_installed(kube_cluster: Cluster) -> Cluster:
     kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kube_cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/canaryrollouts.canary-operator.dev",
-        "--timeout=60s",
+    # `kubectl wait` fails at once ("accessor error") while a new CRD has no
+    # conditions yet: retry it until the condition can be waited for.
+    wait_for(
+        lambda: (
+            kube_cluster.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "crd/canaryrollouts.canary-operator.dev",
+                "--timeout=10s",
+                check=False,
+                timeout=20,
+            ).returncode
+            == 0
+        ),
+        60,
+        message="the CanaryRollout CRD to be Established",
     )
     return kube_cluster
 
