@@ -7,7 +7,7 @@ VENV := .venv
 CLUSTER_DIR := .cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps cluster-bins helm cluster-up cluster-down demo install crds chart-files test lint
+.PHONY: help venv deps cluster-bins helm cluster-up cluster-down demo install crds chart-files image test lint
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ crds: $(VENV)/.installed ## regenerate crds/ from the pydantic models (and the c
 chart-files: ## copy the CRD, the alert rules and the dashboard into charts/canary-operator/files
 	cp crds/canaryrollouts.yaml manifests/monitoring/rules/canary-operator.rules.yaml \
 	  manifests/monitoring/dashboards/canary-operator.json charts/canary-operator/files/
+
+# The OCI image, without a daemon or a registry base image (root: mmdebstrap, umoci).
+image: deps $(VENV)/.installed ## build the image archive (cached in ~/.cache/canary-operator/image)
+	PYTHON=$(VENV)/bin/python hack/image/build.sh
 
 # --- checks ---------------------------------------------------------------------------
 
