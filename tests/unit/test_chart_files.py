@@ -33,3 +33,19 @@ def test_chart_has_no_other_files() -> None:
         "canary-operator.rules.yaml",
         "canaryrollouts.yaml",
     ]
+
+
+def test_the_image_lock_pins_every_runtime_dependency() -> None:
+    """hack/image/requirements.txt (installed with --no-deps) must name each dependency
+    of pyproject.toml; a missing one only shows when the image runs."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {
+        re.sub(r"[-_.]+", "-", re.split(r"[<>=!~ ;\[]", dep, maxsplit=1)[0]).lower()
+        for dep in project["dependencies"]
+    }
+    lock = (REPO / "hack" / "image" / "requirements.txt").read_text().splitlines()
+    pinned = {line.split("==")[0] for line in lock if "==" in line}
+    assert declared <= pinned, sorted(declared - pinned)
