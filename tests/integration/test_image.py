@@ -7,18 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from tests.harness.image import Image, build_image, run_in_image, runtime_config, unpack
+
 REPO = Path(__file__).resolve().parents[2]
-BUILD = REPO / "hack" / "image" / "build.sh"
 UID = 65532
 
 pytestmark = pytest.mark.skipif(
@@ -26,73 +23,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@dataclass(frozen=True)
-class Image:
-    tag: str
-    archive: Path
-    layout: Path
-    build_seconds: float
-
-
 @pytest.fixture(scope="module")
 def image() -> Image:
-    import time
-
-    started = time.monotonic()
-    result = subprocess.run(
-        [str(BUILD)],
-        env={**os.environ, "PYTHON": sys.executable},
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    return Image(
-        fields["tag"], Path(fields["archive"]), Path(fields["layout"]), time.monotonic() - started
-    )
+    return build_image()
 
 
 @pytest.fixture(scope="module")
 def bundle(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    version = image.tag.split("-")[0]
-    path = tmp_path_factory.mktemp("bundle") / "b"
-    subprocess.run(
-        ["umoci", "unpack", "--image", f"{image.layout}:{version}", str(path)],
-        capture_output=True,
-        check=True,
-        timeout=300,
-    )
+    path = unpack(image, tmp_path_factory.mktemp("bundle") / "b")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def runtime_config(bundle: Path) -> dict[str, Any]:
-    config: dict[str, Any] = json.loads((bundle / "config.json").read_text())
-    return config
-
-
-def run_in_image(bundle: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """The image's process as a runtime would start it: its user, its environment, the
-    root filesystem mounted read-only (as the Deployment's readOnlyRootFilesystem)."""
-    process = runtime_config(bundle)["process"]
-    user = process["user"]
-    rootfs = bundle / "rootfs"
-    command = [*process["args"][:3], *args]  # the entrypoint, then our arguments
-    script = (
-        f"mount --bind {rootfs} {rootfs} && mount -o remount,bind,ro {rootfs} && "
-        f"exec chroot --userspec={user['uid']}:{user['gid']} {rootfs} " + " ".join(command)
-    )
-    env = dict(item.split("=", 1) for item in process["env"])
-    return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_the_image_config_runs_the_operator_as_non_root(bundle: Path) -> None:
@@ -131,6 +71,18 @@ def test_the_operator_in_the_image_checks_its_config_before_starting(bundle: Pat
     assert result.stderr.strip() == "canary-operator: kubeconfig /nonexistent: no such file"
 
 
+def test_every_module_imports_in_the_image(bundle: Path) -> None:
+    """All dependencies are in the image (they are installed without resolution)."""
+    code = (
+        "import importlib, pkgutil, canary_operator as p; "
+        "names = [m.name for m in pkgutil.walk_packages(p.__path__, 'canary_operator.')]; "
+        "[importlib.import_module(n) for n in names]; print(len(names))"
+    )
+    result = run_in_image(bundle, "-c", code, entrypoint=["/usr/bin/python3"])
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) > 30
+
+
 def test_no_bytecode_is_missing(bundle: Path) -> None:
     """Read-only at run time: every module of the operator was compiled at build time."""
     site = bundle / "rootfs" / "opt" / "canary-operator" / "site" / "canary_operator"
@@ -151,6 +103,7 @@ def test_the_tag_is_the_content_hash_and_the_manifests_use_the_version_tag(
         for m in index["manifests"]
     }
     version, digest_prefix = image.tag.split("-", 1)
+    assert version == image.version
     assert tags[image.tag] == tags[version]
     assert tags[image.tag].removeprefix("sha256:").startswith(digest_prefix)
     assert image.archive.is_file()
