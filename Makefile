@@ -63,11 +63,13 @@ image: deps $(VENV)/.installed ## build the image archive (cached in ~/.cache/ca
 # --- checks ---------------------------------------------------------------------------
 
 # The cluster fixture starts (and always stops) its own cluster, or uses the one
-# named by CANARY_TEST_KUBECONFIG. Building the binaries first keeps a cold
-# build (tens of minutes) out of the tests' timeouts.
+# named by CANARY_TEST_KUBECONFIG. Building the binaries (and helm, and the image)
+# first keeps a cold build (tens of minutes) out of the tests' timeouts.
 test: deps $(VENV)/.installed ## run the whole suite (tests/ and e2e/)
 	@if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then hack/cluster/build.sh >/dev/null; fi
 	hack/helm.sh >/dev/null
+	@# The image tests need root (as CI has); build it here, outside their timeouts.
+	@if [ "$$(id -u)" = 0 ]; then PYTHON=$(VENV)/bin/python hack/image/build.sh >/dev/null; fi
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed ## ruff check, ruff format --check, mypy
