@@ -433,9 +433,8 @@ class Metrics:
         """Remember when a run let go of its lock: it ended, or a new run replaced it."""
         if old is None or old.lock is None or old.phase in TERMINAL_PHASES:
             return
-        ended = same_run and new.phase in TERMINAL_PHASES
-        if not (ended or not same_run):
-            return
+        if same_run and new.phase not in TERMINAL_PHASES:
+            return  # still holding it
         finished = new.cleanup.finished_at if new.cleanup is not None and same_run else None
         when = parse_time(finished).timestamp() if finished else now
         self._released[(namespace, old.lock.name)] = when

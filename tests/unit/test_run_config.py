@@ -4,6 +4,7 @@ and `--kubeconfig`/`--context` choose what both API clients use."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,10 @@ def no_ambient_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Nothing from the developer's machine: no ~/.kube/config, no KUBECONFIG, not a pod."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for name in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", KUBECONFIG_ENV, CONTEXT_ENV):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first: monkeypatch then restores the variable's absence afterwards,
+        # also when the code under test (use_config) sets it in os.environ.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setattr(
         "kubernetes_asyncio.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
         str(tmp_path / "home" / ".kube" / "config"),
@@ -120,6 +124,13 @@ def test_the_choice_reaches_load_config_and_kopf(
         return host, await connection.connection_info()
 
     host, info = asyncio.run(hosts())
+    assert os.environ[KUBECONFIG_ENV] == str(path)  # restored by the fixture afterwards
     assert host == "https://127.0.0.1:6442"
     assert info.server == "https://127.0.0.1:6442"
     assert (info.scheme, info.token) == ("Bearer", "t0ken")
+
+
+def test_the_environment_is_clean_again() -> None:
+    """No kubeconfig choice leaks from one test into the next (or into the operator
+    processes that later tests start with this process's environment)."""
+    assert KUBECONFIG_ENV not in os.environ and CONTEXT_ENV not in os.environ
