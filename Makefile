@@ -7,7 +7,7 @@ VENV := .venv
 CLUSTER_DIR := .cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps cluster-bins cluster-up cluster-down demo install crds test lint
+.PHONY: help venv deps cluster-bins helm cluster-up cluster-down demo install crds chart-files image test lint
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ deps: ## install missing Debian packages (openssl, python3-venv, prometheus, ...
 cluster-bins: ## build (once, cached in ~/.cache/canary-operator) the control-plane binaries
 	hack/cluster/build.sh >/dev/null
 
+helm: ## build (once, cached in ~/.cache/canary-operator) helm from its Go module
+	hack/helm.sh >/dev/null
+
 cluster-up: ## start a dev cluster in .cluster/ (then: . .cluster/env)
 	hack/cluster/up.sh $(CLUSTER_DIR)
 
@@ -41,19 +44,32 @@ cluster-down: ## stop the dev cluster and remove .cluster/
 demo: deps $(VENV)/.installed ## local cluster + operator + the seed rollout, shown live
 	hack/demo.sh
 
-install: ## apply the CRD to the current cluster (KUBECONFIG)
-	kubectl apply --server-side --force-conflicts -f crds/canaryrollouts.yaml
+install: ## apply the CRD and the aggregated roles to the current cluster (KUBECONFIG)
+	kubectl apply --server-side --force-conflicts -k manifests/crds
 
-crds: $(VENV)/.installed ## regenerate crds/ from the pydantic models
+crds: $(VENV)/.installed ## regenerate crds/ from the pydantic models (and the chart's copy)
 	$(VENV)/bin/python -m canary_operator.api.crd crds/canaryrollouts.yaml
+	$(MAKE) --no-print-directory chart-files
+
+# Helm cannot read files outside the chart: it carries copies (a test compares them).
+chart-files: ## copy the CRD, the alert rules and the dashboard into charts/canary-operator/files
+	cp crds/canaryrollouts.yaml manifests/monitoring/rules/canary-operator.rules.yaml \
+	  manifests/monitoring/dashboards/canary-operator.json charts/canary-operator/files/
+
+# The OCI image, without a daemon or a registry base image (root: mmdebstrap, umoci).
+image: deps $(VENV)/.installed ## build the image archive (cached in ~/.cache/canary-operator/image)
+	PYTHON=$(VENV)/bin/python hack/image/build.sh
 
 # --- checks ---------------------------------------------------------------------------
 
 # The cluster fixture starts (and always stops) its own cluster, or uses the one
-# named by CANARY_TEST_KUBECONFIG. Building the binaries first keeps a cold
-# build (tens of minutes) out of the tests' timeouts.
+# named by CANARY_TEST_KUBECONFIG. Building the binaries (and helm, and the image)
+# first keeps a cold build (tens of minutes) out of the tests' timeouts.
 test: deps $(VENV)/.installed ## run the whole suite (tests/ and e2e/)
 	@if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then hack/cluster/build.sh >/dev/null; fi
+	hack/helm.sh >/dev/null
+	@# The image tests need root (as CI has); build it here, outside their timeouts.
+	@if [ "$$(id -u)" = 0 ]; then PYTHON=$(VENV)/bin/python hack/image/build.sh >/dev/null; fi
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed ## ruff check, ruff format --check, mypy

@@ -34,6 +34,10 @@ need procps have ps
 need ca-certificates test -e /etc/ssl/certs/ca-certificates.crt
 # The analysis tests run a real Prometheus server.
 need prometheus have prometheus
+need prometheus have promtool     # the alert rule tests (manifests/monitoring)
+# `make image` (and its test): a Debian root filesystem and an OCI layout, no daemon.
+need mmdebstrap have mmdebstrap
+need umoci have umoci
 
 if [ ${#missing[@]} -gt 0 ]; then
   # de-duplicate, keep only packages the archive knows
@@ -63,7 +67,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # prometheus from Debian lives in /usr/bin; double-check everything landed.
-for tool in make python3 openssl setsid flock base64 prometheus; do
+for tool in make python3 openssl setsid flock base64 prometheus promtool mmdebstrap umoci; do
   command -v "$tool" >/dev/null || { log "$tool is still missing"; exit 1; }
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || { log "python3 venv support is still missing"; exit 1; }

@@ -125,7 +125,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     services = Services(kube, memo.get("options") or RunOptions(http_port=0), controller)
     metrics = services.state.metrics
     controller.reconciler.on_status_written = metrics.record
-    controller.queue.observer = metrics.reconciled
+    controller.queue.metrics = metrics
     controller.lock.renewer.on_renewal = metrics.lease_renewal
     memo["controller"] = controller
     memo["api_client"] = api_client

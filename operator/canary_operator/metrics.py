@@ -1,19 +1,37 @@
-"""Operator metrics in the Prometheus text format, computed from status changes.
+"""Operator metrics (prometheus_client), computed from status changes and the watch.
 
 `Metrics.record` is the reconciler's `on_status_written` hook: it compares the status
 before and after each write, so every number comes from what the rollout itself
 says (step start/finish times, cleanup attempts, lock acquisition), not from timers
-kept around the work. `Metrics.observe` follows the watch, so the per-phase gauge
-also counts rollouts whose status did not change since this process started.
+kept around the work. `Metrics.observe` follows the watch, so the per-phase gauges
+also count rollouts whose status did not change since this process started. The work
+queue and the lease renewer report through `queue_depth`, `queue_latency`,
+`reconcile_retry` and `lease_renewal`.
+
+Every `Metrics` has its own CollectorRegistry (tests and a process may hold several).
+Per-rollout series (`canary_operator_rollout_*`) are bounded: every rollout that has
+not ended, plus the `recent_terminal` most recently ended ones; a deleted rollout
+loses its series at once.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from canary_operator.api.models import (
     TERMINAL_PHASES,
@@ -25,96 +43,251 @@ from canary_operator.engine.machine import parse_time
 
 log = logging.getLogger(__name__)
 
-Labels = tuple[tuple[str, str], ...]
+# No `_created` series: they double the exposition and nothing here queries them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+# A handoff is event-driven (watch), so it is normally well under a second.
+HANDOFF_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+QUEUE_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RECENT_TERMINAL = 20
 _FINISHED = ("Succeeded", "Failed", "Cancelled")
 
-
-def _labels(**values: str) -> Labels:
-    return tuple(sorted(values.items()))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _format_labels(labels: Labels, extra: Iterable[tuple[str, str]] = ()) -> str:
-    pairs = [*labels, *extra]
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if value != int(value) else str(int(value))
+Key = tuple[str, str]  # (namespace, name)
 
 
 @dataclass
-class _Histogram:
-    buckets: tuple[float, ...] = DURATION_BUCKETS
-    counts: dict[Labels, list[int]] = field(default_factory=dict)
-    sums: dict[Labels, float] = field(default_factory=dict)
+class _Rollout:
+    """What the per-rollout gauges show of one rollout."""
 
-    def observe(self, labels: Labels, value: float) -> None:
-        value = max(0.0, value)
-        counts = self.counts.setdefault(labels, [0] * (len(self.buckets) + 1))
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                counts[i] += 1
-        counts[-1] += 1  # +Inf
-        self.sums[labels] = self.sums.get(labels, 0.0) + value
+    phase: str
+    weight: int | None = None
+    lock: str | None = None
+    lock_acquired: float | None = None
+    cleanup_blocked: bool = False
+    queue: tuple[str, int] | None = None  # (lock, waiting)
 
-    def lines(self, name: str) -> list[str]:
-        out = []
-        for labels, counts in sorted(self.counts.items()):
-            for bound, count in zip([*self.buckets, math.inf], counts, strict=True):
-                le = _format_labels(labels, [("le", _number(bound))])
-                out.append(f"{name}_bucket{le} {count}")
-            out.append(f"{name}_sum{_format_labels(labels)} {_number(self.sums[labels])}")
-            out.append(f"{name}_count{_format_labels(labels)} {counts[-1]}")
-        return out
+    @property
+    def terminal(self) -> bool:
+        return self.phase in {p.value for p in TERMINAL_PHASES}
+
+
+class _StateCollector(Collector):
+    """Gauges computed at scrape time from the rollouts this process knows."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        by_phase = GaugeMetricFamily(
+            "canary_operator_rollouts", "CanaryRollouts by phase.", labels=["namespace", "phase"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for (namespace, _), rollout in m._rollouts.items():
+            counts[(namespace, rollout.phase)] = counts.get((namespace, rollout.phase), 0) + 1
+        for labels, count in sorted(counts.items()):
+            by_phase.add_metric(list(labels), count)
+        yield by_phase
+
+        queues = GaugeMetricFamily(
+            "canary_operator_queue_length",
+            "Rollouts waiting for each lock.",
+            labels=["namespace", "lock"],
+        )
+        waiting: dict[tuple[str, str], int] = {}
+        for (namespace, _), rollout in m._rollouts.items():
+            if rollout.queue is not None:
+                lock, n = rollout.queue
+                waiting[(namespace, lock)] = max(waiting.get((namespace, lock), 0), n)
+        for labels, n in sorted(waiting.items()):
+            queues.add_metric(list(labels), n)
+        yield queues
+
+        phase = GaugeMetricFamily(
+            "canary_operator_rollout_phase",
+            "1 for the current phase of each running or recently ended rollout.",
+            labels=["namespace", "name", "phase"],
+        )
+        weight = GaugeMetricFamily(
+            "canary_operator_rollout_weight_percent",
+            "Observed share of traffic sent to the canary.",
+            labels=["namespace", "name"],
+        )
+        blocked = GaugeMetricFamily(
+            "canary_operator_cleanup_blocked",
+            "1 while a rollout's cleanup retries after a failure (its lock is kept).",
+            labels=["namespace", "name"],
+        )
+        held = GaugeMetricFamily(
+            "canary_operator_lock_held_since_seconds",
+            "Unix time at which the holder of each lock acquired it.",
+            labels=["namespace", "lock", "holder"],
+        )
+        for (namespace, name), rollout in m._shown():
+            phase.add_metric([namespace, name, rollout.phase], 1)
+            if rollout.weight is not None:
+                weight.add_metric([namespace, name], rollout.weight)
+            if rollout.terminal:
+                continue
+            if rollout.cleanup_blocked:
+                blocked.add_metric([namespace, name], 1)
+            if rollout.lock is not None and rollout.lock_acquired is not None:
+                held.add_metric([namespace, rollout.lock, name], rollout.lock_acquired)
+        yield phase
+        yield weight
+        yield blocked
+        yield held
 
 
 class Metrics:
     """Counters, gauges and histograms of one operator process."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, recent_terminal: int = RECENT_TERMINAL
+    ) -> None:
         self.clock = clock
-        self.leader = 0.0
-        self._phases: dict[tuple[str, str], str] = {}
-        self._queues: dict[tuple[str, str], tuple[str, int]] = {}
-        self._queued_since: dict[tuple[str, str], float] = {}
-        self.completed: dict[Labels, int] = {}
-        self.cleanup_failures: dict[Labels, int] = {}
-        self.status_writes = 0
-        self.step_duration = _Histogram()
-        self.cleanup_duration = _Histogram()
-        self.lock_wait = _Histogram()
-        self.reconcile_duration = _Histogram(RECONCILE_BUCKETS)
-        self.lease_renewals: dict[Labels, int] = {}
+        self.recent_terminal = recent_terminal
+        self.registry = CollectorRegistry()
+        self._rollouts: dict[Key, _Rollout] = {}
+        self._ended: OrderedDict[Key, None] = OrderedDict()  # terminal ones, oldest first
+        self._queued_since: dict[Key, float] = {}
+        self._released: dict[tuple[str, str], float] = {}  # (namespace, lock) -> when
+        self._leader_value = 0.0
+        self._writes = 0
+        r = self.registry
+        self._leader = Gauge(
+            "canary_operator_leader",
+            "1 if this process runs the controller (leader or no election), else 0.",
+            registry=r,
+        )
+        self.completed = Counter(
+            "canary_operator_rollouts_completed_total",
+            "Runs that ended, by outcome.",
+            ["namespace", "result"],
+            registry=r,
+        )
+        self.cleanup_failures = Counter(
+            "canary_operator_cleanup_failures_total",
+            "Cleanup attempts that failed (each is retried with backoff, keeping the lock).",
+            ["namespace"],
+            registry=r,
+        )
+        self._status_writes = Counter(
+            "canary_operator_status_writes_total", "Status writes by this process.", registry=r
+        )
+        self.step_duration = Histogram(
+            "canary_operator_step_duration_seconds",
+            "Step durations.",
+            ["kind", "result"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.cleanup_duration = Histogram(
+            "canary_operator_cleanup_duration_seconds",
+            "From the decided outcome to the verified cleanup.",
+            ["result"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.lock_wait = Histogram(
+            "canary_operator_lock_wait_seconds",
+            "Time from queuing to acquiring the target's lock.",
+            ["namespace"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.lock_handoff = Histogram(
+            "canary_operator_lock_handoff_seconds",
+            "From a lock's release by one run to its acquisition by a run that was waiting.",
+            ["namespace"],
+            buckets=HANDOFF_BUCKETS,
+            registry=r,
+        )
+        self._workqueue_depth = Gauge(
+            "canary_operator_workqueue_depth", "Keys waiting in the work queue.", registry=r
+        )
+        self._workqueue_latency = Histogram(
+            "canary_operator_workqueue_latency_seconds",
+            "Time a key waited in the work queue before its reconcile started.",
+            buckets=QUEUE_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._reconcile_duration = Histogram(
+            "canary_operator_reconcile_duration_seconds",
+            "Time one reconcile took (API round trips only: checks to user endpoints run "
+            "apart), by result.",
+            ["result"],
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self._reconcile_retries = Counter(
+            "canary_operator_reconcile_retries_total",
+            "Reconciles scheduled again after an error.",
+            registry=r,
+        )
+        self._lease_renewals = Counter(
+            "canary_operator_lease_renewals_total",
+            "Renewals of the per-target Leases this process holds, by result.",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "failed"):  # both series exist from the start, for rate()
+            self._lease_renewals.labels(result=result)
+        r.register(_StateCollector(self))
 
-    # ----------------------------------------------------------------- inputs
+    # ------------------------------------------------------- plain values (web.py)
+
+    @property
+    def leader(self) -> float:
+        return self._leader_value
+
+    @leader.setter
+    def leader(self, value: float) -> None:
+        self._leader_value = value
+        self._leader.set(value)
+
+    @property
+    def status_writes(self) -> int:
+        return self._writes
+
+    # ------------------------------------------------ work queue and lease renewer
+
+    def queue_depth(self, n: int) -> None:
+        self._workqueue_depth.set(n)
+
+    def queue_latency(self, seconds: float) -> None:
+        self._workqueue_latency.observe(max(0.0, seconds))
+
+    def reconcile_retry(self) -> None:
+        self._reconcile_retries.inc()
 
     def reconciled(self, seconds: float, ok: bool) -> None:
-        """One reconcile, as the work queue timed it."""
-        self.reconcile_duration.observe(_labels(result="ok" if ok else "error"), seconds)
+        """One reconcile, as the work queue timed it (a failed one is retried)."""
+        self._reconcile_duration.labels(result="ok" if ok else "error").observe(max(0.0, seconds))
+        if not ok:
+            self.reconcile_retry()
 
     def lease_renewal(self, ok: bool) -> None:
-        labels = _labels(result="ok" if ok else "failed")
-        self.lease_renewals[labels] = self.lease_renewals.get(labels, 0) + 1
+        self._lease_renewals.labels(result="ok" if ok else "failed").inc()
+
+    # ----------------------------------------------------------------- inputs
 
     def observe(self, namespace: str, name: str, phase: str | None) -> None:
         """A rollout as the watch sees it (`phase` None: it was deleted)."""
         key = (namespace, name)
         if phase is None:
-            self._phases.pop(key, None)
-            self._queues.pop(key, None)
+            self._rollouts.pop(key, None)
+            self._ended.pop(key, None)
             self._queued_since.pop(key, None)
             return
-        self._phases[key] = phase or Phase.PENDING.value
+        rollout = self._rollouts.get(key)
+        if rollout is None:
+            rollout = self._rollouts[key] = _Rollout(phase=phase or Phase.PENDING.value)
+        else:
+            rollout.phase = phase or Phase.PENDING.value
+        self._track_end(key, rollout)
 
     def record(
         self,
@@ -126,6 +299,8 @@ class Metrics:
         """The reconciler wrote `new` over `old` (the `on_status_written` hook).
 
         Never raises: a metric must not fail the reconcile that called it."""
+        self._writes += 1
+        self._status_writes.inc()
         try:
             self._record(namespace, name, old, new)
         except Exception:
@@ -140,22 +315,46 @@ class Metrics:
     ) -> None:
         key = (namespace, name)
         now = self.clock()
-        self.status_writes += 1
-        self._phases[key] = new.phase.value
         same_run = old is not None and old.run == new.run
         before = old if same_run else None
+        rollout = self._rollouts.setdefault(key, _Rollout(phase=new.phase.value))
+        rollout.phase = new.phase.value
+        rollout.weight = new.weight
+        rollout.queue = (new.queue.lock, new.queue.waiting) if new.queue is not None else None
+        cleanup = new.cleanup
+        rollout.cleanup_blocked = bool(
+            new.phase == Phase.CLEANING_UP
+            and cleanup is not None
+            and cleanup.attempts > 0
+            and not cleanup.finished_at
+        )
         self._steps(before, new)
         self._cleanup(namespace, old, new, same_run, now)
-        self._lock(key, namespace, old, new, now)
-        if new.queue is not None:
-            self._queues[key] = (new.queue.lock, new.queue.waiting)
+        self._lock(key, namespace, old, new, same_run, now)
+        if new.lock is not None and not new.phase.terminal:
+            rollout.lock = new.lock.name
+            rollout.lock_acquired = parse_time(new.lock.acquired_at).timestamp()
         else:
-            self._queues.pop(key, None)
+            rollout.lock, rollout.lock_acquired = None, None
         was_terminal = old is not None and same_run and old.phase in TERMINAL_PHASES
         if new.phase in TERMINAL_PHASES and not was_terminal:
             result = new.outcome.result.value if new.outcome else new.phase.value
-            labels = _labels(namespace=namespace, result=result)
-            self.completed[labels] = self.completed.get(labels, 0) + 1
+            self.completed.labels(namespace=namespace, result=result).inc()
+        self._track_end(key, rollout)
+
+    def _track_end(self, key: Key, rollout: _Rollout) -> None:
+        if not rollout.terminal:
+            self._ended.pop(key, None)
+            return
+        self._ended[key] = None
+        self._ended.move_to_end(key)
+
+    def _shown(self) -> Iterator[tuple[Key, _Rollout]]:
+        """Rollouts with per-rollout series: the unfinished and the recently ended."""
+        recent = set(list(self._ended)[-self.recent_terminal :]) if self.recent_terminal else set()
+        for key, rollout in sorted(self._rollouts.items()):
+            if not rollout.terminal or key in recent:
+                yield key, rollout
 
     def _steps(self, old: CanaryRolloutStatus | None, new: CanaryRolloutStatus) -> None:
         old_steps = (old.steps if old else None) or []
@@ -172,7 +371,7 @@ class Metrics:
         if not (new.started_at and new.finished_at):
             return
         seconds = (parse_time(new.finished_at) - parse_time(new.started_at)).total_seconds()
-        self.step_duration.observe(_labels(kind=new.kind, result=new.phase.value), seconds)
+        self.step_duration.labels(kind=new.kind, result=new.phase.value).observe(max(0.0, seconds))
 
     def _cleanup(
         self,
@@ -187,8 +386,7 @@ class Metrics:
         if cleanup is not None:
             failed = cleanup.attempts - (old_cleanup.attempts if old_cleanup else 0)
             if failed > 0:
-                labels = _labels(namespace=namespace)
-                self.cleanup_failures[labels] = self.cleanup_failures.get(labels, 0) + failed
+                self.cleanup_failures.labels(namespace=namespace).inc(failed)
             if (
                 cleanup.finished_at
                 and cleanup.started_at
@@ -198,7 +396,7 @@ class Metrics:
                     parse_time(cleanup.finished_at) - parse_time(cleanup.started_at)
                 ).total_seconds()
                 result = new.outcome.result.value if new.outcome else "Unknown"
-                self.cleanup_duration.observe(_labels(result=result), seconds)
+                self.cleanup_duration.labels(result=result).observe(max(0.0, seconds))
         elif (
             old is not None
             and not same_run
@@ -209,19 +407,21 @@ class Metrics:
             # A spec change: the old run's cleanup ended and the new run replaced the status.
             started = parse_time(old.cleanup.started_at).timestamp()
             result = old.outcome.result.value if old.outcome else "Unknown"
-            self.cleanup_duration.observe(_labels(result=result), now - started)
+            self.cleanup_duration.labels(result=result).observe(max(0.0, now - started))
 
     def _lock(
         self,
-        key: tuple[str, str],
+        key: Key,
         namespace: str,
         old: CanaryRolloutStatus | None,
         new: CanaryRolloutStatus,
+        same_run: bool,
         now: float,
     ) -> None:
+        self._note_release(namespace, old, new, same_run, now)
         if new.phase == Phase.QUEUED and key not in self._queued_since:
             self._queued_since[key] = now
-        old_token = old.lock.token if old is not None and old.lock and old.run == new.run else None
+        old_token = old.lock.token if old is not None and old.lock and same_run else None
         if new.lock is None or new.lock.token == old_token:
             return
         since = self._queued_since.pop(key, None)
@@ -229,103 +429,33 @@ class Metrics:
             queued = old.condition("Progressing")
             if queued is not None and queued.reason == "Queued":
                 since = parse_time(queued.last_transition_time).timestamp()
+        acquired = parse_time(new.lock.acquired_at).timestamp()
         if since is not None:
-            acquired = parse_time(new.lock.acquired_at).timestamp()
-            self.lock_wait.observe(_labels(namespace=namespace), max(0.0, acquired - since))
+            self.lock_wait.labels(namespace=namespace).observe(max(0.0, acquired - since))
+        released = self._released.pop((namespace, new.lock.name), None)
+        # A handoff only if this run was already waiting when the lock was released.
+        if released is not None and since is not None and since <= released:
+            self.lock_handoff.labels(namespace=namespace).observe(max(0.0, acquired - released))
+
+    def _note_release(
+        self,
+        namespace: str,
+        old: CanaryRolloutStatus | None,
+        new: CanaryRolloutStatus,
+        same_run: bool,
+        now: float,
+    ) -> None:
+        """Remember when a run let go of its lock: it ended, or a new run replaced it."""
+        if old is None or old.lock is None or old.phase in TERMINAL_PHASES:
+            return
+        if same_run and new.phase not in TERMINAL_PHASES:
+            return  # still holding it
+        finished = new.cleanup.finished_at if new.cleanup is not None and same_run else None
+        when = parse_time(finished).timestamp() if finished else now
+        self._released[(namespace, old.lock.name)] = when
 
     # ----------------------------------------------------------------- output
 
     def render(self) -> str:
         """The exposition (text format 0.0.4)."""
-        out: list[str] = []
-
-        def family(name: str, kind: str, help_: str, lines: list[str]) -> None:
-            out.append(f"# HELP {name} {help_}")
-            out.append(f"# TYPE {name} {kind}")
-            out.extend(lines)
-
-        by_phase: dict[Labels, int] = {}
-        for (namespace, _), phase in self._phases.items():
-            labels = _labels(namespace=namespace, phase=phase)
-            by_phase[labels] = by_phase.get(labels, 0) + 1
-        family(
-            "canary_operator_rollouts",
-            "gauge",
-            "CanaryRollouts by phase.",
-            [
-                f"canary_operator_rollouts{_format_labels(k)} {v}"
-                for k, v in sorted(by_phase.items())
-            ],
-        )
-        queues: dict[Labels, int] = {}
-        for (namespace, _), (lock, waiting) in self._queues.items():
-            labels = _labels(namespace=namespace, lock=lock)
-            queues[labels] = max(queues.get(labels, 0), waiting)
-        family(
-            "canary_operator_queue_length",
-            "gauge",
-            "Rollouts waiting for each lock.",
-            [
-                f"canary_operator_queue_length{_format_labels(k)} {v}"
-                for k, v in sorted(queues.items())
-            ],
-        )
-        family(
-            "canary_operator_rollouts_completed_total",
-            "counter",
-            "Runs that ended, by outcome.",
-            [
-                f"canary_operator_rollouts_completed_total{_format_labels(k)} {v}"
-                for k, v in sorted(self.completed.items())
-            ],
-        )
-        family(
-            "canary_operator_cleanup_failures_total",
-            "counter",
-            "Cleanup attempts that failed (each is retried with backoff, keeping the lock).",
-            [
-                f"canary_operator_cleanup_failures_total{_format_labels(k)} {v}"
-                for k, v in sorted(self.cleanup_failures.items())
-            ],
-        )
-        for name, histogram, help_ in (
-            ("canary_operator_step_duration_seconds", self.step_duration, "Step durations."),
-            (
-                "canary_operator_cleanup_duration_seconds",
-                self.cleanup_duration,
-                "From the decided outcome to the verified cleanup.",
-            ),
-            (
-                "canary_operator_lock_wait_seconds",
-                self.lock_wait,
-                "Time from queuing to acquiring the target's lock.",
-            ),
-            (
-                "canary_operator_reconcile_duration_seconds",
-                self.reconcile_duration,
-                "Time one reconcile took (API round trips only: checks run apart).",
-            ),
-        ):
-            family(name, "histogram", help_, histogram.lines(name))
-        family(
-            "canary_operator_lease_renewals_total",
-            "counter",
-            "Renewals of held per-target leases, by result.",
-            [
-                f"canary_operator_lease_renewals_total{_format_labels(k)} {v}"
-                for k, v in sorted(self.lease_renewals.items())
-            ],
-        )
-        family(
-            "canary_operator_status_writes_total",
-            "counter",
-            "Status writes by this process.",
-            [f"canary_operator_status_writes_total {self.status_writes}"],
-        )
-        family(
-            "canary_operator_leader",
-            "gauge",
-            "1 if this process runs the controller (leader or no election), else 0.",
-            [f"canary_operator_leader {_number(self.leader)}"],
-        )
-        return "\n".join(out) + "\n"
+        return generate_latest(self.registry).decode()

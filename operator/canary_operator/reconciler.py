@@ -36,6 +36,7 @@ from canary_operator.analysis.providers import (
     render_query,
 )
 from canary_operator.api import models
+from canary_operator.api.job_policy import AllowedServiceAccounts, job_service_account_problems
 from canary_operator.api.models import (
     CanaryRolloutSpec,
     CanaryRolloutStatus,
@@ -196,6 +197,8 @@ class Reconciler:
         self.index = index
         self.events = events
         self.checks = checks
+        # Which ServiceAccounts rollout Jobs may name (`run --allow-job-service-accounts`).
+        self.allowed_accounts = AllowedServiceAccounts.from_env()
         # Called after each status write: (namespace, name, old status, new status).
         self.on_status_written: StatusHook | None = None
 
@@ -486,6 +489,7 @@ class Reconciler:
             checks={k: v for k, v in answers.items() if isinstance(v, CheckResult)},
             measurements={k: v for k, v in answers.items() if isinstance(v, MeasurementStatus)},
             in_flight=running,
+            policy_problems=tuple(job_service_account_problems(spec, ns, self.allowed_accounts)),
         )
 
     async def _holder_running(self, namespace: str, name: str, uid: str) -> bool:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,14 @@ Key = tuple[str, str]
 Reconcile = Callable[[Key], Awaitable[float | None]]
 # (seconds one reconcile took, whether it succeeded)
 Observer = Callable[[float, bool], None]
+
+
+class QueueMetrics(Protocol):
+    def queue_depth(self, n: int) -> None: ...
+
+    def queue_latency(self, seconds: float) -> None: ...
+
+    def reconciled(self, seconds: float, ok: bool) -> None: ...
 
 
 class WorkQueue:
@@ -36,7 +45,8 @@ class WorkQueue:
         self._workers_count = workers
         self._workers: list[asyncio.Task[None]] = []
         self._max_backoff = max_backoff
-        self.observer: Observer | None = None
+        self.metrics: QueueMetrics | None = None
+        self._enqueued: dict[Key, float] = {}  # monotonic time a queued key was added
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._workers_count)]
@@ -63,7 +73,10 @@ class WorkQueue:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
+            self._enqueued[key] = time.monotonic()
             self._queue.put_nowait(key)
+            if self.metrics is not None:
+                self.metrics.queue_depth(self._queue.qsize())
 
     def _fire(self, key: Key) -> None:
         self._timers.pop(key, None)
@@ -74,6 +87,11 @@ class WorkQueue:
             key = await self._queue.get()
             self._queued.discard(key)
             self._running.add(key)
+            enqueued = self._enqueued.pop(key, None)
+            if self.metrics is not None:
+                self.metrics.queue_depth(self._queue.qsize())
+                if enqueued is not None:
+                    self.metrics.queue_latency(time.monotonic() - enqueued)
             delay: float | None
             started = time.monotonic()
             ok = False
@@ -100,8 +118,8 @@ class WorkQueue:
                 )
             finally:
                 self._running.discard(key)
-                if self.observer is not None:
-                    self.observer(time.monotonic() - started, ok)
+                if self.metrics is not None:
+                    self.metrics.reconciled(time.monotonic() - started, ok)
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)

@@ -175,3 +175,11 @@ def test_connection_flags_work_before_and_after_the_command() -> None:
         assert (args.namespace, args.context, args.name) == ("apps", "prod", "web")
     waiting = parser.parse_args(["wait", "web", "-n", "apps", "--timeout", "5m"])
     assert (waiting.namespace, waiting.timeout) == ("apps", "5m")
+
+
+def test_status_without_events_access_says_so_and_still_shows_the_status() -> None:
+    text = render_status(RUNNING, None, events_unavailable="permission denied: events is forbidden")
+    assert "Events:      unavailable (permission denied: events is forbidden)" in text
+    assert "Events (last" not in text
+    assert "Queue:       holding cro-lock-web (1 waiting)" in text
+    assert "Weight:      0% to canary" in text

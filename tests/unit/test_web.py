@@ -139,8 +139,10 @@ def test_metrics_follow_a_rollout_through_its_status() -> None:
     steps = "canary_operator_step_duration_seconds"
     assert sample(text, f"{steps}_count", kind="test", result="Succeeded") == 1
     assert sample(text, f"{steps}_sum", kind="test", result="Succeeded") == 10
-    assert sample(text, f"{steps}_bucket", kind="test", result="Succeeded", le="5") == 0
-    assert sample(text, f"{steps}_bucket", kind="test", result="Succeeded", le="15") == 1
+    # prometheus_client writes bucket bounds as Go floats ("5.0"); Prometheus reads
+    # them as the same numbers as "5".
+    assert sample(text, f"{steps}_bucket", kind="test", result="Succeeded", le="5.0") == 0
+    assert sample(text, f"{steps}_bucket", kind="test", result="Succeeded", le="15.0") == 1
     cleanup = "canary_operator_cleanup_duration_seconds"
     assert sample(text, f"{cleanup}_sum", result="Succeeded") == 8
     assert sample(text, "canary_operator_cleanup_failures_total", namespace="apps") == 1
@@ -172,7 +174,7 @@ def test_queue_length_is_the_largest_waiting_count_reported_for_a_lock() -> None
 def test_histogram_buckets_are_cumulative_and_end_with_inf() -> None:
     metrics = Metrics()
     for seconds in (0.5, 3, 40, 9000):
-        metrics.step_duration.observe((("kind", "pause"), ("result", "Succeeded")), seconds)
+        metrics.step_duration.labels(kind="pause", result="Succeeded").observe(seconds)
     text = metrics.render()
     buckets = [
         float(line.rsplit(" ", 1)[1])

@@ -113,14 +113,23 @@ def _indefinite_pause(body: JsonObj, index: int | None) -> bool:
     return any("pause" in i and not (i["pause"] or {}).get("duration") for i in items)
 
 
+class EventsUnavailable(Exception):
+    """The rollout could be read but its Events could not (typically: no `list events`)."""
+
+
 async def _events(session: Session, namespace: str, name: str, uid: str) -> list[JsonObj]:
     selector = f"involvedObject.kind={models.KIND},involvedObject.name={name}"
-    result = await client.call(
-        session,
-        session.kube.request(
-            "GET", path("", "v1", "events", namespace), query={"fieldSelector": selector}
-        ),
-    )
+    try:
+        result = await client.call(
+            session,
+            session.kube.request(
+                "GET", path("", "v1", "events", namespace), query={"fieldSelector": selector}
+            ),
+        )
+    except CliError as exc:
+        # Many users may read rollouts but not Events (a Role granting only the
+        # canaryrollouts): the status already read is still worth showing.
+        raise EventsUnavailable(str(exc)) from exc
     items = [e for e in result.get("items", []) if e["involvedObject"].get("uid") in (uid, None)]
     return sorted(items, key=lambda e: int(e["metadata"].get("resourceVersion") or 0))
 
@@ -146,8 +155,15 @@ async def _patch_read(
 # --------------------------------------------------------------------- status
 
 
-def render_status(body: JsonObj, events: list[JsonObj] | None = None, max_events: int = 10) -> str:
-    """The `status` screen: summary, steps with marks, queue, outcome, events."""
+def render_status(
+    body: JsonObj,
+    events: list[JsonObj] | None = None,
+    max_events: int = 10,
+    events_unavailable: str | None = None,
+) -> str:
+    """The `status` screen: summary, steps with marks, queue, outcome, events.
+
+    `events_unavailable`: why the Events could not be read (shown instead of them)."""
     meta, status = body["metadata"], body.get("status") or {}
     spec: JsonObj = body.get("spec") or {}
     lines: list[str] = []
@@ -195,7 +211,10 @@ def render_status(body: JsonObj, events: list[JsonObj] | None = None, max_events
             "Conditions",
             "  ".join(f"{c['type']}={c['status']} ({c.get('reason', '')})" for c in conditions),
         )
-    if events is not None:
+    if events_unavailable is not None:
+        lines.append("")
+        lines.append(f"Events:      unavailable ({events_unavailable})")
+    elif events is not None:
         lines.append("")
         lines.append(f"Events (last {min(len(events), max_events)} of {len(events)}):")
         for event in events[-max_events:]:
@@ -338,7 +357,11 @@ async def cmd_list(session: Session, args: argparse.Namespace) -> int:
 async def cmd_status(session: Session, args: argparse.Namespace) -> int:
     body = await client.get_rollout(session, args.name)
     meta = body["metadata"]
-    events = await _events(session, meta["namespace"], meta["name"], meta["uid"])
+    try:
+        events = await _events(session, meta["namespace"], meta["name"], meta["uid"])
+    except EventsUnavailable as exc:
+        print(render_status(body, None, args.events, events_unavailable=str(exc)))
+        return 0
     print(render_status(body, events, args.events))
     return 0
 

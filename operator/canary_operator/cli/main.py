@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
 def _run(args: argparse.Namespace) -> int:
+    from canary_operator.api.job_policy import ALLOW_ENV, AllowedServiceAccounts
+    from canary_operator.cli.connection import ConfigError, check_config, use_config
+
+    # Checked before kopf starts: a bad setting is one clear line and a non-zero exit,
+    # not a traceback and a process that keeps retrying.
+    try:
+        AllowedServiceAccounts.parse(args.allow_job_service_accounts)
+    except ValueError as exc:
+        print(f"canary-operator: --allow-job-service-accounts: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_config(args.kubeconfig, args.context)
+    except ConfigError as exc:
+        print(f"canary-operator: {exc}", file=sys.stderr)
+        return 2
+    if args.allow_job_service_accounts is not None:
+        os.environ[ALLOW_ENV] = args.allow_job_service_accounts
+
     import kopf
 
     import canary_operator.handlers  # noqa: F401  (registers the kopf handlers)
     from canary_operator.web import RunOptions
+
+    use_config(args.kubeconfig, args.context)
 
     log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(verbose=args.verbose, log_format=log_format)
@@ -94,7 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--log-format", choices=["text", "json"], default="text", help="json: one object a line"
     )
-    run.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
+    run.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)",
+    )
+    run.add_argument("--context", help="kubeconfig context to use (default: its current-context)")
+    run.add_argument(
+        "--allow-job-service-accounts",
+        metavar="LIST",
+        default=None,
+        help="ServiceAccounts that test/cleanup Jobs of a rollout may name, comma-separated: "
+        "NAME (any watched namespace) or NAMESPACE/NAME; default: none, Jobs run as the "
+        "namespace's default account (docs/security.md)",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
 

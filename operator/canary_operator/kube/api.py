@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,15 +31,27 @@ def _reason(data: bytes, default: str | None) -> str:
         return default or ""
 
 
-async def load_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster config when running in a pod, else the kubeconfig."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    except config.ConfigException:
-        cfg = client.Configuration()
-        await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        return client.ApiClient(configuration=cfg)
+# Set by `canary-operator run --kubeconfig/--context` (the kopf startup takes no arguments).
+KUBECONFIG_ENV = "CANARY_OPERATOR_KUBECONFIG"
+CONTEXT_ENV = "CANARY_OPERATOR_CONTEXT"
+
+
+async def load_config(
+    kubeconfig: str | None = None, context: str | None = None
+) -> client.ApiClient:
+    """An explicit kubeconfig/context (arguments, else KUBECONFIG_ENV/CONTEXT_ENV) wins;
+    otherwise in-cluster config when running in a pod, else the default kubeconfig."""
+    kubeconfig = kubeconfig or os.environ.get(KUBECONFIG_ENV) or None
+    context = context or os.environ.get(CONTEXT_ENV) or None
+    if kubeconfig is None and context is None:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    return client.ApiClient(configuration=cfg)
 
 
 def path(
