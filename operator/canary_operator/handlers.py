@@ -119,10 +119,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 120
     api_client = await load_config()
     kube = Kube(api_client)
-    controller = Controller(kube)
+    options = memo.get("options") or RunOptions(http_port=0)
+    controller = Controller(kube, workers=options.workers)
     # HTTP endpoints, metrics and (optionally) leader election; only the leader
     # starts the work queue.
-    services = Services(kube, memo.get("options") or RunOptions(http_port=0), controller)
+    services = Services(kube, options, controller)
     metrics = services.state.metrics
     controller.reconciler.on_status_written = metrics.record
     controller.queue.metrics = metrics

@@ -127,6 +127,7 @@ class RunOptions:
     leader_elect: bool = False
     leader_namespace: str | None = None
     leader_name: str = "canary-operator-leader"
+    workers: int = 8  # reconciles at once (none waits on a user endpoint)
 
 
 @dataclass

@@ -134,3 +134,13 @@ def test_the_environment_is_clean_again() -> None:
     """No kubeconfig choice leaks from one test into the next (or into the operator
     processes that later tests start with this process's environment)."""
     assert KUBECONFIG_ENV not in os.environ and CONTEXT_ENV not in os.environ
+
+
+@pytest.mark.parametrize("workers", ["0", "-3", "many"])
+def test_workers_must_be_a_positive_number(
+    capsys: pytest.CaptureFixture[str], workers: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--workers", workers])
+    assert exited.value.code == 2
+    assert "--workers" in capsys.readouterr().err

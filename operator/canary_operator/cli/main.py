@@ -51,10 +51,18 @@ def _run(args: argparse.Namespace) -> int:
                 leader_elect=args.leader_elect,
                 leader_namespace=args.leader_election_namespace,
                 leader_name=args.leader_election_id,
+                workers=args.workers,
             )
         ),
     )
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _wait(args: argparse.Namespace) -> int:
@@ -111,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "--leader-election-id", default="canary-operator-leader", help="name of the leader Lease"
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        default=8,
+        help="reconciles run at once (default 8; none waits on a user endpoint)",
     )
     run.add_argument(
         "--log-format", choices=["text", "json"], default="text", help="json: one object a line"
