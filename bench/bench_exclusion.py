@@ -19,11 +19,9 @@ Figures are printed, not asserted: the machine's load decides the seconds.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -31,17 +29,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
+from bench.harness import bench_cluster  # noqa: E402
+
 from e2e import manifests as m  # noqa: E402
-from e2e.conftest import CRD, OperatorProcess  # noqa: E402
 from e2e.slow_http import SlowEndpoints  # noqa: E402
 from e2e.watch import Watch  # noqa: E402
-from tests.harness.cluster import (  # noqa: E402
-    Cluster,
-    LocalCluster,
-    build_binaries,
-    external_cluster,
-    wait_for,
-)
+from tests.harness.cluster import Cluster, wait_for  # noqa: E402
 
 HISTOGRAM = "canary_operator_reconcile_duration_seconds_bucket"
 
@@ -155,43 +148,13 @@ def main() -> int:
     parser.add_argument("--hanging", type=int, default=8, help="hanging checks in flight")
     args = parser.parse_args()
 
-    local: LocalCluster | None = None
-    external = os.environ.get("CANARY_TEST_KUBECONFIG")
-    if external:
-        cluster = external_cluster(Path(external))
-    else:
-        local = LocalCluster(Path(tempfile.mkdtemp(prefix="canary-bench-")) / "c", build_binaries())
-        cluster = local.start()
-    op: OperatorProcess | None = None
-    ns = f"bench-{int(time.time())}"
     port = free_port()
-    try:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        cluster.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/canaryrollouts.canary-operator.dev",
-            "--timeout=60s",
-        )
-        cluster.kubectl("create", "namespace", ns)
-        op = OperatorProcess(
-            cluster,
-            ns,
-            Path(tempfile.mkdtemp()) / "operator.log",
-            args=["--http-port", str(port), "--http-host", "127.0.0.1"],
-        ).start()
+    args_ = ["--http-port", str(port), "--http-host", "127.0.0.1"]
+    with bench_cluster(args_) as bench, SlowEndpoints() as http:
         wait_for(lambda: buckets(port) is not None, 60, ignore=(OSError,))
-        with SlowEndpoints() as http:
-            scenario(cluster, ns, port, http, args.paused, 0)
-            scenario(cluster, ns, port, http, args.paused, args.hanging)
-        return 0
-    finally:
-        if op:
-            cluster.kubectl("delete", "cro", "--all", "-n", ns, "--wait=false", check=False)
-            op.stop()
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        if local:
-            local.stop()
+        scenario(bench.cluster, bench.namespace, port, http, args.paused, 0)
+        scenario(bench.cluster, bench.namespace, port, http, args.paused, args.hanging)
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import itertools
 import json
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,15 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
+from bench.harness import bench_cluster  # noqa: E402
+
 from e2e import manifests as m  # noqa: E402
-from e2e.conftest import CRD, OperatorProcess  # noqa: E402
-from tests.harness.cluster import (  # noqa: E402
-    Cluster,
-    LocalCluster,
-    build_binaries,
-    external_cluster,
-    wait_for,
-)
+from tests.harness.cluster import Cluster, wait_for  # noqa: E402
 
 
 def parse(ts: str) -> datetime:
@@ -103,27 +97,8 @@ def main() -> int:
     args = parser.parse_args()
 
     print(f"plan(): {bench_plan():.0f} us per call")
-    import os
-
-    local: LocalCluster | None = None
-    external = os.environ.get("CANARY_TEST_KUBECONFIG")
-    if external:
-        cluster = external_cluster(Path(external))
-    else:
-        local = LocalCluster(Path(tempfile.mkdtemp(prefix="canary-bench-")) / "c", build_binaries())
-        cluster = local.start()
-    op: OperatorProcess | None = None
-    ns = f"bench-{int(time.time())}"
-    try:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        cluster.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/canaryrollouts.canary-operator.dev",
-            "--timeout=60s",
-        )
-        cluster.kubectl("create", "namespace", ns)
-        op = OperatorProcess(cluster, ns, Path(tempfile.mkdtemp()) / "operator.log").start()
+    with bench_cluster() as bench:
+        cluster, ns, op = bench.cluster, bench.namespace, bench.operator
         apps = [m.app("web")] + [m.app(f"other{i}") for i in range(args.others)]
         cluster.apply("---\n".join(apps), ns)
         steps = [{"canary": {}}, {"setWeight": 25}, m.job_test("t")]
@@ -170,14 +145,7 @@ def main() -> int:
                 f"max {handoffs[-1]:.0f} ms"
             )
         print(f"operator peak RSS (VmHWM): {hwm}")
-        return 0
-    finally:
-        if op:
-            cluster.kubectl("delete", "cro", "--all", "-n", ns, "--wait=false", check=False)
-            op.stop()
-        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        if local:
-            local.stop()
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """POST /abort/{namespace}/{name}: who may abort (TokenReview, SubjectAccessReview),
 what is changed (a conditional merge patch of spec.abort), and that nothing changes
 otherwise — without a cluster (aiohttp test client, an in-memory API). The same
-against a real API server: e2e/test_abort_endpoint.py."""
+against a real API server: e2e/test_abort_endpoint_e2e.py."""
 
 from __future__ import annotations
 
