@@ -63,6 +63,17 @@ cluster_pids() {
 }
 
 # stop_pids DIR TIMEOUT PID...: TERM, wait up to TIMEOUT s, KILL, wait.
+# pid_alive PID: the process exists and is not a zombie. Used once a pid was
+# verified ours and signalled: an exiting process's cmdline reads empty before it
+# is a zombie, so "no longer names DIR" is not yet "gone".
+pid_alive() {
+  local stat state
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  state=${stat##*) }
+  state=${state%% *}
+  [ "$state" != Z ] && [ "$state" != X ]
+}
+
 stop_pids() {
   local dir=$1 timeout=$2 pid left deadline
   shift 2
@@ -71,7 +82,7 @@ stop_pids() {
   deadline=$((SECONDS + timeout))
   while :; do
     left=""
-    for pid in "$@"; do pid_of_cluster "$pid" "$dir" && left+="$pid "; done
+    for pid in "$@"; do pid_alive "$pid" && left+="$pid "; done
     [ -n "$left" ] || return 0
     [ $SECONDS -lt $deadline ] || break
     sleep 0.1
@@ -82,7 +93,7 @@ stop_pids() {
   deadline=$((SECONDS + 10))
   while :; do
     left=""
-    for pid in "$@"; do pid_of_cluster "$pid" "$dir" && left+="$pid "; done
+    for pid in "$@"; do pid_alive "$pid" && left+="$pid "; done
     [ -n "$left" ] || return 0
     if [ $SECONDS -ge $deadline ]; then
       echo "cluster: processes survived KILL: $left" >&2

@@ -19,6 +19,7 @@ from tests.harness.cluster import (
     CLUSTER_SCRIPTS,
     COMPONENTS,
     Cluster,
+    _cmdline,
     pid_running,
     processes_referencing,
     wait_for,
@@ -230,7 +231,8 @@ def test_down_stops_every_process_of_a_second_cluster(
         assert down.returncode == 0, down.stderr
         assert not state.exists()
         # down.sh returns only once its processes are gone: no waiting here.
-        assert [p for p in pids.values() if pid_running(p)] == []
+        survivors = {n: p for n, p in pids.items() if pid_running(p)}
+        assert survivors == {}, {n: _cmdline(p) for n, p in survivors.items()}
         assert processes_referencing(state) == []
     finally:
         if state.exists():

@@ -55,6 +55,14 @@ app.kubernetes.io/component: controller
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [get, update]
+{{- /* The abort endpoint: who calls (TokenReview), may they patch (SubjectAccessReview).
+  Cluster-scoped: in a Role they grant nothing (see manifests/rbac/auth-delegator). */}}
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+- apiGroups: [authorization.k8s.io]
+  resources: [subjectaccessreviews]
+  verbs: [create]
 {{- with .Values.webhookSecrets }}
 - apiGroups: [""]
   resources: [secrets]
