@@ -133,15 +133,21 @@ class RolloutIndex:
     def __init__(self) -> None:
         # (namespace, name) -> (body, lock key, target Deployment); unreadable specs skipped
         self._entries: dict[tuple[str, str], tuple[JsonObj, str, str]] = {}
-        self._phases: dict[tuple[str, str], tuple[str, Phase]] = {}  # -> (uid, phase)
+        self._phases: dict[tuple[str, str], Phase] = {}  # (namespace, uid) -> phase
+        self._uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
 
     def update(self, body: JsonObj, deleted: bool = False) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        by_uid = (key[0], body["metadata"]["uid"])
+        previous = self._uids.pop(key, None)
+        if previous is not None and previous != by_uid[1]:
+            self._phases.pop((key[0], previous), None)  # recreated under the same name
         if deleted:
-            self._phases.pop(key, None)
+            self._phases.pop(by_uid, None)
         else:
+            self._uids[key] = by_uid[1]
             phase = (body.get("status") or {}).get("phase") or Phase.PENDING.value
-            self._phases[key] = (body["metadata"]["uid"], Phase(phase))
+            self._phases[by_uid] = Phase(phase)
         try:
             spec = parse_spec(body)
         except ValidationError:
@@ -153,11 +159,8 @@ class RolloutIndex:
 
     def active(self, namespace: str, uid: str) -> bool:
         """Whether the rollout with this uid exists (as last seen) and has not ended."""
-        return any(
-            u == uid and not phase.terminal
-            for (ns, _), (u, phase) in list(self._phases.items())
-            if ns == namespace
-        )
+        phase = self._phases.get((namespace, uid))
+        return phase is not None and not phase.terminal
 
     def sharing_lock(self, namespace: str, lock_key: str) -> list[JsonObj]:
         return [

@@ -214,3 +214,25 @@ def test_every_rollout_agrees_on_a_single_head(seed: int) -> None:
             assert not result[c.name].may_acquire
         if not c.active:
             assert result[c.name].position == 0 and not result[c.name].may_acquire
+
+
+def test_the_index_knows_which_uids_are_active() -> None:
+    from canary_operator.reconciler import RolloutIndex
+
+    def body(uid: str, phase: str | None) -> dict[str, object]:
+        return {
+            "metadata": {"namespace": "ns", "name": "web-v2", "uid": uid},
+            "spec": {"target": {"deployment": "web"}, "steps": [{"canary": {}}]},
+            "status": {"phase": phase} if phase else {},
+        }
+
+    index = RolloutIndex()
+    index.update(body("u1", None))
+    assert index.active("ns", "u1") and not index.active("other", "u1")
+    index.update(body("u1", "Succeeded"))
+    assert not index.active("ns", "u1")
+    index.update(body("u1", "Progressing"))
+    index.update(body("u2", "Queued"))  # recreated under the same name
+    assert index.active("ns", "u2") and not index.active("ns", "u1")
+    index.update(body("u2", "Queued"), deleted=True)
+    assert not index.active("ns", "u2")

@@ -90,9 +90,6 @@ class LeaseLock:
         self.renewer = renewer or LeaseRenewer(kube, clock)
         self._seen: dict[tuple[str, str], _Seen] = {}
 
-    def _path(self, namespace: str, name: str | None = None) -> str:
-        return lease_path(namespace, name)
-
     def _unchanged_for(self, namespace: str, lease: JsonObj) -> float:
         key = (namespace, lease["metadata"]["name"])
         rv = lease["metadata"]["resourceVersion"]
@@ -121,7 +118,7 @@ class LeaseLock:
         read the rollout. A run writes its terminal status before releasing, so a
         fresh read after seeing the lock free tells; a stale view never takes it."""
         name = lease_name(lock_key)
-        lease = await self.kube.get(self._path(namespace, name))
+        lease = await self.kube.get(lease_path(namespace, name))
         spec = (lease or {}).get("spec", {})
         holder_uid = spec.get("holderIdentity") or None
         holder_name = ((lease or {}).get("metadata", {}).get("annotations") or {}).get(
@@ -212,7 +209,7 @@ class LeaseLock:
         """Fencing: does `uid` still hold the lock with `token`? A fresh read of the
         Lease, on purpose not the watch-fed view: it guards a write to the target."""
         name = lease_name(lock_key)
-        lease = await self.kube.get(self._path(namespace, name))
+        lease = await self.kube.get(lease_path(namespace, name))
         if lease is None:
             return False
         spec = lease.get("spec") or {}
@@ -263,9 +260,9 @@ class LeaseLock:
         body["metadata"]["annotations"] = annotations
         try:
             if lease is None:
-                written = await self.kube.create(self._path(namespace), body)
+                written = await self.kube.create(lease_path(namespace), body)
             else:
-                written = await self.kube.replace(self._path(namespace, name), body)
+                written = await self.kube.replace(lease_path(namespace, name), body)
         except Conflict:
             return None
         self._seen.pop((namespace, name), None)
@@ -276,7 +273,7 @@ class LeaseLock:
         """Give the lock up if `uid` holds it. Returns whether a release was written."""
         name = lease_name(lock_key)
         self.renewer.drop(namespace, name)  # no renewal may race the release
-        lease = await self.kube.get(self._path(namespace, name))
+        lease = await self.kube.get(lease_path(namespace, name))
         if lease is None or lease.get("spec", {}).get("holderIdentity") != uid:
             return False
         body = json.loads(json.dumps(lease))
@@ -289,5 +286,5 @@ class LeaseLock:
         annotations[HISTORY_ANNOTATION] = json.dumps(history[-HISTORY_LENGTH:])
         annotations.pop(HOLDER_ANNOTATION, None)
         body["metadata"]["annotations"] = annotations
-        await self.kube.replace(self._path(namespace, name), body)  # Conflict: caller retries
+        await self.kube.replace(lease_path(namespace, name), body)  # Conflict: caller retries
         return True

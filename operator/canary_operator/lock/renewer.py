@@ -126,11 +126,7 @@ class LeaseRenewer:
         if _holder(lease) != (held.holder_uid, held.token):
             self._lost(held, lease)
             return
-        if lease["metadata"].get("resourceVersion") != held.lease["metadata"].get(
-            "resourceVersion"
-        ):
-            held.renewed_at = self.clock()
-        held.lease = lease
+        held.lease, held.renewed_at = lease, self.clock()  # a newer version: renewed
 
     def error(self, namespace: str, name: str) -> str | None:
         held = self._held.get((namespace, name))
@@ -138,9 +134,6 @@ class LeaseRenewer:
 
     def holds(self, namespace: str, name: str) -> bool:
         return (namespace, name) in self._held
-
-    def held(self) -> list[HeldLease]:
-        return list(self._held.values())
 
     def _lost(self, held: HeldLease, lease: JsonObj | None) -> None:
         now_holder = _holder(lease)[0] if lease is not None else None
