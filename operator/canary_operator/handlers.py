@@ -18,6 +18,7 @@ from canary_operator.kube import objects
 from canary_operator.kube.api import Kube, load_config
 from canary_operator.kube.events import EventRecorder
 from canary_operator.lock.lease import LOCK_KEY_ANNOTATION, LOCK_LABEL, LeaseLock
+from canary_operator.notifications.notifier import Notifier
 from canary_operator.reconciler import Reconciler, RolloutIndex, parse_spec
 from canary_operator.web import RunOptions, Services
 from canary_operator.workqueue import WorkQueue
@@ -34,7 +35,11 @@ class Controller:
         self.index = RolloutIndex()
         self.lock = LeaseLock(kube)
         self.checks = CheckRunner(wake=self.wake)
-        self.reconciler = Reconciler(kube, self.lock, self.index, EventRecorder(kube), self.checks)
+        events = EventRecorder(kube)
+        self.reconciler = Reconciler(kube, self.lock, self.index, events, self.checks)
+        # Notifications go out from tasks of their own, after the status write.
+        self.notifier = Notifier(kube, events)
+        self.reconciler.on_transition = self.notifier.transition
         self.queue = WorkQueue(lambda key: self.reconciler.reconcile(*key), workers=workers)
         self.lock.renewer.on_lost = self.wake
         self.lock.renewer.holder_active = self.index.active
@@ -47,6 +52,7 @@ class Controller:
 
     async def stop(self) -> None:
         await self.queue.stop()
+        await self.notifier.stop()
         await self.checks.stop()
         await self.lock.renewer.stop()
 
@@ -55,6 +61,7 @@ class Controller:
 
     def on_rollout(self, event_type: str | None, body: dict[str, Any]) -> None:
         self.index.update(body, deleted=event_type == "DELETED")
+        self.notifier.seen(body, deleted=event_type == "DELETED")
         if event_type != "DELETED":
             self.queue.add((body["metadata"]["namespace"], body["metadata"]["name"]))
         else:
@@ -128,6 +135,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     controller.reconciler.on_status_written = metrics.record
     controller.queue.metrics = metrics
     controller.lock.renewer.on_renewal = metrics.lease_renewal
+    controller.notifier.metrics = metrics
     memo["controller"] = controller
     memo["api_client"] = api_client
     memo["services"] = services

@@ -235,6 +235,18 @@ class Metrics:
         )
         for result in ("ok", "failed"):  # both series exist from the start, for rate()
             self._lease_renewals.labels(result=result)
+        self._notifications = Counter(
+            "canary_operator_notifications_total",
+            "Notification delivery attempts by service (ConfigMap name), trigger and result: "
+            "sent, failed (an attempt; retried with backoff), abandoned, invalid (config).",
+            ["service", "trigger", "result"],
+            registry=r,
+        )
+        self._notifications_in_flight = Gauge(
+            "canary_operator_notifications_in_flight",
+            "Notifications being delivered or waiting for their next attempt.",
+            registry=r,
+        )
         r.register(_StateCollector(self))
 
     # ------------------------------------------------------- plain values (web.py)
@@ -271,6 +283,12 @@ class Metrics:
 
     def lease_renewal(self, ok: bool) -> None:
         self._lease_renewals.labels(result="ok" if ok else "failed").inc()
+
+    def notification(self, service: str, trigger: str, result: str) -> None:
+        self._notifications.labels(service=service, trigger=trigger, result=result).inc()
+
+    def notifications_in_flight(self, n: int) -> None:
+        self._notifications_in_flight.set(n)
 
     # ----------------------------------------------------------------- inputs
 

@@ -184,6 +184,7 @@ class _Targets:
 
 
 StatusHook = Callable[[str, str, CanaryRolloutStatus | None, CanaryRolloutStatus], None]
+TransitionHook = Callable[[JsonObj, CanaryRolloutStatus | None, CanaryRolloutStatus], None]
 
 
 class Reconciler:
@@ -204,6 +205,9 @@ class Reconciler:
         self.allowed_accounts = AllowedServiceAccounts.from_env()
         # Called after each status write: (namespace, name, old status, new status).
         self.on_status_written: StatusHook | None = None
+        # Called with the written body once the transition's Events are out (the
+        # notifier: it only schedules background work, never waits on an endpoint).
+        self.on_transition: TransitionHook | None = None
 
     # ------------------------------------------------------------------ entry
 
@@ -248,6 +252,8 @@ class Reconciler:
         for action in result.actions:
             if isinstance(action, Emit):
                 await self._emit(rollout, action)
+        if self.on_transition is not None and written is not body:
+            self.on_transition(written, status, result.status)
         self.checks.retain(
             RunRef(namespace, name, rollout.uid, result.status.run),
             {a.key for a in result.actions if isinstance(a, CHECK_ACTIONS)},

@@ -1,0 +1,480 @@
+"""Background delivery of notifications: a queue of its own, retries with backoff,
+one message per trigger per run and service.
+
+Nothing here runs on the reconcile path: the reconciler's hook (`transition`) only
+computes which triggers fired and schedules tasks; every HTTP call, every read of the
+configuration and every ledger write happens in those tasks, each with its own time
+limit. A chat endpoint that hangs or answers 500 delays only its own messages: no
+step, cleanup or lock waits on it.
+
+Dedupe: in this process, a delivery key (run/trigger[/occurrence]/service) is sent
+once. Across restarts, the key is recorded on the rollout in the annotation
+`notifications.canary-operator.dev/notified` (as Argo's notifications-engine does):
+`pending` before the first attempt, `sent` after success, `failed` when given up. A
+restarted operator re-sends what was `pending` and never what was `sent`. (A message
+can be lost if the operator dies between the status write and the `pending` mark; it
+can be sent twice if it dies between a delivery and its `sent` mark.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import aiohttp
+
+from canary_operator.api.models import CanaryRolloutStatus, Phase
+from canary_operator.kube.api import Conflict, JsonObj, Kube, path
+from canary_operator.notifications import config, payloads, triggers
+from canary_operator.notifications.config import ConfigError, NotificationConfig, Subscription
+from canary_operator.notifications.templating import TemplateError
+from canary_operator.notifications.triggers import Fired
+
+log = logging.getLogger(__name__)
+
+LEDGER_ANNOTATION = "notifications.canary-operator.dev/notified"
+LEDGER_LIMIT = 64  # entries kept on a rollout (oldest dropped first)
+PENDING, SENT, FAILED = "pending", "sent", "failed"
+
+
+class EventSink(Protocol):
+    async def emit(
+        self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool
+    ) -> None: ...
+
+
+class NotificationMetrics(Protocol):
+    def notification(self, service: str, trigger: str, result: str) -> None: ...
+
+    def notifications_in_flight(self, n: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between attempts: initial * factor**n, at most `cap`; give up after
+    `give_up_after` seconds of trying."""
+
+    initial: float = 2.0
+    factor: float = 2.0
+    cap: float = 120.0
+    give_up_after: float = 3600.0
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.cap, self.initial * self.factor**attempt))
+
+
+@dataclass(frozen=True)
+class Delivery:
+    namespace: str
+    name: str
+    uid: str
+    fired: Fired
+    subscription: Subscription
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.fired.key}/{self.subscription.service}"
+
+
+def ledger(body: JsonObj) -> dict[str, str]:
+    raw = (body["metadata"].get("annotations") or {}).get(LEDGER_ANNOTATION)
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _parse_key(key: str) -> tuple[Fired, str] | None:
+    """Inverse of Delivery.key: run/trigger[/occurrence]/service."""
+    parts = key.split("/")
+    if len(parts) not in (3, 4) or not parts[0].isdigit() or parts[1] not in triggers.TRIGGERS:
+        return None
+    occurrence = parts[2] if len(parts) == 4 else ""
+    return Fired(parts[1], int(parts[0]), occurrence), parts[-1]
+
+
+class Notifier:
+    def __init__(
+        self,
+        kube: Kube,
+        events: EventSink,
+        metrics: NotificationMetrics | None = None,
+        backoff: Backoff = Backoff(),
+        concurrency: int = 16,
+        config_ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kube = kube
+        self.events = events
+        self.metrics = metrics
+        self.backoff = backoff
+        self.config_ttl = config_ttl
+        self.clock = clock
+        self._http = asyncio.Semaphore(concurrency)  # held only while a request is open
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()  # (uid, key) taken
+        self._said: OrderedDict[tuple[str, str], None] = OrderedDict()  # config problems told
+        self._seen_uids: set[str] = set()
+        self._timers: dict[tuple[str, int], asyncio.Task[None]] = {}  # (uid, run) lock-waiting
+        self._bodies: dict[str, JsonObj] = {}  # uid -> latest body seen
+        self._configs: dict[str, tuple[float, NotificationConfig | ConfigError]] = {}
+        self._ledger_locks: dict[str, asyncio.Lock] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._stopped = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def stop(self) -> None:
+        self._stopped = True
+        tasks = [*self._tasks, *self._timers.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._session is not None:
+            await self._session.close()
+
+    async def idle(self) -> None:
+        """Wait until no delivery is in flight (tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ---------------------------------------------------------------- inputs
+
+    def transition(
+        self, body: JsonObj, old: CanaryRolloutStatus | None, new: CanaryRolloutStatus
+    ) -> None:
+        """The reconciler wrote `new` over `old` (after the write; synchronous, no I/O)."""
+        if self._stopped:
+            return
+        self._remember(body)
+        for fired in triggers.fired(old, new):
+            self._submit(body, fired)
+        self._time_lock_wait(body, new)
+
+    def seen(self, body: JsonObj, deleted: bool = False) -> None:
+        """A rollout as the watch shows it: resumes what a previous process left
+        pending, and times lock waits (also of rollouts whose status does not change)."""
+        if self._stopped:
+            return
+        uid = body["metadata"].get("uid", "")
+        if deleted:
+            self._bodies.pop(uid, None)
+            for key in [k for k in self._timers if k[0] == uid]:
+                self._timers.pop(key).cancel()
+            return
+        self._remember(body)
+        if uid not in self._seen_uids:
+            self._seen_uids.add(uid)
+            self._resume_pending(body)
+        try:
+            status = CanaryRolloutStatus.model_validate(body.get("status") or {})
+        except ValueError:
+            return
+        self._time_lock_wait(body, status)
+
+    def _remember(self, body: JsonObj) -> None:
+        self._bodies[body["metadata"].get("uid", "")] = body
+
+    # ---------------------------------------------------------------- submit
+
+    def _submit(self, body: JsonObj, fired: Fired, extra: dict[str, Any] | None = None) -> None:
+        meta = body["metadata"]
+        subs, problems = config.subscriptions(meta.get("annotations"))
+        for problem in problems:
+            self._tell_once(body, f"{fired.run}/{problem}", problem)
+        recorded = ledger(body)
+        for sub in subs:
+            if sub.trigger != fired.trigger:
+                continue
+            delivery = Delivery(
+                meta["namespace"], meta["name"], meta["uid"], fired, sub, extra or {}
+            )
+            if recorded.get(delivery.key) in (SENT, FAILED) or not self._take(delivery):
+                continue
+            self._spawn(self._deliver(body, delivery))
+
+    def _take(self, delivery: Delivery) -> bool:
+        key = (delivery.uid, delivery.key)
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        while len(self._keys) > 10_000:
+            self._keys.popitem(last=False)
+        return True
+
+    def _resume_pending(self, body: JsonObj) -> None:
+        meta = body["metadata"]
+        subs, _ = config.subscriptions(meta.get("annotations"))
+        for key, state in ledger(body).items():
+            parsed = _parse_key(key)
+            if state != PENDING or parsed is None:
+                continue
+            fired, service = parsed
+            sub = next(
+                (s for s in subs if s.trigger == fired.trigger and s.service == service), None
+            )
+            if sub is None:
+                continue
+            delivery = Delivery(meta["namespace"], meta["name"], meta["uid"], fired, sub)
+            if self._take(delivery):
+                log.info("%s/%s: resuming notification %s", meta["namespace"], meta["name"], key)
+                self._spawn(self._deliver(body, delivery))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        self._gauge()
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._gauge()
+            if not t.cancelled() and t.exception() is not None:
+                log.error("notification task failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.notifications_in_flight(len(self._tasks))
+
+    # ---------------------------------------------------------- lock waiting
+
+    def _time_lock_wait(self, body: JsonObj, status: CanaryRolloutStatus) -> None:
+        uid = body["metadata"].get("uid", "")
+        key = (uid, status.run)
+        waiting = status.phase == Phase.QUEUED and bool(status.queued_at)
+        if not waiting:
+            for other in [k for k in self._timers if k[0] == uid]:
+                self._timers.pop(other).cancel()
+            return
+        if key in self._timers:
+            return
+        subs, _ = config.subscriptions(body["metadata"].get("annotations"))
+        if not any(s.trigger == triggers.LOCK_WAITING for s in subs):
+            return
+        assert status.queued_at is not None
+        task = asyncio.get_running_loop().create_task(
+            self._lock_wait(body["metadata"]["namespace"], uid, status.run, status.queued_at)
+        )
+        self._timers[key] = task
+        task.add_done_callback(lambda _t: self._timers.pop(key, None))
+
+    async def _lock_wait(self, namespace: str, uid: str, run: int, queued_at: str) -> None:
+        cfg = await self._config(namespace)
+        if isinstance(cfg, ConfigError):
+            return  # said when a delivery needs it
+        after = cfg.lock_waiting_after().total_seconds()
+        since = _parse_time(queued_at)
+        waited = (datetime.now(UTC) - since).total_seconds()
+        if waited < after:
+            await asyncio.sleep(after - waited)
+        body = self._bodies.get(uid)
+        if body is None:
+            return
+        status = CanaryRolloutStatus.model_validate(body.get("status") or {})
+        if status.phase != Phase.QUEUED or status.run != run:
+            return
+        waited = (datetime.now(UTC) - since).total_seconds()
+        self._submit(
+            body,
+            Fired(triggers.LOCK_WAITING, run),
+            {"waited": f"{int(waited // 60)}m{int(waited % 60)}s"},
+        )
+
+    # --------------------------------------------------------------- deliver
+
+    async def _deliver(self, body: JsonObj, delivery: Delivery) -> None:
+        ns, trigger, sub = delivery.namespace, delivery.fired.trigger, delivery.subscription
+        cfg = await self._config(ns)
+        try:
+            if isinstance(cfg, ConfigError):
+                raise cfg
+            service = cfg.services.get(sub.service)
+            if service is None:
+                raise ConfigError(
+                    f"no service {sub.service!r} in ConfigMap {config.CONFIGMAP} "
+                    f"(known: {', '.join(sorted(cfg.services)) or 'none'})"
+                )
+            template = cfg.templates[cfg.triggers[trigger].template]
+            ctx = payloads.context(body, trigger, delivery.extra)
+            data, content_type = payloads.payload(service, template, ctx, sub)
+        except (ConfigError, TemplateError, ValueError) as exc:
+            self._count(sub.service, trigger, "invalid")
+            self._tell_once(body, f"{delivery.key}/invalid", f"notification {delivery.key}: {exc}")
+            return
+        await self._mark(delivery, PENDING)
+        started = self.clock()
+        attempt = 0
+        while True:
+            ok, retry, detail = await self._post(service, data, content_type)
+            if ok:
+                self._count(service.name, trigger, "sent")
+                await self._mark(delivery, SENT)
+                return
+            self._count(service.name, trigger, "failed")
+            given_up = not retry or self.clock() - started >= self.backoff.give_up_after
+            if attempt == 0 and not given_up:
+                await self._event(
+                    delivery,
+                    "NotificationFailed",
+                    f"{trigger} to {service.type}/{service.name}: {detail}; retrying with backoff",
+                )
+            if given_up:
+                self._count(service.name, trigger, "abandoned")
+                await self._event(
+                    delivery,
+                    "NotificationAbandoned",
+                    f"{trigger} to {service.type}/{service.name} not delivered after "
+                    f"{attempt + 1} attempt(s): {detail}",
+                )
+                await self._mark(delivery, FAILED)
+                return
+            await asyncio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+
+    async def _post(
+        self, service: config.Service, data: bytes, content_type: str
+    ) -> tuple[bool, bool, str]:
+        """(delivered, worth retrying, what happened)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = {"Content-Type": content_type, **service.headers}
+        try:
+            async with (
+                self._http,
+                self._session.request(
+                    service.method,
+                    service.url,
+                    data=data,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=service.timeout_seconds),
+                    allow_redirects=False,
+                ) as response,
+            ):
+                text = (await response.text(errors="replace"))[:300]
+                ok, retry = payloads.accepted(service, response.status, text)
+                return ok, retry, f"HTTP {response.status} {text.strip()[:120]}".strip()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return False, True, f"{type(exc).__name__}: {exc}"[:200]
+
+    # --------------------------------------------------------- configuration
+
+    async def _config(self, namespace: str) -> NotificationConfig | ConfigError:
+        cached = self._configs.get(namespace)
+        if cached is not None and self.clock() - cached[0] < self.config_ttl:
+            return cached[1]
+        result: NotificationConfig | ConfigError
+        try:
+            cm = await self.kube.get(path("", "v1", "configmaps", namespace, config.CONFIGMAP))
+            secret = await self.kube.get(path("", "v1", "secrets", namespace, config.SECRET))
+        except Exception as exc:  # permissions, API down: a config problem, said once
+            result = ConfigError(f"cannot read the notification configuration: {exc}")
+        else:
+            if cm is None:
+                result = ConfigError(f"no ConfigMap {config.CONFIGMAP} in namespace {namespace}")
+            else:
+                decoded = {
+                    k: base64.b64decode(v).decode(errors="replace")
+                    for k, v in ((secret or {}).get("data") or {}).items()
+                }
+                try:
+                    result = config.parse(cm.get("data") or {}, decoded)
+                except ConfigError as exc:
+                    result = exc
+        self._configs[namespace] = (self.clock(), result)
+        return result
+
+    # ---------------------------------------------------- ledger and events
+
+    async def _mark(self, delivery: Delivery, state: str) -> None:
+        """Record a delivery's state on the rollout (best effort; conditional write)."""
+        lock = self._ledger_locks.setdefault(delivery.uid, asyncio.Lock())
+        rollout = path(
+            "canary-operator.dev", "v1alpha1", "canaryrollouts", delivery.namespace, delivery.name
+        )
+        async with lock:
+            for _ in range(3):
+                try:
+                    body = await asyncio.wait_for(self.kube.get(rollout), 10)
+                    if body is None or body["metadata"].get("uid") != delivery.uid:
+                        return
+                    entries = ledger(body)
+                    if entries.get(delivery.key) == state:
+                        return
+                    entries.pop(delivery.key, None)
+                    entries[delivery.key] = state
+                    while len(entries) > LEDGER_LIMIT:
+                        entries.pop(next(iter(entries)))
+                    patch = {
+                        "metadata": {
+                            "resourceVersion": body["metadata"]["resourceVersion"],
+                            "annotations": {LEDGER_ANNOTATION: json.dumps(entries)},
+                        }
+                    }
+                    await asyncio.wait_for(self.kube.merge_patch(rollout, patch), 10)
+                    return
+                except Conflict:
+                    continue
+                except Exception as exc:
+                    log.warning(
+                        "notification ledger of %s/%s: %s", delivery.namespace, delivery.name, exc
+                    )
+                    return
+
+    async def _event(self, delivery: Delivery, reason: str, message: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self.events.emit(
+                    delivery.namespace, delivery.name, delivery.uid, reason, message, True
+                ),
+                10,
+            )
+
+    def _tell_once(self, body: JsonObj, key: str, message: str) -> None:
+        meta = body["metadata"]
+        said = (meta.get("uid", ""), key)
+        if said in self._said:
+            return
+        self._said[said] = None
+        while len(self._said) > 10_000:
+            self._said.popitem(last=False)
+
+        async def tell() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self.events.emit(
+                        meta["namespace"],
+                        meta["name"],
+                        meta["uid"],
+                        "NotificationConfigInvalid",
+                        message,
+                        True,
+                    ),
+                    10,
+                )
+
+        self._spawn(tell())
+
+    def _count(self, service: str, trigger: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.notification(service, trigger, result)
+
+
+def _parse_time(text: str) -> datetime:
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        with contextlib.suppress(ValueError):
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC)
+    return datetime.now(UTC)
