@@ -13,7 +13,7 @@ import yaml
 
 from tests.harness.cluster import Cluster
 
-PLUGIN = [sys.executable, "-m", "canary_operator.cli.kubectl_canary"]
+PLUGIN = [sys.executable, "-m", "canary_operator.cli.plugin"]
 WAITER = [sys.executable, "-m", "canary_operator.cli.main", "wait"]
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from canary_operator.api.models import TERMINAL_PHASES
-from canary_operator.engine.machine import PROMOTE_ANNOTATION, RESUME_ANNOTATION, RETRY_ANNOTATION
-
 JsonObj = dict[str, Any]
 
+# Spelled out rather than imported from api.models and engine.machine: this module is
+# on the plugin's fast path (`kubectl canary list`), which must not pay for importing
+# pydantic. tests/unit/test_plugin_fast.py checks they equal the originals.
+RESUME_ANNOTATION = "canary-operator.dev/resume"
+RETRY_ANNOTATION = "canary-operator.dev/retry"
+PROMOTE_ANNOTATION = "canary-operator.dev/promote"
 RESET_LABEL = "canary-operator.dev/reset"
-TERMINAL = frozenset(p.value for p in TERMINAL_PHASES)
+TERMINAL = frozenset({"Succeeded", "Failed", "Aborted", "Superseded"})
 
 __all__ = [
     "PROMOTE_ANNOTATION",

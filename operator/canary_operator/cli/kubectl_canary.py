@@ -14,13 +14,12 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
 from canary_operator.api import models
 from canary_operator.api.models import CanaryRolloutSpec, Phase
-from canary_operator.cli import client, wait
+from canary_operator.cli import client, listing, wait
 from canary_operator.cli.client import CliError, Session
 from canary_operator.kube.api import JsonObj, path
 from canary_operator.lock import queue
@@ -43,24 +42,6 @@ Command = Callable[[Session, argparse.Namespace], Awaitable[int]]
 
 
 # --------------------------------------------------------------------- helpers
-
-
-def _age(timestamp: str | None, now: datetime | None = None) -> str:
-    if not timestamp:
-        return "-"
-    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    seconds = int(((now or datetime.now(UTC)) - then).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size * (2 if unit != "m" else 1):
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
 
 
 def _spec(body: JsonObj) -> CanaryRolloutSpec | None:
@@ -326,31 +307,7 @@ def _metric_verdict(metric: JsonObj) -> str:
 
 async def cmd_list(session: Session, args: argparse.Namespace) -> int:
     namespace = None if args.all_namespaces else session.namespace
-    items = await client.list_rollouts(session, namespace)
-    if not items:
-        where = "any namespace" if namespace is None else f"namespace {namespace}"
-        print(f"No canaryrollouts in {where}.")
-        return 0
-    header = ["NAME", "TARGET", "PHASE", "STEP", "WEIGHT", "QUEUE", "AGE"]
-    if namespace is None:
-        header.insert(0, "NAMESPACE")
-    rows = [header]
-    for body in sorted(items, key=lambda b: (b["metadata"]["namespace"], b["metadata"]["name"])):
-        meta, status = body["metadata"], body.get("status") or {}
-        weight = status.get("weight")
-        row = [
-            meta["name"],
-            str((body.get("spec") or {}).get("target", {}).get("deployment", "?")),
-            effective_phase(body),
-            str(status.get("stepLabel") or "-"),
-            f"{weight}%" if weight is not None else "-",
-            str(status.get("queueLabel") or "-"),
-            _age(meta.get("creationTimestamp")),
-        ]
-        if namespace is None:
-            row.insert(0, meta["namespace"])
-        rows.append(row)
-    print(_table(rows))
+    print(listing.render(await client.list_rollouts(session, namespace), namespace))
     return 0
 
 
