@@ -7,9 +7,11 @@ and how did it end.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing itself is not imported on the fast path
+if TYPE_CHECKING:
+    from typing import Any
 
-JsonObj = dict[str, Any]
+    JsonObj = dict[str, Any]
 
 # Spelled out rather than imported from api.models and engine.machine: this module is
 # on the plugin's fast path (`kubectl canary list`), which must not pay for importing

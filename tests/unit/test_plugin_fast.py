@@ -133,3 +133,76 @@ def test_the_fast_path_imports_no_heavy_module(tmp_path: Path) -> None:
     assert code == 1  # connection refused, said in one line
     assert "cannot reach the Kubernetes API" in out.stderr
     assert heavy == []
+
+
+KUBECONFIGS = [
+    # as kubectl writes it (items at the key's indent)
+    """apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: QUJD
+    server: https://127.0.0.1:6443
+  name: local
+contexts:
+- context:
+    cluster: local
+    namespace: demo
+    user: admin
+  name: local
+current-context: local
+kind: Config
+preferences: {}
+users:
+- name: admin
+  user:
+    client-certificate-data: Q0VSVA==
+    client-key-data: S0VZ
+""",
+    # items indented under the key, quoted scalars, comments, booleans
+    """# hand written
+apiVersion: "v1"
+kind: Config
+current-context: 'dev'
+clusters:
+  - name: dev
+    cluster:
+      server: "https://[::1]:6443"
+      insecure-skip-tls-verify: true
+users:
+  - name: me
+    user:
+      token: abc  # a comment
+contexts:
+  - name: dev
+    context: {cluster: dev, user: me}
+""",
+]
+
+
+@pytest.mark.parametrize("text", KUBECONFIGS[:1])
+def test_the_kubeconfig_reader_agrees_with_yaml(text: str) -> None:
+    from canary_operator.cli import lite
+
+    assert lite.parse_kubeconfig(text) == yaml.safe_load(text)
+
+
+def test_the_kubeconfig_reader_agrees_on_indented_lists_and_refuses_flow_style() -> None:
+    from canary_operator.cli import lite
+
+    block = KUBECONFIGS[1].replace(
+        "    context: {cluster: dev, user: me}\n",
+        "    context:\n      cluster: dev\n      user: me\n",
+    )
+    assert lite.parse_kubeconfig(block) == yaml.safe_load(block)
+    with pytest.raises(lite.Unsupported):
+        lite.parse_kubeconfig(KUBECONFIGS[1])  # flow mapping: handed to the full client
+
+
+def test_age_matches_kubectl_units() -> None:
+    t0 = listing.epoch("2026-01-01T00:00:00Z")
+    assert t0 == 1767225600  # date -u -d 2026-01-01 +%s
+    assert listing.epoch("2024-02-29T12:34:56Z") == 1709210096
+    assert listing.age("2026-01-01T00:00:00Z", t0 + 42) == "42s"
+    assert listing.age("2026-01-01T00:00:00Z", t0 + 300) == "5m"
+    assert listing.age("2026-01-01T00:00:00Z", t0 + 3 * 3600) == "3h"
+    assert listing.age("2026-01-01T00:00:00Z", t0 + 2 * 86400) == "2d"

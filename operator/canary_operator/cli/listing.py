@@ -3,20 +3,36 @@ plugin's fast path renders it too)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+import time
 
 from canary_operator.rollout_view import effective_phase
 
-JsonObj = dict[str, Any]
+TYPE_CHECKING = False  # typing itself is not imported on the fast path
+if TYPE_CHECKING:
+    from canary_operator.rollout_view import JsonObj
+
 HEADER = ["NAME", "TARGET", "PHASE", "STEP", "WEIGHT", "QUEUE", "AGE"]
 
 
-def age(timestamp: str | None, now: datetime | None = None) -> str:
+def epoch(timestamp: str) -> int:
+    """Seconds since 1970 of an RFC 3339 UTC time (`2026-01-02T03:04:05Z`), without
+    importing datetime (the fast path counts its imports)."""
+    year, month, day = int(timestamp[0:4]), int(timestamp[5:7]), int(timestamp[8:10])
+    hour, minute, second = int(timestamp[11:13]), int(timestamp[14:16]), int(timestamp[17:19])
+    # Days from the civil date (proleptic Gregorian), H. Hinnant's algorithm.
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    days = era * 146097 + (yoe * 365 + yoe // 4 - yoe // 100 + doy) - 719468
+    return days * 86400 + hour * 3600 + minute * 60 + second
+
+
+def age(timestamp: str | None, now: float | None = None) -> str:
+    """kubectl's AGE column: `42s`, `5m`, `3h`, `2d` (`now`: seconds since 1970)."""
     if not timestamp:
         return "-"
-    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    seconds = int(((now or datetime.now(UTC)) - then).total_seconds())
+    seconds = int((time.time() if now is None else now) - epoch(timestamp))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size * (2 if unit != "m" else 1):
             return f"{seconds // size}{unit}"
@@ -30,7 +46,7 @@ def table(rows: list[list[str]]) -> str:
     )
 
 
-def row(body: JsonObj, with_namespace: bool, now: datetime | None = None) -> list[str]:
+def row(body: JsonObj, with_namespace: bool, now: float | None = None) -> list[str]:
     meta, status = body["metadata"], body.get("status") or {}
     weight = status.get("weight")
     cells = [
@@ -45,7 +61,7 @@ def row(body: JsonObj, with_namespace: bool, now: datetime | None = None) -> lis
     return [meta["namespace"], *cells] if with_namespace else cells
 
 
-def render(items: list[JsonObj], namespace: str | None, now: datetime | None = None) -> str:
+def render(items: list[JsonObj], namespace: str | None, now: float | None = None) -> str:
     """The table (namespace None: all namespaces, with a NAMESPACE column)."""
     if not items:
         where = "any namespace" if namespace is None else f"namespace {namespace}"

@@ -4,24 +4,44 @@ handle) to the full plugin in cli/kubectl_canary.py."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 ROLLOUTS = "/apis/canary-operator.dev/v1alpha1"
 
 
-def _fast_args(argv: list[str]) -> argparse.Namespace | None:
-    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    parser.add_argument("command")
-    parser.add_argument("-n", "--namespace")
-    parser.add_argument("--kubeconfig")
-    parser.add_argument("--context")
-    parser.add_argument("-A", "--all-namespaces", action="store_true")
-    try:
-        args, unknown = parser.parse_known_args(argv)
-    except (argparse.ArgumentError, SystemExit):
-        return None
-    return args if args.command == "list" and not unknown else None
+class _Args:
+    def __init__(self) -> None:
+        self.namespace: str | None = None
+        self.kubeconfig: str | None = None
+        self.context: str | None = None
+        self.all_namespaces = False
+
+
+def _fast_args(argv: list[str]) -> _Args | None:
+    """`list` with only -n/--namespace, --kubeconfig, --context, -A (argparse is an
+    import the fast path does without); anything else: None."""
+    args, command = _Args(), None
+    options = {"-n": "namespace", "--namespace": "namespace", "--kubeconfig": "kubeconfig"}
+    options["--context"] = "context"
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        name, eq, value = word.partition("=")
+        if name in options and word.startswith("--") and eq:
+            setattr(args, options[name], value)
+        elif word in options:
+            if i + 1 >= len(argv):
+                return None
+            setattr(args, options[word], argv[i + 1])
+            i += 1
+        elif word in ("-A", "--all-namespaces"):
+            args.all_namespaces = True
+        elif word.startswith("-") or command is not None:
+            return None
+        else:
+            command = word
+        i += 1
+    return args if command == "list" else None
 
 
 def fast_list(argv: list[str]) -> int | None:
@@ -38,7 +58,8 @@ def fast_list(argv: list[str]) -> int | None:
     namespace = None if args.all_namespaces else conn.namespace
     where = f"/namespaces/{namespace}" if namespace else ""
     try:
-        items = conn.get(f"{ROLLOUTS}{where}/canaryrollouts").get("items") or []
+        listed = conn.get(f"{ROLLOUTS}{where}/canaryrollouts")
+        items = (listed.get("items") if isinstance(listed, dict) else None) or []
     except lite.ApiError as exc:
         if exc.status == 403:
             message = f"permission denied: {exc}"
