@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from canary_operator.api import models
 from canary_operator.api.models import CanaryRolloutSpec, Phase
-from canary_operator.cli import client, listing, wait
+from canary_operator.cli import client, listing, live, wait
 from canary_operator.cli.client import CliError, Session
 from canary_operator.kube.api import JsonObj, path
 from canary_operator.lock import queue
@@ -307,12 +307,24 @@ def _metric_verdict(metric: JsonObj) -> str:
 
 async def cmd_list(session: Session, args: argparse.Namespace) -> int:
     namespace = None if args.all_namespaces else session.namespace
-    print(listing.render(await client.list_rollouts(session, namespace), namespace))
+    if args.watch:
+        return await live.watch_list(session, namespace, args.output, args.plain)
+    items = await client.list_rollouts(session, namespace)
+    if args.output:
+        live.print_object({"apiVersion": "v1", "kind": "List", "items": items}, args.output)
+        return 0
+    print(listing.render(items, namespace))
     return 0
 
 
 async def cmd_status(session: Session, args: argparse.Namespace) -> int:
+    if args.watch:
+        last = await live.watch_status(session, args.name, args.output, args.plain)
+        return 0 if effective_phase(last) == "Succeeded" else 1
     body = await client.get_rollout(session, args.name)
+    if args.output:
+        live.print_object(body, args.output)
+        return 0
     meta = body["metadata"]
     try:
         events = await _events(session, meta["namespace"], meta["name"], meta["uid"])
@@ -602,9 +614,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("list", cmd_list, "list rollouts (phase, step, weight, queue)")
     p.add_argument("-A", "--all-namespaces", action="store_true")
+    live.add_watch_arguments(p, "keep the list current (redrawn in place on a terminal)")
     p = command("status", cmd_status, "steps, weight, queue, outcome and events of a rollout")
     p.add_argument("name")
     p.add_argument("--events", type=int, default=10, help="how many recent events to show")
+    live.add_watch_arguments(
+        p, "follow as a live tree (steps, ReplicaSets, weight, queue) until the run ends"
+    )
     p = command("watch", cmd_watch, "follow a rollout until it ends (exit 0 only on Succeeded)")
     p.add_argument("name")
     p.add_argument("--timeout", default=None, help="give up after this long (exit 2)")
@@ -629,6 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the target's HTTPRoute (gatewayAPI routing); default: as the target's last rollout",
     )
     p.add_argument("--service", help="the target's stable Service; default: as its last rollout")
+    p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    p.add_argument("shell", choices=["bash", "zsh"])
     help_ = "wait for a rollout's current spec to end (the Spinnaker waiter)"
     p = sub.add_parser("wait", help=help_, description=help_)
     _connection_args(p, suppress=True)
@@ -640,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "wait":
         return wait.run(args)
+    if args.command == "completion":
+        from canary_operator.cli import completion
+
+        print(completion.script(args.shell), end="")
+        return 0
     for option in ("timeout",):
         value = getattr(args, option, None)
         if value:

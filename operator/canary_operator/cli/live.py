@@ -236,9 +236,25 @@ class Screen:
         self.out.flush()
 
 
-def _print_object(body: JsonObj, output: str, out: TextIO) -> None:
+def add_watch_arguments(parser: Any, watch_help: str) -> None:
+    parser.add_argument("-w", "--watch", action="store_true", help=watch_help)
+    parser.add_argument(
+        "-o", "--output", choices=["json", "yaml"], help="print the object(s) instead"
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="with -w: append frames even on a terminal"
+    )
+
+
+def print_object(body: JsonObj, output: str, out: TextIO | None = None) -> None:
+    """One object, as `kubectl get -o json|yaml` prints it."""
+    _print_object(body, output, out or sys.stdout, pretty=True)
+
+
+def _print_object(body: JsonObj, output: str, out: TextIO, pretty: bool = False) -> None:
+    """While watching, JSON is one compact document a line (for `jq` and friends)."""
     if output == "json":
-        out.write(json.dumps(body, separators=(",", ":")) + "\n")
+        out.write(json.dumps(body, indent=4 if pretty else None) + "\n")
     else:
         out.write("---\n" + yaml.safe_dump(body, sort_keys=False))
     out.flush()
@@ -389,7 +405,3 @@ async def watch_list(
             out.write("   ".join(row) + "\n")
         out.flush()
     return 0
-
-
-def effective(body: JsonObj) -> str:
-    return effective_phase(body)

@@ -81,6 +81,11 @@ def fast_list(argv: list[str]) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) == 2 and args[0] == "completion" and args[1] in ("bash", "zsh"):
+        from canary_operator.cli import completion
+
+        print(completion.script(args[1]), end="")
+        return 0
     result = fast_list(args)
     if result is not None:
         return result
