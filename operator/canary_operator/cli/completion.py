@@ -126,7 +126,9 @@ ZSH = """#compdef kubectl-canary
 # zsh completion for kubectl-canary (kubectl canary completion zsh)
 _kubectl_canary() {
     local -a completions
-    completions=("${(@f)$(kubectl_complete-canary "${(@)words[2,CURRENT-1]}" "${words[CURRENT]}" 2>/dev/null | grep -v '^:')}")
+    local out
+    out=$(kubectl_complete-canary "${(@)words[2,CURRENT-1]}" "${words[CURRENT]}" 2>/dev/null)
+    completions=("${(@f)$(print -r -- "$out" | grep -v '^:')}")
     compadd -a completions
 }
 compdef _kubectl_canary kubectl-canary
