@@ -50,7 +50,7 @@ def _api_names(words: list[str], what: str) -> list[str]:
     """Names from the cluster (best effort: nothing on any error)."""
     from canary_operator.cli import lite
 
-    options = {"namespace": None, "kubeconfig": None, "context": None}
+    options: dict[str, str | None] = {"namespace": None, "kubeconfig": None, "context": None}
     for i, word in enumerate(words[:-1]):
         key = {"-n": "namespace", "--namespace": "namespace"}.get(word, word.lstrip("-"))
         if key in options:
