@@ -99,6 +99,26 @@ def test_webhook_secret_opt_in_equals_the_kustomize_component(
     assert role["rules"][-1]["resourceNames"] == ["webhook-credentials"]
 
 
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_notifications_opt_in_equals_the_kustomize_component(
+    mode: str, kube_cluster: Cluster, helm: Path, tmp_path: Path
+) -> None:
+    overlays, values = MODES[mode]
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(MANIFESTS / overlays[-1], tmp_path)],
+                "components": [
+                    os.path.relpath(MANIFESTS / "components" / "notifications", tmp_path)
+                ],
+            }
+        )
+    )
+    kustomized = kustomize(kube_cluster, *(MANIFESTS / o for o in overlays[:-1]), tmp_path)
+    charted = by_key(template(helm, *values, "--set", "notifications=true"))
+    assert_same_objects(kustomized, charted)
+
+
 def test_monitoring_toggles_equal_manifests_monitoring(kube_cluster: Cluster, helm: Path) -> None:
     overlays, values = MODES["cluster"]
     kustomized = kustomize(

@@ -280,3 +280,52 @@ def test_an_endpoint_answering_500_delays_no_rollout_and_no_cleanup(
     assert "NotificationFailed" in reasons
     assert "NotificationFailed" not in [e["reason"] for e in events_of(kube_cluster, ns, "quiet")]
     print(f"timings (rollout s, cleanup s): {timings}; calls to the broken endpoint: {calls}")
+
+
+@pytest.mark.parametrize("overlay", ["cluster", "namespaced"])
+def test_reading_the_configuration_is_opt_in_and_named(
+    overlay: str, kube_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Without the component the operator reads no ConfigMap and no Secret; with it,
+    `get` on the two notification objects by name, nothing more."""
+    import os
+
+    repo = Path(__file__).resolve().parent.parent / "manifests"
+
+    def roles(kustomization_dir: Path) -> list[dict[str, Any]]:
+        out = kube_cluster.kubectl("kustomize", str(kustomization_dir)).stdout
+        return [
+            d
+            for d in yaml.safe_load_all(out)
+            if d
+            and d["kind"] in ("ClusterRole", "Role")
+            and d["metadata"]["name"] == "canary-operator"
+        ]
+
+    def rules_on(role: dict[str, Any]) -> list[dict[str, Any]]:
+        return [r for r in role["rules"] if {"configmaps", "secrets"} & set(r["resources"])]
+
+    assert [rules_on(r) for r in roles(repo / overlay)] == [[]]
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(repo / overlay, tmp_path)],
+                "components": [os.path.relpath(repo / "components" / "notifications", tmp_path)],
+            }
+        )
+    )
+    (role,) = roles(tmp_path)
+    assert rules_on(role) == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "verbs": ["get"],
+            "resourceNames": ["canary-operator-notifications"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "verbs": ["get"],
+            "resourceNames": ["canary-operator-notifications-secret"],
+        },
+    ]

@@ -63,6 +63,16 @@ app.kubernetes.io/component: controller
 - apiGroups: [authorization.k8s.io]
   resources: [subjectaccessreviews]
   verbs: [create]
+{{- if .Values.notifications }}
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get]
+  resourceNames: [canary-operator-notifications]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+  resourceNames: [canary-operator-notifications-secret]
+{{- end }}
 {{- with .Values.webhookSecrets }}
 - apiGroups: [""]
   resources: [secrets]

@@ -1,0 +1,131 @@
+"""The live view in a real terminal: `kubectl canary status -w` runs in a tmux pane
+(a pseudo-terminal, so the plugin redraws in place) while the seed example rolls out
+on the local cluster; the pane's captures show the tree updating. And `kubectl canary
+list` measured against `kubectl get cro` (bench/bench_plugin_list.py has the figures)."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.conftest import OperatorProcess, wait_phase
+from e2e.identity import PLUGIN
+from tests.harness.cluster import Cluster, wait_for
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TMUX = shutil.which("tmux")
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[list[str]]:
+    if TMUX is None:
+        pytest.fail("tmux is not installed (Debian package tmux; `make deps`)")
+    socket = tmp_path / "tmux.sock"
+    base = [TMUX, "-S", str(socket)]
+    yield base
+    subprocess.run([*base, "kill-server"], capture_output=True, timeout=30)
+
+
+def test_status_watch_redraws_the_tree_in_a_terminal(
+    kube_cluster: Cluster,
+    namespace: str,
+    operator: OperatorProcess,
+    tmux: list[str],
+) -> None:
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "seed-pipeline.yaml"))
+    command = [
+        *PLUGIN,
+        "--kubeconfig",
+        str(kube_cluster.kubeconfig),
+        "-n",
+        namespace,
+        "status",
+        "web-seed",
+        "-w",
+    ]
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-x", "160", "-y", "60", "-s", "live", "--", *command],
+        check=True,
+        timeout=30,
+    )
+    # Keep the pane (and its last frame) when the plugin exits at the end of the run.
+    subprocess.run([*tmux, "set-option", "-t", "live", "remain-on-exit", "on"], timeout=30)
+    frames: list[str] = []
+
+    def capture() -> str:
+        out = subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", "live"], capture_output=True, text=True, timeout=30
+        ).stdout
+        if out.strip() and (not frames or frames[-1] != out):
+            frames.append(out)
+        return out
+
+    def finished() -> bool:
+        return "Phase:       ✔ Succeeded" in capture()
+
+    wait_for(finished, timeout=240, interval=0.3, message=lambda: f"final frame:\n{capture()}")
+    wait_phase(kube_cluster, namespace, "web-seed", "Succeeded")
+    # Redrawn in place: every capture of the screen is one frame, never two stacked.
+    assert all(frame.count("Name:") == 1 for frame in frames), frames[-1]
+    # The tree moved through the run: the steps' marks, the weight, the ReplicaSets.
+    joined = "\n".join(frames)
+    assert any("▶ Progressing" in f for f in frames), joined[-3000:]
+    assert any("▶ 2. canary tests (parallel (3)) Running" in f for f in frames), joined[-3000:]
+    assert any("▶ smoke (test) Running" in f or "◌ smoke (test)" in f for f in frames)
+    # The replicas router reaches 25 % for setWeight 10 (1 canary pod beside 3 stable).
+    assert any("Weight:      25% to canary  [#####" in f for f in frames), joined[-3000:]
+    assert any("Weight:      50% to canary  [##########" in f for f in frames), joined[-3000:]
+    assert any("⧉ deployment/web-canary (canary)" in f for f in frames), joined[-3000:]
+    assert any("registry.example.com/web:2.0" in f and "web-canary" in f for f in frames)
+    final = frames[-1]
+    assert "⧉ deployment/web (stable)" in final
+    assert "web-canary" not in final.split("Workloads", 1)[-1].split("Cleanup", 1)[0]
+    assert final.count("✔") >= 7  # the phase and all six steps
+    assert len(frames) >= 6, f"only {len(frames)} distinct frames"
+    print(f"{len(frames)} distinct frames; last:\n{final}")
+
+
+def _median_seconds(cmd: list[str], env: dict[str, str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def test_list_costs_about_what_kubectl_get_costs(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """A generous bound (3x) against noise from other work on the machine; the bench
+    states the measured ratio. Measured alternately, so both see the same load."""
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "seed-pipeline.yaml"))
+    env = kube_cluster.env()
+    plugin = [str(Path(sys.executable).parent / "kubectl-canary"), "list", "-n", namespace]
+    kubectl = [kube_cluster.kubectl_path, "get", "cro", "-n", namespace]
+    listed = subprocess.run(plugin, env=env, capture_output=True, text=True, check=True)
+    assert listed.stdout.split("\n")[0].split() == [
+        "NAME",
+        "TARGET",
+        "PHASE",
+        "STEP",
+        "WEIGHT",
+        "QUEUE",
+        "AGE",
+    ]
+    assert listed.stdout.split("\n")[1].split()[:2] == ["web-seed", "web"]
+    ratios = []
+    for _ in range(3):
+        ratios.append(_median_seconds(plugin, env, 3) / _median_seconds(kubectl, env, 3))
+    ratio = statistics.median(ratios)
+    print(f"kubectl canary list / kubectl get cro: {ratio:.2f} (rounds: {ratios})")
+    assert ratio < 3.0
