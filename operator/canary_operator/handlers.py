@@ -48,6 +48,7 @@ class Controller:
 
     def start(self) -> None:
         self.lock.renewer.start()
+        self.notifier.start()
         self.queue.start()
 
     async def stop(self) -> None:

@@ -289,6 +289,11 @@ def test_backoff_grows_and_is_capped() -> None:
 # ---------------------------------------------------------------- delivery
 
 
+def started(notifier: Notifier) -> Notifier:
+    notifier.start()
+    return notifier
+
+
 class FakeKube:
     """The two calls the notifier makes: reads (ConfigMap, Secret, rollout) and a merge
     patch of the rollout's annotations with a resourceVersion precondition."""
@@ -349,7 +354,7 @@ async def test_one_message_per_trigger_and_service_even_when_told_twice() -> Non
         body = rollout_body(SUBSCRIBED)
         kube = cluster(server.url, body)
         metrics = Metrics()
-        notifier = Notifier(kube, Events(), metrics, FAST)  # type: ignore[arg-type]
+        notifier = started(Notifier(kube, Events(), metrics, FAST))  # type: ignore[arg-type]
         old, new = st(Phase.CLEANING_UP), st(Phase.SUCCEEDED)
         notifier.transition(body, old, new)
         notifier.transition(body, old, new)  # a repeated write: no second message
@@ -378,7 +383,7 @@ async def test_a_sent_key_in_the_ledger_is_not_sent_again_by_a_new_process() -> 
         body = rollout_body(
             {**SUBSCRIBED, LEDGER_ANNOTATION: json.dumps({"1/on-succeeded/chat": "sent"})}
         )
-        notifier = Notifier(cluster(server.url, body), Events(), None, FAST)  # type: ignore[arg-type]
+        notifier = started(Notifier(cluster(server.url, body), Events(), None, FAST))  # type: ignore[arg-type]
         notifier.transition(body, st(Phase.CLEANING_UP), st(Phase.SUCCEEDED))
         await notifier.idle()
         await notifier.stop()
@@ -391,7 +396,7 @@ async def test_a_pending_key_is_resumed_by_a_new_process() -> None:
             {**SUBSCRIBED, LEDGER_ANNOTATION: json.dumps({"1/on-succeeded/chat": "pending"})}
         )
         kube = cluster(server.url, body)
-        notifier = Notifier(kube, Events(), None, FAST)  # type: ignore[arg-type]
+        notifier = started(Notifier(kube, Events(), None, FAST))  # type: ignore[arg-type]
         notifier.seen(body)
         notifier.seen(body)  # the watch shows it again: still one delivery
         await notifier.idle()
@@ -408,7 +413,7 @@ async def test_retries_with_backoff_then_delivers_and_tells_the_failure_once() -
     async with FakeServer(Reply(500), Reply(503), Reply(200, "ok")) as server:
         body = rollout_body({config.SUBSCRIBE_PREFIX + "on-failed.chat": ""})
         events, metrics = Events(), Metrics()
-        notifier = Notifier(cluster(server.url, body), events, metrics, FAST)  # type: ignore[arg-type]
+        notifier = started(Notifier(cluster(server.url, body), events, metrics, FAST))  # type: ignore[arg-type]
         notifier.transition(body, st(Phase.CLEANING_UP), st(Phase.FAILED))
         await notifier.idle()
         await notifier.stop()
@@ -425,7 +430,7 @@ async def test_gives_up_after_its_deadline_and_a_4xx_at_once() -> None:
         body = rollout_body({config.SUBSCRIBE_PREFIX + "on-failed.chat": ""})
         events, metrics = Events(), Metrics()
         kube = cluster(server.url, body)
-        notifier = Notifier(kube, events, metrics, FAST)  # type: ignore[arg-type]
+        notifier = started(Notifier(kube, events, metrics, FAST))  # type: ignore[arg-type]
         notifier.transition(body, st(Phase.CLEANING_UP), st(Phase.FAILED))
         await notifier.idle()
         await notifier.stop()
@@ -437,7 +442,7 @@ async def test_gives_up_after_its_deadline_and_a_4xx_at_once() -> None:
     async with FakeServer(Reply(400, "invalid_payload")) as server:
         body = rollout_body({config.SUBSCRIBE_PREFIX + "on-failed.chat": ""})
         events = Events()
-        notifier = Notifier(cluster(server.url, body), events, None, FAST)  # type: ignore[arg-type]
+        notifier = started(Notifier(cluster(server.url, body), events, None, FAST))  # type: ignore[arg-type]
         notifier.transition(body, st(Phase.CLEANING_UP), st(Phase.FAILED))
         await notifier.idle()
         await notifier.stop()
@@ -452,7 +457,7 @@ async def test_transition_returns_at_once_whatever_the_endpoint_does() -> None:
 
     async with FakeServer(HANG) as server:
         body = rollout_body({config.SUBSCRIBE_PREFIX + "on-failed.chat": ""})
-        notifier = Notifier(cluster(server.url, body), Events(), None, FAST)  # type: ignore[arg-type]
+        notifier = started(Notifier(cluster(server.url, body), Events(), None, FAST))  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         notifier.transition(body, st(Phase.CLEANING_UP), st(Phase.FAILED))
@@ -464,7 +469,7 @@ async def test_unknown_service_is_an_event_not_a_crash() -> None:
     async with FakeServer(Reply(200)) as server:
         body = rollout_body({config.SUBSCRIBE_PREFIX + "on-failed.nowhere": ""})
         events, metrics = Events(), Metrics()
-        notifier = Notifier(cluster(server.url, body), events, metrics, FAST)  # type: ignore[arg-type]
+        notifier = started(Notifier(cluster(server.url, body), events, metrics, FAST))  # type: ignore[arg-type]
         notifier.transition(body, st(Phase.CLEANING_UP), st(Phase.FAILED))
         await notifier.idle()
         await notifier.stop()
@@ -488,7 +493,7 @@ async def test_lock_waiting_fires_once_after_the_threshold() -> None:
         kube = cluster(server.url, body)
         cm = kube.objects[f"/api/v1/namespaces/{NS}/configmaps/{config.CONFIGMAP}"]
         cm["data"]["trigger.on-lock-waiting"] = "after: 3s"
-        notifier = Notifier(kube, Events(), None, FAST)  # type: ignore[arg-type]
+        notifier = started(Notifier(kube, Events(), None, FAST))  # type: ignore[arg-type]
         notifier.seen(body)
         notifier.seen(body)
         while notifier._timers:  # the timer hands over to a delivery task
@@ -498,3 +503,20 @@ async def test_lock_waiting_fires_once_after_the_threshold() -> None:
     assert len(server.requests) == 1
     doc = server.requests[0].json()
     assert "waiting for its lock" in doc["text"] and "#2 behind web-old" in doc["text"]
+
+
+async def test_a_notifier_not_started_does_nothing() -> None:
+    """A standby replica sees the watch too; only the running controller notifies."""
+    async with FakeServer(Reply(200, "ok")) as server:
+        body = rollout_body(
+            {**SUBSCRIBED, LEDGER_ANNOTATION: json.dumps({"1/on-succeeded/chat": "pending"})}
+        )
+        notifier = Notifier(cluster(server.url, body), Events(), None, FAST)  # type: ignore[arg-type]
+        notifier.seen(body)
+        notifier.transition(body, st(Phase.CLEANING_UP), st(Phase.SUCCEEDED))
+        await notifier.idle()
+        notifier.start()  # becoming the leader: what is pending is resumed
+        notifier.seen(body)
+        await notifier.idle()
+        await notifier.stop()
+    assert [r.path for r in server.requests] == ["/slack"]

@@ -131,12 +131,18 @@ class Notifier:
         self._configs: dict[str, tuple[float, NotificationConfig | ConfigError]] = {}
         self._ledger_locks: dict[str, asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._stopped = False
+        # Only a running controller (the leader) notifies: a standby replica sees the
+        # same watch events and must not resume or time anything.
+        self._stopped = True
 
     # ------------------------------------------------------------ lifecycle
 
+    def start(self) -> None:
+        self._stopped = False
+
     async def stop(self) -> None:
         self._stopped = True
+        self._seen_uids.clear()  # a later start resumes what is pending
         tasks = [*self._tasks, *self._timers.values()]
         for task in tasks:
             task.cancel()
@@ -145,6 +151,7 @@ class Notifier:
                 await task
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     async def idle(self) -> None:
         """Wait until no delivery is in flight (tests)."""
