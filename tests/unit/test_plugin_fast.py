@@ -206,3 +206,10 @@ def test_age_matches_kubectl_units() -> None:
     assert listing.age("2026-01-01T00:00:00Z", t0 + 300) == "5m"
     assert listing.age("2026-01-01T00:00:00Z", t0 + 3 * 3600) == "3h"
     assert listing.age("2026-01-01T00:00:00Z", t0 + 2 * 86400) == "2d"
+
+
+def test_a_json_kubeconfig_is_read_too() -> None:
+    from canary_operator.cli import lite
+
+    text = '{"apiVersion": "v1", "clusters": [{"name": "c", "cluster": {"server": "https://a"}}]}'
+    assert lite.parse_kubeconfig(text) == yaml.safe_load(text)

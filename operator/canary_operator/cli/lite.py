@@ -120,7 +120,16 @@ def _scalar(text: str) -> object:
 
 def parse_kubeconfig(text: str) -> dict[str, object]:
     """The block-style YAML subset kubectl writes: nested mappings, lists of
-    mappings, plain and quoted scalars. Anything else raises Unsupported."""
+    mappings, plain and quoted scalars; or JSON (which is YAML too). Anything else
+    raises Unsupported."""
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise Unsupported("YAML flow style") from exc
+        if not isinstance(doc, dict):
+            raise Unsupported("not a mapping")
+        return doc
     root: dict[str, object] = {}
     # (indent, container, key awaiting a nested value or None)
     stack: list[tuple[int, object]] = [(-1, root)]
