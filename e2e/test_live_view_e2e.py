@@ -129,3 +129,53 @@ def test_list_costs_about_what_kubectl_get_costs(
     ratio = statistics.median(ratios)
     print(f"kubectl canary list / kubectl get cro: {ratio:.2f} (rounds: {ratios})")
     assert ratio < 3.0
+
+
+def test_list_watch_and_status_watch_json_when_piped(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """Not a terminal: `list -w` prints the table, then one row per change (as
+    `kubectl get -w`); `status -w -o json` one rollout document a line until the end."""
+    import json
+    import threading
+
+    base = [*PLUGIN, "--kubeconfig", str(kube_cluster.kubeconfig), "-n", namespace]
+    lister = subprocess.Popen(
+        [*base, "list", "-w"], stdout=subprocess.PIPE, text=True, env=kube_cluster.env()
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert lister.stdout is not None
+        for line in lister.stdout:
+            lines.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("No canaryrollouts" in x for x in lines), timeout=60)
+        kube_cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "seed-pipeline.yaml"))
+        statuses = subprocess.run(
+            [*base, "status", "web-seed", "-w", "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=kube_cluster.env(),
+        )
+        assert statuses.returncode == 0, statuses.stderr
+        docs = [json.loads(x) for x in statuses.stdout.splitlines()]
+        phases = [(d.get("status") or {}).get("phase") for d in docs]
+        assert phases[-1] == "Succeeded"
+        assert "Progressing" in phases and "CleaningUp" in phases
+        assert all(d["metadata"]["name"] == "web-seed" for d in docs)
+        wait_for(
+            lambda: any(x.split()[:3] == ["web-seed", "web", "Succeeded"] for x in lines),
+            timeout=60,
+            message=lambda: "\n".join(lines[-20:]),
+        )
+        rows = [x for x in lines if x.startswith("web-seed")]
+        assert len(rows) >= 5  # one per change: queued, steps, cleanup, the end
+        assert sum(1 for x in lines if x.startswith("NAME")) == 1  # the header, once
+    finally:
+        lister.terminate()
+        lister.wait(timeout=30)

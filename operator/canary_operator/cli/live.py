@@ -327,9 +327,11 @@ async def _watch_rollouts(session: Session, namespace: str | None) -> AsyncItera
         listed = await client.call(
             session, session.kube.request("GET", client.rollout_path(namespace))
         )
+        keys = []
         for item in listed.get("items", []):
+            keys.append((item["metadata"]["namespace"], item["metadata"]["name"]))
             yield {"type": "ADDED", "object": item}
-        yield {"type": "SYNCED"}
+        yield {"type": "SYNCED", "keys": keys}
         version = listed["metadata"]["resourceVersion"]
         query = [
             ("watch", "true"),
@@ -370,38 +372,60 @@ async def watch_list(
     items: dict[tuple[str, str], JsonObj] = {}
     synced = False
     printed_header = False
+
+    async def _changed(kind: str, body: JsonObj) -> None:
+        nonlocal printed_header
+        if output:
+            _print_object(body, output, out)
+        elif in_place:
+            screen.draw(listing.render(list(items.values()), namespace))
+        else:
+            # As `kubectl get -w`: one row per change (the header once, before the first).
+            if not printed_header:
+                header = ["NAMESPACE", *listing.HEADER] if namespace is None else listing.HEADER
+                out.write("   ".join(header) + "\n")
+                printed_header = True
+            row = listing.row(body, namespace is None)
+            if kind == "DELETED":
+                row[-1] += " (deleted)"
+            out.write("   ".join(row) + "\n")
+        out.flush()
+
     async for event in _watch_rollouts(session, namespace):
         kind = event["type"]
         if kind == "SYNCED":
+            if synced:  # a re-list after a watch ended: only what it tells anew
+                for key in set(items) - set(event["keys"]):
+                    gone = items.pop(key)
+                    await _changed("DELETED", gone)
+                continue
             synced = True
         else:
             body = event["object"]
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            known = items.get(key)
             if kind == "DELETED":
                 items.pop(key, None)
             else:
+                same = known is not None and known["metadata"].get("resourceVersion") == body[
+                    "metadata"
+                ].get("resourceVersion")
                 items[key] = body
-            if output and synced:
-                _print_object(body, output, out)
+                if same:
+                    continue
+            if synced:
+                await _changed(kind, body)
                 continue
         if not synced:
             continue
+        # The first complete list.
         if output:
-            if kind == "SYNCED":
-                for body in items.values():
-                    _print_object(body, output, out)
-            continue
-        if in_place:
+            for body in items.values():
+                _print_object(body, output, out)
+        elif in_place:
             screen.draw(listing.render(list(items.values()), namespace))
-        elif kind == "SYNCED":
-            if not printed_header:
-                out.write(listing.render(list(items.values()), namespace) + "\n")
-                printed_header = True
         else:
-            # As `kubectl get -w`: one row per change, aligned to no header.
-            row = listing.row(event["object"], namespace is None)
-            if kind == "DELETED":
-                row[-1 if namespace else 0] += " (deleted)"
-            out.write("   ".join(row) + "\n")
+            out.write(listing.render(list(items.values()), namespace) + "\n")
+            printed_header = bool(items)
         out.flush()
     return 0
