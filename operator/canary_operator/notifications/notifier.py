@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from canary_operator.api import models
 from canary_operator.api.models import CanaryRolloutStatus, Phase
 from canary_operator.kube.api import Conflict, JsonObj, Kube, path
 from canary_operator.notifications import config, payloads, triggers
@@ -410,7 +411,7 @@ class Notifier:
         """Record a delivery's state on the rollout (best effort; conditional write)."""
         lock = self._ledger_locks.setdefault(delivery.uid, asyncio.Lock())
         rollout = path(
-            "canary-operator.dev", "v1alpha1", "canaryrollouts", delivery.namespace, delivery.name
+            models.GROUP, models.VERSION, models.PLURAL, delivery.namespace, delivery.name
         )
         async with lock:
             for _ in range(3):
