@@ -240,7 +240,16 @@ def test_an_endpoint_answering_500_delays_no_rollout_and_no_cleanup(
         )
         quiet = m.rollout("quiet", STEPS, target="api", service="api")
         kube_cluster.apply(noisy + "---\n" + quiet, ns)
-        for name in ("noisy", "quiet"):
+        # The next rollout of the noisy target waits in its queue: the lock must pass
+        # to it as soon as the noisy one's cleanup is verified.
+        kube_cluster.apply(
+            with_annotations(
+                m.rollout("noisy-next", STEPS[:1], target="web", service="web"),
+                {f"{SUB}{t}.broken": "" for t in every},
+            ),
+            ns,
+        )
+        for name in ("noisy", "quiet", "noisy-next"):
             wait_phase(kube_cluster, ns, name, "Succeeded", timeout=240)
         calls = len(chat.to(f"broken/{ns}"))
         metrics = (
@@ -257,6 +266,10 @@ def test_an_endpoint_answering_500_delays_no_rollout_and_no_cleanup(
         noisy_s, quiet_s = timings["noisy"][i], timings["quiet"][i]
         allowed = TOLERANCE_S + TOLERANCE_RATIO * max(noisy_s, quiet_s)
         assert noisy_s - quiet_s <= allowed, f"{what}: noisy {noisy_s}s vs quiet {quiet_s}s"
+    noisy_done = get_rollout(kube_cluster, ns, "noisy")["status"]["cleanup"]["finishedAt"]
+    handed = get_rollout(kube_cluster, ns, "noisy-next")["status"]["lock"]["acquiredAt"]
+    handoff = _seconds(noisy_done, handed)
+    assert handoff <= 5.0, f"lock handed over {handoff}s after the cleanup was verified"
     assert calls >= 3  # started, promoted, succeeded at least; each retried
     failed = [
         line
@@ -279,7 +292,10 @@ def test_an_endpoint_answering_500_delays_no_rollout_and_no_cleanup(
     reasons = [e["reason"] for e in events_of(kube_cluster, ns, "noisy")]
     assert "NotificationFailed" in reasons
     assert "NotificationFailed" not in [e["reason"] for e in events_of(kube_cluster, ns, "quiet")]
-    print(f"timings (rollout s, cleanup s): {timings}; calls to the broken endpoint: {calls}")
+    print(
+        f"timings (rollout s, cleanup s): {timings}; lock handoff {handoff}s; "
+        f"calls to the broken endpoint: {calls}"
+    )
 
 
 @pytest.mark.parametrize("overlay", ["cluster", "namespaced"])
