@@ -179,3 +179,29 @@ def test_list_watch_and_status_watch_json_when_piped(
     finally:
         lister.terminate()
         lister.wait(timeout=30)
+
+
+def test_kubectl_completes_the_plugin_through_kubectl_complete_canary(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """kubectl's own plugin completion (`kubectl __complete canary ...`, what the
+    shell asks on TAB) runs `kubectl_complete-canary` from PATH."""
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "seed-pipeline.yaml"))
+    env = kube_cluster.env()
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+
+    def complete(*words: str) -> list[str]:
+        out = subprocess.run(
+            [kube_cluster.kubectl_path, "__complete", "canary", *words],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split("\n")
+        return [line for line in out if line]
+
+    assert complete("st") == ["status", ":4"]
+    assert complete("-n", namespace, "status", "web") == ["web-seed", ":4"]
+    assert complete("-n", namespace[:-2]) == [namespace, ":4"]
+    assert complete("status", "web-seed", "-o", "") == ["json", "yaml", ":4"]
