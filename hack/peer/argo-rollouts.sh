@@ -65,6 +65,7 @@ ldflags="-s -w -X $module/utils/version.version=${ARGO_ROLLOUTS_VERSION#v} -X $m
 cp "$src/manifests/crds/rollout-crd.yaml" "$src/manifests/crds/analysis-run-crd.yaml" \
   "$src/manifests/crds/analysis-template-crd.yaml" "$src/manifests/crds/cluster-analysis-template-crd.yaml" \
   "$src/manifests/crds/experiment-crd.yaml" "$dest/"
+chmod u+w "$dest"/*-crd.yaml
 mv "$bin.tmp" "$bin"
 log "built in $(( $(date +%s) - start )) s: $bin"
 echo "$bin"
