@@ -7,7 +7,7 @@ VENV := .venv
 CLUSTER_DIR := .cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps cluster-bins helm cluster-up cluster-down demo install crds chart-files image test lint
+.PHONY: help venv deps cluster-bins helm cluster-up cluster-down demo install crds chart-files image test lint bench-peer
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -76,3 +76,10 @@ lint: $(VENV)/.installed ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# --- benchmarks (by hand; they print figures, they assert nothing) -------------------
+
+bench-peer: deps $(VENV)/.installed ## canary-operator vs Argo Rollouts (built from its Go module), side by side
+	@hack/cluster/build.sh >/dev/null
+	hack/peer/argo-rollouts.sh >/dev/null
+	$(VENV)/bin/python bench/bench_peer.py $(BENCH_ARGS)
