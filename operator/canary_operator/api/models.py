@@ -185,10 +185,11 @@ class NginxRouting(ApiModel):
     )
     weight_total: int = Field(
         default=100,
-        ge=1,
+        ge=100,
         le=1000000,
-        description="canary-weight-total: the weight the canary's weight is a share of "
-        "(finer splits than 1 %). Percent weights are converted to it.",
+        description="canary-weight-total: the weight the canary's weight is a share of. "
+        "Percent weights are converted to it; at least 100, so every percent can be "
+        "written and read back exactly.",
     )
     header: NginxHeaderMatch | None = Field(
         default=None, description="Send requests with this header to the canary."
