@@ -203,6 +203,7 @@ class NginxRouting(ApiModel):
     )
     canary_ingress_annotations: dict[str, str] | None = Field(
         default=None,
+        max_length=20,
         description="Extra annotations for the canary Ingress (the canary ones are the "
         "operator's and cannot be set here).",
     )
