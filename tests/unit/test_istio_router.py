@@ -351,3 +351,31 @@ def test_schema_refuses_duplicates_and_equal_subsets() -> None:
         "each VirtualService may be named once",
         "the stable and canary subsets must differ",
     }
+
+
+@pytest.mark.parametrize("action", ["set_weight", "reset"])
+async def test_writes_are_conditional_on_the_version_read(action: str) -> None:
+    """Fencing: a VirtualService changed between the router's read and its write (by
+    another holder, or a human) makes the write fail, to be decided again; nothing of
+    the concurrent change is overwritten."""
+    from canary_operator.kube.api import Conflict
+
+    api = FakeApi()
+    api.objects[f"{VS}/web"] = virtual_service()
+    r = router(api)
+    if action == "reset":
+        await r.set_weight(30)
+    original_get = api.get
+
+    async def racing_get(path: str) -> dict[str, Any] | None:
+        body = await original_get(path)
+        if path == f"{VS}/web" and body is not None:
+            api.objects[path] = api._stamp(api.objects[path])  # someone else wrote
+        return body
+
+    api.get = racing_get  # type: ignore[method-assign]
+    concurrent = copy.deepcopy(api.objects[f"{VS}/web"])
+    with pytest.raises(Conflict):
+        await (r.set_weight(50) if action == "set_weight" else r.reset())
+    current = api.objects[f"{VS}/web"]
+    assert current["spec"] == concurrent["spec"]
