@@ -18,7 +18,7 @@ import yaml
 from e2e import manifests as m
 from e2e.conftest import REPO, OperatorProcess, events_of, stable_image, wait_phase
 from e2e.identity import WAITER, free_port, run_cli, service_account_kubeconfig
-from tests.harness.cluster import Cluster, wait_for
+from tests.harness.cluster import Cluster, ensure_istio_crds, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -75,7 +75,10 @@ def apply_rbac(cluster: Cluster, docs: list[dict[str, Any]]) -> None:
 @pytest.fixture(scope="module")
 def installed(crd_installed: Cluster) -> Iterator[list[dict[str, Any]]]:
     """The cluster-wide identity from manifests/cluster (not the Deployment: there is
-    no image to run here; the operator process runs with the same token instead)."""
+    no image to run here; the operator process runs with the same token instead).
+    Istio's CRDs are installed so that `kubectl auth can-i` knows their resources (it
+    answers "no" for a resource the API server does not serve, whatever the rules)."""
+    ensure_istio_crds(crd_installed, timeout=120)
     docs = render("cluster", crd_installed)
     namespace = next(d for d in docs if d["kind"] == "Namespace")
     crd_installed.kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace))
