@@ -541,3 +541,35 @@ def test_a_step_of_100_percent_is_allowed_with_a_real_router(
             namespace,
         )
         kube_cluster.kubectl("delete", "cro", "full", "-n", namespace)
+
+
+@pytest.mark.parametrize(
+    ("example", "kind", "rollout"),
+    [
+        ("canary-nginx.yaml", "ingress", "web-nginx"),
+        ("canary-istio.yaml", "virtualservice", "web-istio"),
+    ],
+)
+def test_router_examples_succeed_and_leave_the_users_object_as_it_was(
+    istio_crds: Cluster,
+    kube_cluster: Cluster,
+    namespace: str,
+    operator: OperatorProcess,
+    example: str,
+    kind: str,
+    rollout: str,
+) -> None:
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / example).read_text()) if d]
+    users = [d for d in docs if d["kind"] != "CanaryRollout"]
+    kube_cluster.apply(yaml.safe_dump_all(users), namespace)
+    before = user_view(kube_cluster, kind, "web", namespace)
+    kube_cluster.apply(
+        yaml.safe_dump_all([d for d in docs if d["kind"] == "CanaryRollout"]), namespace
+    )
+    body = wait_phase(kube_cluster, namespace, rollout, TERMINAL, timeout=300)
+    assert body["status"]["phase"] == "Succeeded", body["status"]
+    messages = step_messages(kube_cluster, namespace, rollout)
+    assert "weight 10% read back" in messages[1] and "weight 50% read back" in messages[3]
+    assert user_view(kube_cluster, kind, "web", namespace) == before
+    assert not exists(kube_cluster, "ingress", "web-canary", namespace)
+    assert stable_image(kube_cluster, namespace) == NEW
