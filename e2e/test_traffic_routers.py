@@ -29,7 +29,7 @@ from e2e.conftest import (
     stable_image,
     wait_phase,
 )
-from e2e.watch import Seen, Watch
+from e2e.watch import Seen, Watch, verified_end
 from tests.harness.cluster import Cluster, ensure_istio_crds, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -68,6 +68,10 @@ def user_view(cluster: Cluster, kind: str, name: str, namespace: str) -> dict[st
 def exists(cluster: Cluster, kind: str, name: str, namespace: str) -> bool:
     result = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "name", check=False)
     return result.returncode == 0
+
+
+def revision(event: Seen) -> int:
+    return int(event.object["metadata"]["resourceVersion"])
 
 
 def distinct(values: list[Any]) -> list[Any]:
@@ -213,13 +217,20 @@ def test_nginx_seed_example_weights_read_back_and_cleanup(
 ) -> None:
     kube_cluster.apply(stable_ingress(), namespace)
     before = user_view(kube_cluster, "ingress", "web", namespace)
-    with Watch(kube_cluster, namespace, "ingresses") as watch:
+    with (
+        Watch(kube_cluster, namespace, "ingresses") as watch,
+        Watch(kube_cluster, namespace, "canaryrollouts") as rollouts,
+    ):
         kube_cluster.apply(seed_with(NGINX), namespace)
         body = wait_phase(kube_cluster, namespace, "web-seed", TERMINAL, timeout=240)
         watch.wait("web-canary", lambda e: e.type == "DELETED", timeout=30)
+        verified = rollouts.wait("web-seed", verified_end, timeout=30)
     assert body["status"]["phase"] == "Succeeded", body["status"]
     assert condition_true(body, "CleanupVerified")
     events = canary_ingress_events(watch)
+    # the canary Ingress was gone before the cleanup was declared verified (one etcd:
+    # resourceVersions of all kinds are its revisions, in commit order)
+    assert revision(events[-1]) < revision(verified)
     written = [e for e in events if e.type in ("ADDED", "MODIFIED")]
     for event in written:
         assert_valid_canary_ingress(event)
@@ -348,11 +359,17 @@ def test_istio_seed_example_weights_read_back_and_originals_restored(
     istio_crds: Cluster, kube_cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
     before = apply_virtual_services(kube_cluster, namespace)
-    with Watch(kube_cluster, namespace, "virtualservices") as watch:
+    with (
+        Watch(kube_cluster, namespace, "virtualservices") as watch,
+        Watch(kube_cluster, namespace, "canaryrollouts") as rollouts,
+    ):
         kube_cluster.apply(seed_with(ISTIO), namespace)
         body = wait_phase(kube_cluster, namespace, "web-seed", TERMINAL, timeout=240)
+        verified = rollouts.wait("web-seed", verified_end, timeout=30)
     assert body["status"]["phase"] == "Succeeded", body["status"]
     assert condition_true(body, "CleanupVerified")
+    for name in ("web", "web-internal"):  # restored before the cleanup was verified
+        assert revision(watch.of(name)[-1]) < revision(verified)
     # both VirtualServices went 0 -> 10 -> 50 -> 0 in step; the unnamed route of the
     # second one never changed
     assert weights_seen(watch, "web", namespace, ["beta", "primary"]) == [
