@@ -18,7 +18,7 @@ import yaml
 from e2e import manifests as m
 from e2e.conftest import REPO, OperatorProcess, events_of, stable_image, wait_phase
 from e2e.identity import WAITER, free_port, run_cli, service_account_kubeconfig
-from tests.harness.cluster import Cluster, wait_for
+from tests.harness.cluster import Cluster, ensure_istio_crds, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -40,6 +40,9 @@ EXPECTED_RULES = {
     "/pods": {"list", "delete"},
     "/events": {"create"},
     "gateway.networking.k8s.io/httproutes": {"get", "update"},
+    "networking.k8s.io/ingresses": {"get", "create", "update", "delete"},
+    "networking.istio.io/virtualservices": {"get", "update"},
+    "networking.istio.io/destinationrules": {"get"},
     "authentication.k8s.io/tokenreviews": {"create"},
     "authorization.k8s.io/subjectaccessreviews": {"create"},
 }
@@ -72,7 +75,10 @@ def apply_rbac(cluster: Cluster, docs: list[dict[str, Any]]) -> None:
 @pytest.fixture(scope="module")
 def installed(crd_installed: Cluster) -> Iterator[list[dict[str, Any]]]:
     """The cluster-wide identity from manifests/cluster (not the Deployment: there is
-    no image to run here; the operator process runs with the same token instead)."""
+    no image to run here; the operator process runs with the same token instead).
+    Istio's CRDs are installed so that `kubectl auth can-i` knows their resources (it
+    answers "no" for a resource the API server does not serve, whatever the rules)."""
+    ensure_istio_crds(crd_installed, timeout=120)
     docs = render("cluster", crd_installed)
     namespace = next(d for d in docs if d["kind"] == "Namespace")
     crd_installed.kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace))
@@ -209,7 +215,12 @@ def test_operator_runs_under_its_service_account(
         ("delete", "leases.coordination.k8s.io", None),
         ("create", "httproutes.gateway.networking.k8s.io", None),
         ("patch", "httproutes.gateway.networking.k8s.io", None),
-        ("get", "ingresses.networking.k8s.io", None),
+        ("list", "ingresses.networking.k8s.io", None),
+        ("patch", "ingresses.networking.k8s.io", None),
+        ("create", "virtualservices.networking.istio.io", None),
+        ("delete", "virtualservices.networking.istio.io", None),
+        ("update", "destinationrules.networking.istio.io", None),
+        ("get", "gateways.networking.istio.io", None),
         ("create", "statefulsets.apps", None),
         ("get", "replicasets.apps", None),
         ("get", "daemonsets.apps", None),
@@ -245,6 +256,9 @@ def test_service_account_can_do_what_it_needs(
         ("delete", "pods", None),
         ("create", "events", None),
         ("update", "httproutes.gateway.networking.k8s.io", None),
+        ("delete", "ingresses.networking.k8s.io", None),
+        ("update", "virtualservices.networking.istio.io", None),
+        ("get", "destinationrules.networking.istio.io", None),
         ("create", "tokenreviews.authentication.k8s.io", None),
         ("create", "subjectaccessreviews.authorization.k8s.io", None),
     ]:

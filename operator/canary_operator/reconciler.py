@@ -81,6 +81,8 @@ from canary_operator.lock.lease import LeaseLock
 from canary_operator.lock.queue import Candidate
 from canary_operator.traffic.base import TrafficRouter
 from canary_operator.traffic.gateway_api import GatewayAPIRouter, PermanentRouteError
+from canary_operator.traffic.istio import IstioRouter
+from canary_operator.traffic.nginx import NginxRouter
 from canary_operator.traffic.replicas import ReplicasRouter
 
 log = logging.getLogger(__name__)
@@ -436,6 +438,30 @@ class Reconciler:
     def router(self, rollout: Rollout, token: int | None) -> TrafficRouter:
         spec = rollout.spec
         canary = objects.canary_name(spec)
+        routing = spec.traffic_routing
+        stable_service = spec.target.service or spec.target.deployment
+        if routing and routing.nginx:
+            return NginxRouter(
+                self.kube,
+                rollout.namespace,
+                routing.nginx,
+                stable_service,
+                canary,
+                objects.owned_metadata(
+                    spec, "canary", canary, rollout.namespace, rollout.name, rollout.uid
+                ),
+                f"{rollout.name}/{token}",
+            )
+        if routing and routing.istio:
+            return IstioRouter(
+                self.kube,
+                rollout.namespace,
+                routing.istio,
+                stable_service,
+                canary,
+                f"{rollout.name}/{token}",
+                objects.selector_labels(spec, "canary"),
+            )
         if spec.traffic_routing and spec.traffic_routing.gateway_api:
             return GatewayAPIRouter(
                 self.kube,
@@ -540,10 +566,22 @@ class Reconciler:
                 if targets.target is None:
                     raise ValueError(f"target Deployment {spec.target.deployment} not found")
                 selector = (targets.service or {}).get("spec", {}).get("selector")
+                # Which of the stable pods' labels the canary's must not carry, so that
+                # only the router sends it traffic (Istio subsets: the stable subset's).
+                drop = await self.router(rollout, obs.lock.token).canary_labels_to_drop(
+                    selector or {}
+                )
                 await self.kube.apply(
                     path("apps", "v1", "deployments", ns, objects.canary_name(spec)),
                     objects.canary_deployment(
-                        spec, rollout.name, rollout.uid, ns, targets.target, selector, replicas
+                        spec,
+                        rollout.name,
+                        rollout.uid,
+                        ns,
+                        targets.target,
+                        selector,
+                        replicas,
+                        drop_labels=drop,
                     ),
                 )
                 if spec.baseline:

@@ -391,6 +391,85 @@ def ensure_gateway_api_crds(cluster: Cluster, timeout: float = 60) -> bool:
     return True
 
 
+ISTIO_PROBE_CRD = "virtualservices.networking.istio.io"
+ISTIO_CRD_FILE = "customresourcedefinitions.gen.yaml"
+
+
+def istio_crd_file() -> Path:
+    """Istio's CRDs of the pinned istio.io/api version, cached outside the repo
+    (``~/.cache/canary-operator/istio-api-<version>/``), fetched once with
+    ``go mod download`` from the module (its ``kubernetes/`` folder)."""
+    version = read_versions()["ISTIO_API_VERSION"]
+    cached = cache_dir().parent / f"istio-api-{version}" / ISTIO_CRD_FILE
+    if cached.is_file() and cached.stat().st_size > 0:
+        return cached
+    go = shutil.which("go")
+    if go is None:
+        raise RuntimeError(
+            "Istio's CRDs are not installed in the cluster and cannot be fetched (no Go). "
+            "Install them (istioctl install, or the istio-base chart) and run again"
+        )
+    out = subprocess.run(
+        [go, "mod", "download", "-json", f"istio.io/api@{version}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env=dict(os.environ, GOFLAGS="-mod=mod", GOTOOLCHAIN="local"),
+    )
+    source = Path(json.loads(out.stdout)["Dir"]) / "kubernetes" / ISTIO_CRD_FILE
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".partial-{os.getpid()}")
+    partial.write_bytes(source.read_bytes())
+    partial.replace(cached)
+    return cached
+
+
+def ensure_istio_crds(cluster: Cluster, timeout: float = 60) -> bool:
+    """Install Istio's networking.istio.io CRDs unless present; wait until Established.
+
+    Only that group (VirtualService, DestinationRule, Gateway, ...): the router needs no
+    other. Returns True if it installed them."""
+    import yaml
+
+    if cluster.kubectl("get", "crd", ISTIO_PROBE_CRD, check=False).returncode == 0:
+        return False
+    docs = [
+        d
+        for d in yaml.safe_load_all(istio_crd_file().read_text())
+        if d
+        and d.get("kind") == "CustomResourceDefinition"
+        and d["spec"]["group"] == "networking.istio.io"
+    ]
+    names = [f"crd/{d['metadata']['name']}" for d in docs]
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=canary-tests",
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(docs),
+        timeout=timeout + 30,
+    )
+    wait_for(
+        lambda: (
+            cluster.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "--timeout=10s",
+                *names,
+                check=False,
+                timeout=20,
+            ).returncode
+            == 0
+        ),
+        timeout,
+        interval=0.5,
+        message="Istio's CRDs to be Established",
+    )
+    return True
+
+
 # --------------------------------------------------------------------------- processes
 
 

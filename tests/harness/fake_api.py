@@ -41,6 +41,19 @@ class FakeApi:
         self.objects[path] = self._stamp(body)
         return copy.deepcopy(self.objects[path])
 
+    async def delete(
+        self, path: str, propagation: str = "Background", resource_version: str | None = None
+    ) -> bool:
+        current = self.objects.get(path)
+        if current is None:
+            return False
+        if resource_version is not None and current["metadata"]["resourceVersion"] != (
+            resource_version
+        ):
+            raise Conflict("changed")
+        del self.objects[path]
+        return True
+
 
 class Clock:
     """A monotonic clock the test moves by hand."""

@@ -244,7 +244,7 @@ def test_schema_refuses_invalid_input(root: Schema, change: dict[str, Any], erro
     ("path", "message"),
     [
         ("spec", "set the new version: spec.template or spec.images"),
-        ("spec", "gatewayAPI routing needs spec.target.service"),
+        ("spec", "gatewayAPI, nginx and istio routing need spec.target.service"),
         ("spec", "the replicas router cannot send 100% to the canary"),
         ("spec.trafficRouting", "set at most one traffic router"),
         ("spec.steps.[]", "a step sets exactly one of"),
@@ -279,7 +279,10 @@ def test_cel_rules_only_name_fields_that_exist(root: Schema) -> None:
             text = rule["rule"]
             scopes = {"self": node}  # and the variables of macros over lists
             for field, var in re.findall(r"self\.(\w+)\.(?:all|exists|filter|map)\((\w+),", text):
-                scopes[var] = node["properties"][field]["items"]
+                target = node["properties"][field]
+                if "additionalProperties" in target:
+                    continue  # a macro over a map binds its keys: plain strings
+                scopes[var] = target["items"]
             for var, chain in re.findall(r"\b(\w+)((?:\.\w+)+)", text):
                 if var in scopes:
                     assert resolves(scopes[var], chain.split(".")[1:]), f"{path}: {text}"

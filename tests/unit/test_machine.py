@@ -215,6 +215,7 @@ class World:
     pods: int = 0
     pods_linger: bool = False  # deleted canary pods are still terminating
     gateway_weight: int = 0
+    route_names_canary: bool = False  # the route still has a canary backend (even at 0 %)
     route_error: str | None = None
     route_stuck: bool = False  # route writes do not take effect
     jobs: dict[str, JobView] = field(default_factory=dict)
@@ -237,7 +238,7 @@ class World:
 
     def route(self) -> RouteView:
         if self.router == "gatewayAPI":
-            return RouteView(self.gateway_weight, self.route_error)
+            return RouteView(self.gateway_weight, self.route_error, self.route_names_canary)
         if self.canary is None:
             return RouteView(0, self.route_error)
         ready = self.canary if self.canary_ready else 0
@@ -313,9 +314,9 @@ class World:
                 case EnsureCanary(replicas=n):
                     self.canary, self.service, self.pods = n, True, n
                 case SetRouteWeight(weight=w) if not self.route_stuck:
-                    self.gateway_weight = w
+                    self.gateway_weight, self.route_names_canary = w, True
                 case ResetRoute() if not self.route_stuck:
-                    self.gateway_weight = 0
+                    self.gateway_weight, self.route_names_canary = 0, False
                     if self.router == "replicas" and self.canary is not None:
                         self.canary, self.pods = 0, 0
                 case DeleteCanaryObjects():
@@ -1999,3 +2000,42 @@ def test_a_spec_made_invalid_while_queued_is_refused_before_it_starts() -> None:
     assert sim.phase() == Phase.FAILED and effects(result.actions) == []
     assert sim.status.outcome is not None and sim.status.outcome.result == Result.INVALID
     assert "nope" in sim.status.outcome.message
+
+
+# ============================================ a route naming the canary at 0 %
+
+
+@pytest.mark.parametrize("ending", ["abort", "succeed"])
+def test_a_route_still_naming_the_canary_at_0_percent_is_reset_before_verifying(
+    ending: str,
+) -> None:
+    """A header match or a 0-weight backend still reaches the canary: 0 % is not clean."""
+    steps = [CANARY, weight(0), pause()] + ([{"promote": {}}] if ending == "succeed" else [])
+    sim = started(*steps, world=World(router="gatewayAPI"), router="gatewayAPI")
+    sim.run_until(Phase.PAUSED)
+    assert sim.world.gateway_weight == 0 and sim.world.route_names_canary
+    if ending == "abort":
+        abort(sim)
+    else:
+        sim.annotate(RESUME_ANNOTATION, f"3@{sim.status.run}")
+    sim.run_until(lambda s: s.phase().terminal)
+    assert sim.phase() == (Phase.ABORTED if ending == "abort" else Phase.SUCCEEDED)
+    assert of_type(sim.all_actions(), ResetRoute)
+    assert not sim.world.route_names_canary
+    assert is_true(sim.status, "CleanupVerified")
+
+
+def test_cleanup_is_not_verified_while_the_route_names_the_canary() -> None:
+    sim = cleaning(
+        abort,
+        CANARY,
+        weight(0),
+        pause(),
+        world=World(router="gatewayAPI", route_stuck=True),
+        router="gatewayAPI",
+    )
+    sim.world.route_names_canary = True
+    for _ in range(20):
+        sim.tick(1)
+    assert sim.phase() == Phase.CLEANING_UP
+    assert not is_true(sim.status, "CleanupVerified")

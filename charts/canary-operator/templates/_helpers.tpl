@@ -55,6 +55,15 @@ app.kubernetes.io/component: controller
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [get, update]
+- apiGroups: [networking.k8s.io]
+  resources: [ingresses]
+  verbs: [get, create, update, delete]
+- apiGroups: [networking.istio.io]
+  resources: [virtualservices]
+  verbs: [get, update]
+- apiGroups: [networking.istio.io]
+  resources: [destinationrules]
+  verbs: [get]
 {{- /* The abort endpoint: who calls (TokenReview), may they patch (SubjectAccessReview).
   Cluster-scoped: in a Role they grant nothing (see manifests/rbac/auth-delegator). */}}
 - apiGroups: [authentication.k8s.io]

@@ -75,7 +75,8 @@ class TargetRef(ApiModel):
         pattern=DNS_LABEL,
         max_length=63,
         description=(
-            "The stable Service in front of the Deployment. Required for gatewayAPI routing; "
+            "The stable Service in front of the Deployment. Required for gatewayAPI, nginx and "
+            "istio routing; "
             "otherwise used to copy ports onto the canary Service."
         ),
     )
@@ -114,12 +115,164 @@ class GatewayAPIRouting(ApiModel):
     )
 
 
+# ingress-nginx validates these annotation values with its BasicCharsRegex (canary-by-header,
+# -value, canary-by-cookie) and IsValidRegex (canary-by-header-pattern); a value outside them
+# is dropped by the controller with only a log line, so they are refused here instead.
+# Spaces are left out (the controller strips them before checking, then uses the raw value).
+NGINX_BASIC_CHARS = r"^[-._~a-zA-Z0-9/:]+$"
+NGINX_REGEX_CHARS = r"^[-._~a-zA-Z0-9/:^$\[\](){}*+?|&=\\]+$"
+
+
+class NginxHeaderMatch(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.value) && has(self.pattern))",
+                    "set value or pattern, not both (ingress-nginx ignores the pattern then)",
+                )
+            ]
+        }
+    )
+    name: str = Field(
+        pattern=NGINX_BASIC_CHARS,
+        max_length=256,
+        description="canary-by-header: requests with this header set to `always` go to the "
+        "canary, `never` to stable, whatever the weight.",
+    )
+    value: str | None = Field(
+        default=None,
+        pattern=NGINX_BASIC_CHARS,
+        max_length=256,
+        description="canary-by-header-value: the header value that sends a request to the "
+        "canary (instead of `always`).",
+    )
+    pattern: str | None = Field(
+        default=None,
+        pattern=NGINX_REGEX_CHARS,
+        max_length=256,
+        description="canary-by-header-pattern: a PCRE the header value must match.",
+    )
+
+
+class NginxRouting(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.canaryIngressAnnotations) || self.canaryIngressAnnotations"
+                    ".all(k, !k.startsWith((has(self.annotationPrefix) ? self.annotationPrefix"
+                    " : 'nginx.ingress.kubernetes.io') + '/canary'))",
+                    "the canary annotations are the operator's: use header, cookie and weightTotal",
+                    ".canaryIngressAnnotations",
+                )
+            ]
+        }
+    )
+    stable_ingress: str = Field(
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="The user's Ingress (same namespace) with paths to the stable Service. The "
+        "operator clones it into a canary Ingress (backends: the canary Service) carrying "
+        "ingress-nginx's canary annotations, and deletes that clone in cleanup. The stable "
+        "Ingress itself is never written.",
+    )
+    annotation_prefix: str = Field(
+        default="nginx.ingress.kubernetes.io",
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="The controller's --annotations-prefix.",
+    )
+    weight_total: int = Field(
+        default=100,
+        ge=100,
+        le=1000000,
+        description="canary-weight-total: the weight the canary's weight is a share of. "
+        "Percent weights are converted to it; at least 100, so every percent can be "
+        "written and read back exactly.",
+    )
+    header: NginxHeaderMatch | None = Field(
+        default=None, description="Send requests with this header to the canary."
+    )
+    cookie: str | None = Field(
+        default=None,
+        pattern=NGINX_BASIC_CHARS,
+        max_length=256,
+        description="canary-by-cookie: requests with this cookie set to `always` go to the "
+        "canary, `never` to stable.",
+    )
+    canary_ingress_annotations: dict[str, str] | None = Field(
+        default=None,
+        max_length=20,
+        description="Extra annotations for the canary Ingress (the canary ones are the "
+        "operator's and cannot be set here).",
+    )
+
+
+class IstioVirtualService(ApiModel):
+    name: str = Field(
+        pattern=DNS_SUBDOMAIN, max_length=253, description="VirtualService (same namespace)."
+    )
+    routes: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=50,
+        description="Names of the HTTP routes to weight; default: every HTTP route with a "
+        "destination to stable. A named route without one is an error.",
+    )
+
+
+class IstioDestinationRule(ApiModel):
+    name: str = Field(
+        pattern=DNS_SUBDOMAIN, max_length=253, description="DestinationRule (same namespace)."
+    )
+    stable_subset_name: str = Field(
+        min_length=1, max_length=253, description="Subset of the stable pods."
+    )
+    canary_subset_name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Subset the operator points at the canary pods (its labels are set to "
+        "the canary's while a rollout runs and restored by cleanup).",
+    )
+
+
+class IstioRouting(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.virtualServices.all(v, self.virtualServices"
+                    ".filter(w, w.name == v.name).size() == 1)",
+                    "each VirtualService may be named once",
+                ),
+                cel(
+                    "!has(self.destinationRule) || self.destinationRule.stableSubsetName"
+                    " != self.destinationRule.canarySubsetName",
+                    "the stable and canary subsets must differ",
+                ),
+            ]
+        }
+    )
+    virtual_services: list[IstioVirtualService] = Field(
+        min_length=1,
+        max_length=20,
+        description="VirtualServices whose HTTP routes are weighted between stable and canary.",
+    )
+    destination_rule: IstioDestinationRule | None = Field(
+        default=None,
+        description="Split by subsets of this DestinationRule's host instead of by the "
+        "stable and canary Service hosts.",
+    )
+
+
 class TrafficRouting(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "[has(self.replicas), has(self.gatewayAPI)].filter(x, x).size() <= 1",
+                    "[has(self.replicas), has(self.gatewayAPI), has(self.nginx), has(self.istio)]"
+                    ".filter(x, x).size() <= 1",
                     "set at most one traffic router",
                 )
             ]
@@ -131,6 +284,22 @@ class TrafficRouting(ApiModel):
     gateway_api: GatewayAPIRouting | None = Field(
         default=None, alias="gatewayAPI", description="Weight by Gateway API HTTPRoute."
     )
+    nginx: NginxRouting | None = Field(
+        default=None, description="Weight by an ingress-nginx canary Ingress."
+    )
+    istio: IstioRouting | None = Field(
+        default=None, description="Weight by Istio VirtualService HTTP routes."
+    )
+
+    @property
+    def kind(self) -> str:
+        if self.gateway_api:
+            return "gatewayAPI"
+        if self.nginx:
+            return "nginx"
+        if self.istio:
+            return "istio"
+        return "replicas"
 
 
 class CanaryStepSpec(ApiModel):
@@ -434,13 +603,16 @@ class CanaryRolloutSpec(ApiModel):
                     "set the new version: spec.template or spec.images",
                 ),
                 cel(
-                    "!(has(self.trafficRouting) && has(self.trafficRouting.gatewayAPI))"
+                    "!(has(self.trafficRouting) && (has(self.trafficRouting.gatewayAPI)"
+                    " || has(self.trafficRouting.nginx) || has(self.trafficRouting.istio)))"
                     " || has(self.target.service)",
-                    "gatewayAPI routing needs spec.target.service (the stable Service)",
+                    "gatewayAPI, nginx and istio routing need spec.target.service "
+                    "(the stable Service)",
                     ".target.service",
                 ),
                 cel(
-                    "(has(self.trafficRouting) && has(self.trafficRouting.gatewayAPI))"
+                    "(has(self.trafficRouting) && (has(self.trafficRouting.gatewayAPI)"
+                    " || has(self.trafficRouting.nginx) || has(self.trafficRouting.istio)))"
                     " || self.steps.all(s, !has(s.setWeight) || s.setWeight < 100)",
                     "the replicas router cannot send 100% to the canary; use promote",
                     ".steps",
@@ -500,9 +672,7 @@ class CanaryRolloutSpec(ApiModel):
 
     @property
     def router_kind(self) -> str:
-        if self.traffic_routing and self.traffic_routing.gateway_api:
-            return "gatewayAPI"
-        return "replicas"
+        return self.traffic_routing.kind if self.traffic_routing else "replicas"
 
     def run_fingerprint(self) -> str:
         """Hash of everything that defines a run; control fields are left out so that

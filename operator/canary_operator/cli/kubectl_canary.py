@@ -154,7 +154,8 @@ def render_status(
 
     field("Name", f"{meta['name']}  (namespace {meta['namespace']})")
     target = (spec.get("target") or {}).get("deployment", "?")
-    router = "gatewayAPI" if (spec.get("trafficRouting") or {}).get("gatewayAPI") else "replicas"
+    routing = spec.get("trafficRouting") or {}
+    router = next((k for k in ("gatewayAPI", "nginx", "istio") if routing.get(k)), "replicas")
     lock = spec.get("lockGroup") or target
     field("Target", f"deployment/{target}  router {router}  lock {lock}")
     phase = effective_phase(body)

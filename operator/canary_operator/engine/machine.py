@@ -299,7 +299,7 @@ def _queued(ctx: _Context) -> None:
     if obs.route.error:  # e.g. an HTTPRoute without a rule to the stable Service
         _end_without_run(ctx, Result.INVALID, f"cannot use the route: {obs.route.error}", True)
         return
-    if obs.route.weight != 0:
+    if not obs.route.reset:
         status.message = "recovery: routing 100% to stable before starting"
         ctx.act(ResetRoute())
         ctx.plan.requeue(1)
@@ -453,7 +453,7 @@ def _cleaning_up(ctx: _Context) -> None:
     if obs.route.error:
         _cleanup_failed(ctx, f"cannot read the route: {obs.route.error}")
         return
-    if obs.route.weight != 0:
+    if not obs.route.reset:
         cleanup.stage = "Routing"
         status.message = "cleanup: routing 100% to stable"
         ctx.act(ResetRoute())
@@ -734,7 +734,7 @@ def _promote(ctx: _Context) -> StepResult:
         )
         ctx.plan.requeue(POLL_RUNNING)
         return None
-    if ctx.obs.route.weight != 0:
+    if not ctx.obs.route.reset:
         ctx.act(ResetRoute())
         ctx.plan.requeue(1)
         return None

@@ -88,6 +88,13 @@ class RouteView:
 
     weight: int  # percent of traffic going to the canary
     error: str | None = None
+    # The route still names the canary (a 0 % backend, a header match): not yet reset.
+    references_canary: bool = False
+
+    @property
+    def reset(self) -> bool:
+        """100 % stable and nothing left that could send a request to the canary."""
+        return self.weight == 0 and not self.references_canary
 
 
 @dataclass(frozen=True)

@@ -143,10 +143,19 @@ class Kube:
         )
         return result
 
-    async def delete(self, resource_path: str, propagation: str = "Background") -> bool:
-        """Delete; False if it was already gone."""
+    async def delete(
+        self,
+        resource_path: str,
+        propagation: str = "Background",
+        resource_version: str | None = None,
+    ) -> bool:
+        """Delete; False if it was already gone. With `resource_version`, only that
+        version is deleted (a changed object raises Conflict)."""
+        body: JsonObj = {"propagationPolicy": propagation}
+        if resource_version is not None:
+            body["preconditions"] = {"resourceVersion": resource_version}
         try:
-            await self.request("DELETE", resource_path, {"propagationPolicy": propagation})
+            await self.request("DELETE", resource_path, body)
             return True
         except ApiException as exc:
             if exc.status == 404:

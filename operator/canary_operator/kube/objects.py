@@ -95,7 +95,7 @@ def new_pod_template(spec: CanaryRolloutSpec, target: JsonObj) -> JsonObj:
     return current
 
 
-def _metadata(
+def owned_metadata(
     spec: CanaryRolloutSpec,
     role: str,
     name: str,
@@ -135,7 +135,7 @@ def _role_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(spec, role, name, namespace, rollout_name, rollout_uid),
+        "metadata": owned_metadata(spec, role, name, namespace, rollout_name, rollout_uid),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(spec, role)},
@@ -152,10 +152,15 @@ def canary_deployment(
     target: JsonObj,
     service_selector: dict[str, str] | None,
     replicas: int,
+    drop_labels: Iterable[str] | None = None,
 ) -> JsonObj:
     # With a real router the stable Service must not reach canary pods: drop the labels
-    # its selector uses; the canary Service selects ours instead.
-    drop = (service_selector or {}) if spec.router_kind == "gatewayAPI" else {}
+    # its selector uses; the canary Service selects ours instead. The router may say
+    # otherwise (Istio subsets: the stable host must reach them, the stable subset not).
+    if drop_labels is not None:
+        drop: Iterable[str] = drop_labels
+    else:
+        drop = (service_selector or {}) if spec.router_kind != "replicas" else {}
     return _role_deployment(
         spec,
         "canary",
@@ -218,7 +223,7 @@ def canary_service(
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(
+        "metadata": owned_metadata(
             spec, "canary", canary_name(spec), namespace, rollout_name, rollout_uid
         ),
         "spec": {"selector": selector_labels(spec), "ports": ports},

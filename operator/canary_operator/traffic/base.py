@@ -20,14 +20,14 @@ def plan_weight(router_kind: str, stable_replicas: int, weight: int, minimum: in
 
     replicas: the stable Deployment keeps all its pods; traffic follows the canary's
     share of pods, so a weight w needs c pods with c / (N + c) closest to w from above.
-    gatewayAPI: weights are exact; the canary gets w % of the stable's size (at least
-    the size the canary step asked for) so it can carry its share.
+    gatewayAPI, nginx, istio: weights are exact; the canary gets w % of the stable's
+    size (at least the size the canary step asked for) so it can carry its share.
     """
     n = max(stable_replicas, 1)
     if weight <= 0:
         # Under the replicas router any canary pod takes traffic, so 0 % means none.
-        return WeightPlan(minimum if router_kind == "gatewayAPI" else 0, 0)
-    if router_kind == "gatewayAPI":
+        return WeightPlan(minimum if router_kind != "replicas" else 0, 0)
+    if router_kind != "replicas":
         return WeightPlan(max(minimum, math.ceil(n * weight / 100)), weight)
     if weight >= 100:
         raise ValueError("the replicas router cannot send 100% to the canary")
@@ -53,4 +53,9 @@ class TrafficRouter(Protocol):
 
     async def reset(self) -> None:
         """Route 100 % to stable and remove every reference to the canary."""
+        ...
+
+    async def canary_labels_to_drop(self, service_selector: dict[str, str]) -> set[str]:
+        """Labels of the stable pod template the canary's pods must not carry, so that
+        only this router sends them traffic."""
         ...

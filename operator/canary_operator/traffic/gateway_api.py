@@ -61,7 +61,9 @@ class GatewayAPIRouter:
         if body is None:  # no route: nothing can send traffic to the canary through it
             return RouteView(weight=0)
         weights: list[int] = []
+        named = False
         for refs in self._rules(body):
+            named = named or any(_is_service_ref(r, self.canary) for r in refs)
             stable = sum(int(r.get("weight", 1)) for r in refs if _is_service_ref(r, self.stable))
             canary = sum(int(r.get("weight", 1)) for r in refs if _is_service_ref(r, self.canary))
             total = stable + canary
@@ -69,7 +71,7 @@ class GatewayAPIRouter:
         if not weights:
             return RouteView(weight=0, error=f"HTTPRoute {self.route} has no rule to {self.stable}")
         # Report the largest share any rule sends to the canary: cleanup must see 0 everywhere.
-        return RouteView(weight=max(weights))
+        return RouteView(weight=max(weights), references_canary=named)
 
     async def set_weight(self, weight: int) -> None:
         body = await self.kube.get(self._path)
@@ -99,6 +101,10 @@ class GatewayAPIRouter:
         if updated != body:
             annotations[FENCING] = self.token
             await self.kube.replace(self._path, updated)
+
+    async def canary_labels_to_drop(self, service_selector: dict[str, str]) -> set[str]:
+        """The stable Service's selector: only the canary Service reaches canary pods."""
+        return set(service_selector)
 
     async def reset(self) -> None:
         body = await self.kube.get(self._path)

@@ -42,3 +42,7 @@ class ReplicasRouter:
     async def reset(self) -> None:
         if await self.kube.get(self._deployment(self.canary)) is not None:
             await self.kube.merge_patch(self._deployment(self.canary), {"spec": {"replicas": 0}})
+
+    async def canary_labels_to_drop(self, service_selector: dict[str, str]) -> set[str]:
+        """None: the stable Service reaching canary pods is how this router works."""
+        return set()
