@@ -226,9 +226,10 @@ def render_status(
         lines.append(f"Events (last {min(len(events), max_events)} of {len(events)}):")
         for event in events[-max_events:]:
             stamp = (event.get("lastTimestamp") or event.get("eventTime") or "")[11:19]
+            times = int(event.get("count") or 1)  # an aggregated Event: seen that often
             lines.append(
                 f"  {stamp:<8}  {event.get('type', ''):<7}  {event.get('reason', ''):<20}  "
-                f"{event.get('message', '')}"
+                f"{event.get('message', '')}" + (f" (x{times})" if times > 1 else "")
             )
         if not events:
             lines.append("  <none>")
