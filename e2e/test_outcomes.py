@@ -339,8 +339,13 @@ def test_a_required_cleanup_webhook_still_blocks_and_its_retries_are_one_event(
 ) -> None:
     kube_cluster.apply(m.app(image=OLD), namespace)
     with SlowEndpoints() as endpoints:
+        # The URL comes from a Secret (urlFrom): the rollout holds no token at all.
         url = endpoints.url(f"status/400/hooks/{TOKEN}")
-        notify = {"name": "notify", "webhook": {"url": url, "retries": 0}}
+        kube_cluster.kubectl(
+            "create", "secret", "generic", "chat-hook", "-n", namespace, f"--from-literal=url={url}"
+        )
+        secret_ref = {"secretKeyRef": {"name": "chat-hook", "key": "url"}}
+        notify = {"name": "notify", "webhook": {"urlFrom": secret_ref, "retries": 0}}
         kube_cluster.apply(
             m.rollout(
                 "web-a",
@@ -369,7 +374,8 @@ def test_a_required_cleanup_webhook_still_blocks_and_its_retries_are_one_event(
         assert lease(kube_cluster, namespace)["spec"]["holderIdentity"] == a["metadata"]["uid"]
         assert get_rollout(kube_cluster, namespace, "web-b")["status"]["phase"] == "Queued"
         assert len(endpoints.calls_to("status/400")) >= 3
-        for text in (json.dumps(a["status"]), json.dumps(event), operator.log()):
+        assert "HTTP 400" in a["status"]["cleanup"]["lastError"], "the Secret's URL was called"
+        for text in (json.dumps(a), json.dumps(event), operator.log()):
             assert TOKEN not in text
         # A human ends it (the documented escape hatch); the next rollout then runs.
         kube_cluster.kubectl(

@@ -328,7 +328,8 @@ class Reconciler:
                 action.key,
                 lambda: self._call_webhook(rollout, action, context),
                 lambda exc: CheckResult(
-                    False, scrub(f"webhook call failed: {_describe(exc)}", [action.webhook.url])
+                    False,
+                    scrub(f"webhook call failed: {_describe(exc)}", [action.webhook.url or ""]),
                 ),
             )
         elif isinstance(action, Measure):
@@ -369,7 +370,24 @@ class Reconciler:
             )
         except ValueError as exc:
             return CheckResult(False, str(exc))
-        ok, message = await run_webhook(action.webhook, context, headers)
+        url = action.webhook.url
+        source = action.webhook.url_from
+        if source is not None:
+            ref = source.secret_key_ref
+            url = await self._secret(rollout.namespace, ref.name, ref.key)
+            if url is None:
+                return CheckResult(
+                    False, f"urlFrom: Secret {ref.name!r} has no key {ref.key!r} (or is missing)"
+                )
+            url = url.strip()
+            if not url.startswith(("http://", "https://")):
+                return CheckResult(
+                    False, f"urlFrom: Secret {ref.name!r} key {ref.key!r} holds no http(s) URL"
+                )
+        try:
+            ok, message = await run_webhook(action.webhook, context, headers, url=url)
+        except Exception as exc:  # a URL from a Secret must not leak through an error
+            return CheckResult(False, scrub(f"webhook call failed: {_describe(exc)}", [url or ""]))
         return CheckResult(ok, message)
 
     async def _secret(self, namespace: str, name: str, key: str) -> str | None:

@@ -176,11 +176,24 @@ class WebhookHeader(ApiModel):
 
 
 class WebhookSpec(ApiModel):
-    url: str = Field(
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.url) != has(self.urlFrom)", "set one of url, urlFrom")
+            ]
+        }
+    )
+    url: str | None = Field(
+        default=None,
         pattern=r"^https?://",
         description="URL the rollout's context is POSTed to. Shown redacted in status, "
         "Events and logs (userinfo dropped, query values and token-like path segments "
         "replaced by ***).",
+    )
+    url_from: HeaderValueFrom | None = Field(
+        default=None,
+        description="Take the URL from a Secret (for endpoints whose credential is in the "
+        "URL, such as chat incoming webhooks): the spec then holds no token at all.",
     )
     timeout: str = Field(default="10s", pattern=DURATION, description="Per-call timeout.")
     retries: int = Field(default=2, ge=0, le=10, description="Retries after a failed call.")

@@ -67,28 +67,35 @@ async def run_webhook(
     headers: Mapping[str, str],
     *,
     backoff: float = RETRY_BACKOFF,
+    url: str | None = None,
 ) -> tuple[bool, str]:
     """Call the webhook test ``spec`` with ``context``; return (passed, what happened).
-    The message never shows the URL as written (see canary_operator.redact)."""
-    passed, message = await _run_webhook(spec, context, headers, backoff)
-    return passed, scrub(message, [spec.url])
+    ``url``: the URL read from ``spec.urlFrom`` (else ``spec.url``). The message never
+    shows the URL as written (see canary_operator.redact)."""
+    target_url = url or spec.url or ""
+    passed, message = await _run_webhook(spec, target_url, context, headers, backoff)
+    return passed, scrub(message, [target_url])
 
 
 async def _run_webhook(
-    spec: WebhookSpec, context: Mapping[str, Any], headers: Mapping[str, str], backoff: float
+    spec: WebhookSpec,
+    url: str,
+    context: Mapping[str, Any],
+    headers: Mapping[str, str],
+    backoff: float,
 ) -> tuple[bool, str]:
     timeout = parse_duration(spec.timeout).total_seconds()
     try:
         payload: Any = dict(context) if spec.body is None else render_body(spec.body, context)
     except ValueError as exc:
-        return False, f"POST {display_url(spec.url)}: body template: {exc}"
+        return False, f"POST {display_url(url)}: body template: {exc}"
     attempts = spec.retries + 1
-    target = f"POST {display_url(spec.url)}"
+    target = f"POST {display_url(url)}"
     delay = backoff
     what = ""
     for attempt in range(1, attempts + 1):
         try:
-            status, body = await post_json(spec.url, payload, headers, timeout, spec.content_type)
+            status, body = await post_json(url, payload, headers, timeout, spec.content_type)
         except TimeoutError:
             what = f"timed out after {timeout:g}s"
         except aiohttp.ClientError as exc:
