@@ -1,7 +1,8 @@
 """HTTP endpoints the operator process calls during end-to-end tests, slow on
 purpose: ``/hang/...`` accepts the request and never answers (until the server
 closes), ``/delay/SECONDS/...`` answers 200 after that long, ``/metric/SECONDS/VALUE/...``
-answers ``{"value": VALUE}`` after that long (a webhook metric provider). Anything
+answers ``{"value": VALUE}`` after that long (a webhook metric provider),
+``/status/CODE/...`` answers CODE at once (a chat endpoint refusing a body). Anything
 after those segments is free for the test to tell calls apart. Loopback only."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from types import TracebackType
 class Call:
     path: str
     at: float  # monotonic
+    body: bytes = b""
 
 
 class SlowEndpoints:
@@ -34,9 +36,9 @@ class SlowEndpoints:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
+                body = self.rfile.read(length)
                 with endpoints._lock:
-                    endpoints.calls.append(Call(self.path, time.monotonic()))
+                    endpoints.calls.append(Call(self.path, time.monotonic(), body))
                 parts = self.path.strip("/").split("/")
                 if parts[0] == "hang":
                     endpoints._release.wait()
@@ -45,6 +47,9 @@ class SlowEndpoints:
                     if endpoints._release.wait(float(parts[1])):
                         return
                     self._answer(200, {"ok": True})
+                    return
+                if parts[0] == "status":
+                    self._answer(int(parts[1]), {"error": "invalid_payload"})
                     return
                 if parts[0] == "metric":
                     if endpoints._release.wait(float(parts[1])):

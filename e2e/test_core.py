@@ -114,6 +114,7 @@ def test_seed_example_succeeds(
         "STEP",
         "WEIGHT",
         "QUEUE",
+        "LIVE",
         "AGE",
     ]
     assert "web-seed" in table and "Succeeded" in table and "6/6" in table

@@ -85,7 +85,16 @@ def test_list_status_and_lock_show_steps_queue_and_holder(
     )
 
     listing = ok(plugin("list")).splitlines()
-    assert listing[0].split() == ["NAME", "TARGET", "PHASE", "STEP", "WEIGHT", "QUEUE", "AGE"]
+    assert listing[0].split() == [
+        "NAME",
+        "TARGET",
+        "PHASE",
+        "STEP",
+        "WEIGHT",
+        "QUEUE",
+        "LIVE",
+        "AGE",
+    ]
     rows = {line.split()[0]: line for line in listing[1:]}
     assert set(rows) == {"first", "second"}
     assert "Paused" in rows["first"] and "3/4 hold" in rows["first"]

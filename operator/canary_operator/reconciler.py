@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -67,6 +68,7 @@ from canary_operator.engine.types import (
     Observed,
     Plan,
     PromoteStable,
+    PromotionRecord,
     ReleaseLock,
     RemoveFinalizer,
     ResetRoute,
@@ -79,6 +81,7 @@ from canary_operator.kube.api import Conflict, JsonObj, Kube, path
 from canary_operator.kube.events import EventRecorder
 from canary_operator.lock.lease import LeaseLock
 from canary_operator.lock.queue import Candidate
+from canary_operator.redact import scrub
 from canary_operator.traffic.base import TrafficRouter
 from canary_operator.traffic.gateway_api import GatewayAPIRouter, PermanentRouteError
 from canary_operator.traffic.istio import IstioRouter
@@ -240,6 +243,7 @@ class Reconciler:
             deleting=bool(meta.get("deletionTimestamp")),
             has_finalizer=FINALIZER in (meta.get("finalizers") or []),
             annotations=meta.get("annotations") or {},
+            created=meta.get("creationTimestamp"),
         )
         ref = RunRef(namespace, name, rollout.uid, status.run)
         targets = await self._read_targets(rollout)
@@ -331,7 +335,10 @@ class Reconciler:
                 ref,
                 action.key,
                 lambda: self._call_webhook(rollout, action, context),
-                lambda exc: CheckResult(False, f"webhook call failed: {_describe(exc)}"),
+                lambda exc: CheckResult(
+                    False,
+                    scrub(f"webhook call failed: {_describe(exc)}", [action.webhook.url or ""]),
+                ),
             )
         elif isinstance(action, Measure):
             self.checks.ensure(
@@ -355,6 +362,11 @@ class Reconciler:
             "canaryService": f"{objects.canary_name(spec)}.{ns}.svc",
             "stableService": f"{spec.target.service or spec.target.deployment}.{ns}.svc",
             "newVersion": [i.model_dump() for i in spec.images or []] or "template",
+            "version": ",".join(f"{i.container}={i.image}" for i in spec.images or [])
+            or "template",
+            "phase": rollout.status.phase.value,
+            "outcome": rollout.status.outcome.result.value if rollout.status.outcome else "",
+            "message": rollout.status.outcome.message if rollout.status.outcome else "",
         }
 
     async def _call_webhook(
@@ -366,7 +378,24 @@ class Reconciler:
             )
         except ValueError as exc:
             return CheckResult(False, str(exc))
-        ok, message = await run_webhook(action.webhook, context, headers)
+        url = action.webhook.url
+        source = action.webhook.url_from
+        if source is not None:
+            ref = source.secret_key_ref
+            url = await self._secret(rollout.namespace, ref.name, ref.key)
+            if url is None:
+                return CheckResult(
+                    False, f"urlFrom: Secret {ref.name!r} has no key {ref.key!r} (or is missing)"
+                )
+            url = url.strip()
+            if not url.startswith(("http://", "https://")):
+                return CheckResult(
+                    False, f"urlFrom: Secret {ref.name!r} key {ref.key!r} holds no http(s) URL"
+                )
+        try:
+            ok, message = await run_webhook(action.webhook, context, headers, url=url)
+        except Exception as exc:  # a URL from a Secret must not leak through an error
+            return CheckResult(False, scrub(f"webhook call failed: {_describe(exc)}", [url or ""]))
         return CheckResult(ok, message)
 
     async def _secret(self, namespace: str, name: str, key: str) -> str | None:
@@ -626,21 +655,38 @@ class Reconciler:
                     await self.kube.create(path("batch", "v1", "jobs", ns), manifest)
             case DeleteJob(name=job):
                 await self.kube.delete(path("batch", "v1", "jobs", ns, job))
-            case PromoteStable(run_id=rid):
-                await self._promote(rollout, obs, rid)
+            case PromoteStable():
+                await self._promote(rollout, obs, action)
 
-    async def _promote(self, rollout: Rollout, obs: Observed, rid: str) -> None:
+    async def _promote(self, rollout: Rollout, obs: Observed, action: PromoteStable) -> None:
+        """Server-side apply with the operator's field manager, of only what promotion
+        changes (the images, or the template it was given) and its record: a later
+        `kubectl apply --server-side` (or any applier) of an older manifest then meets
+        a conflict on those fields instead of reverting them unnoticed."""
         ns, spec = rollout.namespace, rollout.spec
         target_path = path("apps", "v1", "deployments", ns, spec.target.deployment)
         target = await self.kube.get(target_path)
         if target is None:
             raise ValueError(f"target Deployment {spec.target.deployment} not found")
-        template = objects.new_pod_template(spec, target)
-        target["spec"]["template"] = template
-        annotations = target["metadata"].setdefault("annotations", {})
-        annotations[objects.PROMOTED_BY] = rid
-        annotations[objects.FENCING] = f"{rollout.name}/{obs.lock.token}"
-        await self.kube.replace(target_path, target)  # resourceVersion precondition
+        record = {
+            "rollout": rollout.name,
+            "uid": rollout.uid,
+            "run": rollout.status.run,
+            "fingerprint": spec.run_fingerprint(),
+            "images": objects.template_images(objects.new_pod_template(spec, target)),
+            "versionSince": action.version_since,
+            "promotedAt": machine.precise(datetime.now(UTC)),
+        }
+        body = objects.promotion(
+            spec,
+            target,
+            {
+                objects.PROMOTED_BY: action.run_id,
+                objects.FENCING: f"{rollout.name}/{obs.lock.token}",
+                objects.PROMOTION: json.dumps(record, sort_keys=True),
+            },
+        )
+        await self.kube.apply(target_path, body)  # resourceVersion precondition
 
     async def _delete_canary_objects(self, rollout: Rollout) -> None:
         ns, spec = rollout.namespace, rollout.spec
@@ -748,7 +794,30 @@ def _workload(body: JsonObj | None) -> WorkloadView | None:
         >= int(body["metadata"].get("generation") or 0)
         and int(status.get("replicas") or 0) == replicas,
         promoted_by=(body["metadata"].get("annotations") or {}).get(objects.PROMOTED_BY),
+        promotion=_promotion(body),
+        images=objects.template_images(body["spec"].get("template") or {}),
     )
+
+
+def _promotion(body: JsonObj) -> PromotionRecord | None:
+    """The promotion record on a target (None when absent or unreadable: a record
+    edited into nonsense is no reason to refuse anything)."""
+    raw = (body["metadata"].get("annotations") or {}).get(objects.PROMOTION)
+    try:
+        data = json.loads(raw) if raw else None
+        if not isinstance(data, dict):
+            return None
+        return PromotionRecord(
+            rollout=str(data["rollout"]),
+            uid=str(data["uid"]),
+            run=int(data["run"]),
+            fingerprint=str(data["fingerprint"]),
+            images={str(k): str(v) for k, v in dict(data["images"]).items()},
+            version_since=str(data["versionSince"]),
+            promoted_at=str(data["promotedAt"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _job(body: JsonObj) -> JobView:

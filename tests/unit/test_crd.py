@@ -32,7 +32,15 @@ SPINNAKER_ANNOTATIONS = {
 SPINNAKER_LABELS = {"app.kubernetes.io/name": "web", "app.kubernetes.io/managed-by": "spinnaker"}
 JOB = {"spec": {"template": {"spec": {"containers": [{"name": "t", "image": "busybox"}]}}}}
 
-COLUMNS = ["TARGET", "PHASE", "STEP", "WEIGHT", "QUEUE", "AGE"]  # as `kubectl get` shows them
+COLUMNS = [
+    "TARGET",
+    "PHASE",
+    "STEP",
+    "WEIGHT",
+    "QUEUE",
+    "LIVE",
+    "AGE",
+]  # as `kubectl get` shows them
 
 Schema = dict[str, Any]
 
@@ -317,6 +325,7 @@ def test_printer_columns(version: dict[str, Any], root: Schema) -> None:
         (".status.stepLabel", "string"),
         (".status.weight", "integer"),
         (".status.queueLabel", "string"),
+        (".status.live.label", "string"),
         (".metadata.creationTimestamp", "date"),
     ]
     for column in columns[:-1]:  # each column names a field of the schema, of its type

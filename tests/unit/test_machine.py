@@ -1001,7 +1001,9 @@ def test_promote_waits_for_the_stable_then_resets_the_route() -> None:
     sim.run_until(lambda s: s.status.current_step == 2)
     rid = f"{UID}/1"
     result = sim.tick()
-    assert effects(result.actions) == [PromoteStable(rid)]
+    since = sim.status.version_since
+    assert since is not None
+    assert effects(result.actions) == [PromoteStable(rid, version_since=since)]
     assert sim.world.promoted_by == rid
     result = sim.tick()
     assert effects(result.actions) == [] and "promoting" in (sim.status.message or "")
@@ -1013,7 +1015,9 @@ def test_promote_waits_for_the_stable_then_resets_the_route() -> None:
     assert sim.status.current_step == 3 and sim.status.weight == 0
     sim.finish()
     assert sim.phase() == Phase.SUCCEEDED
-    assert of_type(sim.all_actions(), PromoteStable) == [PromoteStable(rid)]
+    assert of_type(sim.all_actions(), PromoteStable) == [
+        PromoteStable(rid, version_since=sim.status.version_since or "")
+    ]
 
 
 # =============================================================== manual control

@@ -183,3 +183,43 @@ def test_status_without_events_access_says_so_and_still_shows_the_status() -> No
     assert "Events (last" not in text
     assert "Queue:       holding cro-lock-web (1 waiting)" in text
     assert "Weight:      0% to canary" in text
+
+
+def test_status_shows_the_live_version_failed_best_effort_steps_and_event_counts() -> None:
+    ended = body(
+        phase="Succeeded",
+        live={
+            "rollout": "web-b",
+            "run": 1,
+            "version": "app=registry.example.com/web:4.0",
+            "label": "web:4.0",
+            "promotedAt": "2024-05-01T12:40:00.000000Z",
+            "thisRollout": False,
+            "drifted": "app=registry.example.com/web:1.0",
+        },
+        cleanup={
+            "stage": "Done",
+            "attempts": 0,
+            "failedSteps": [
+                {"step": 1, "name": "notify", "message": "HTTP 400", "at": "2024-05-01T12:41:00Z"}
+            ],
+        },
+    )
+    events = [
+        {
+            "type": "Warning",
+            "reason": "CleanupBlocked",
+            "message": "notify failed",
+            "count": 5,
+            "lastTimestamp": "2024-05-01T12:41:09Z",
+        }
+    ]
+    text = render_status(ended, events)
+    assert (
+        "Live:        app=registry.example.com/web:4.0  promoted by web-b run 1 at "
+        "2024-05-01T12:40:00.000000Z; DRIFTED: the target now runs "
+        "app=registry.example.com/web:1.0"
+    ) in text
+    assert "best-effort step 1 notify failed: HTTP 400" in text
+    assert "notify failed (x5)" in text
+    assert "Live:        - (no promotion" in render_status(body(phase="Queued"))

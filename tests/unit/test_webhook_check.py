@@ -218,3 +218,31 @@ async def test_resolved_secret_header_reaches_the_server() -> None:
         ok, _ = await run_webhook(webhook, CONTEXT, await resolve_headers(webhook.headers, secrets))
     assert ok is True
     assert server.requests[0].headers["Authorization"] == "Bearer xyz"
+
+
+async def test_a_url_given_apart_from_the_spec_is_called_and_never_shown() -> None:
+    """urlFrom: the reconciler reads the URL from a Secret and passes it in; the
+    message shows it redacted."""
+    async with FakeServer(Reply(400, "no")) as server:
+        secret_url = f"{server.url}/hooks/T0AB12CD/s3cr3tT0k3nV4lu3x"
+        hook = WebhookSpec.model_validate(
+            {"urlFrom": {"secretKeyRef": {"name": "s", "key": "url"}}, "retries": 0}
+        )
+        ok, message = await run_webhook(hook, CONTEXT, {}, backoff=FAST, url=secret_url)
+    assert not ok and "HTTP 400" in message
+    assert "s3cr3tT0k3nV4lu3x" not in message and "T0AB12CD" not in message
+    assert (
+        len(server.requests) == 1 and server.requests[0].path == "/hooks/T0AB12CD/s3cr3tT0k3nV4lu3x"
+    )
+
+
+async def test_a_body_template_is_sent_as_the_body() -> None:
+    async with FakeServer(Reply(200)) as server:
+        hook = WebhookSpec.model_validate(
+            {"url": server.url + "/chat", "body": '{"text": "{{rollout}} in {{namespace}}"}'}
+        )
+        ok, _ = await run_webhook(hook, {"rollout": "web", "namespace": "prod"}, {}, backoff=FAST)
+    assert ok
+    request = server.requests[0]
+    assert request.json() == {"text": "web in prod"}
+    assert request.headers["Content-Type"] == "application/json"

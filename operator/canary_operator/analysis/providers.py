@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from canary_operator.checks.webhook import describe_error, display_url, post_json, snippet
+from canary_operator.redact import scrub
 
 __all__ = [
     "QUERY_VARIABLES",
@@ -84,7 +85,8 @@ class PrometheusProvider:
         except TimeoutError:
             raise ProviderError(f"{where}: no answer within {self.timeout:g}s") from None
         except aiohttp.ClientError as exc:
-            raise ProviderError(f"{where} is unreachable: {describe_error(exc)}") from None
+            unreachable = scrub(describe_error(exc), [self.address, url])
+            raise ProviderError(f"{where} is unreachable: {unreachable}") from None
         return _prometheus_value(where, status, body)
 
     async def _get(self, session: aiohttp.ClientSession, url: str, query: str) -> tuple[int, str]:
@@ -167,7 +169,8 @@ class WebhookMetricProvider:
         except TimeoutError:
             raise ProviderError(f"{where}: no answer within {self.timeout:g}s") from None
         except aiohttp.ClientError as exc:
-            raise ProviderError(f"{where} is unreachable: {describe_error(exc)}") from None
+            unreachable = scrub(describe_error(exc), [self.url])
+            raise ProviderError(f"{where} is unreachable: {unreachable}") from None
         except ValueError as exc:  # e.g. an invalid header value
             raise ProviderError(f"{where}: invalid request: {exc}") from None
         if not 200 <= status < 300:

@@ -80,6 +80,7 @@ def crd() -> dict[str, Any]:
         ("Step", ".status.stepLabel", "string"),
         ("Weight", ".status.weight", "integer"),
         ("Queue", ".status.queueLabel", "string"),
+        ("Live", ".status.live.label", "string"),
         ("Age", ".metadata.creationTimestamp", "date"),
     ]
     return {

@@ -345,10 +345,42 @@ class WebhookHeader(ApiModel):
 
 
 class WebhookSpec(ApiModel):
-    url: str = Field(pattern=r"^https?://", description="URL the rollout's context is POSTed to.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.url) != has(self.urlFrom)", "set one of url, urlFrom")
+            ]
+        }
+    )
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="URL the rollout's context is POSTed to. Shown redacted in status, "
+        "Events and logs (userinfo dropped, query values and token-like path segments "
+        "replaced by ***).",
+    )
+    url_from: HeaderValueFrom | None = Field(
+        default=None,
+        description="Take the URL from a Secret (for endpoints whose credential is in the "
+        "URL, such as chat incoming webhooks): the spec then holds no token at all.",
+    )
     timeout: str = Field(default="10s", pattern=DURATION, description="Per-call timeout.")
     retries: int = Field(default=2, ge=0, le=10, description="Retries after a failed call.")
     headers: list[WebhookHeader] | None = Field(default=None, max_length=20)
+    body: str | None = Field(
+        default=None,
+        max_length=16384,
+        description="Request body template sent instead of the rollout's context (e.g. the "
+        "JSON a chat endpoint expects). {{name}} is replaced by a context value, escaped for "
+        "a JSON string: rollout, namespace, run, target, step, weight, phase, outcome, "
+        "message, version, canaryService, stableService. An unknown name is refused.",
+    )
+    content_type: str = Field(
+        default="application/json",
+        min_length=1,
+        max_length=200,
+        description="Content-Type of the request.",
+    )
 
 
 class TestStepSpec(ApiModel):
@@ -566,6 +598,13 @@ class CleanupStep(ApiModel):
         }
     )
     name: str | None = Field(default=None, max_length=63)
+    required: bool = Field(
+        default=True,
+        description="true (default): a failure blocks the cleanup, which retries with "
+        "backoff and keeps the lock. false (best effort, e.g. a notification): a failure "
+        "is recorded in status.cleanup.failedSteps and one Warning Event, and the cleanup "
+        "goes on and releases the lock.",
+    )
     job: JobTemplate | None = None
     webhook: WebhookSpec | None = None
 
@@ -717,6 +756,7 @@ class Result(StrEnum):
     DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     SPEC_CHANGED = "SpecChanged"
     REJECTED = "LockBusy"
+    OLDER_THAN_LIVE = "OlderThanLive"  # a newer version was promoted since this spec
     INVALID = "InvalidSpec"
     TARGET_NOT_FOUND = "TargetNotFound"
     LOCK_LOST = "LockLost"
@@ -728,6 +768,7 @@ class Result(StrEnum):
             Result.ABORTED: Phase.ABORTED,
             Result.DELETED: Phase.ABORTED,
             Result.SUPERSEDED: Phase.SUPERSEDED,
+            Result.OLDER_THAN_LIVE: Phase.SUPERSEDED,
         }.get(self, Phase.FAILED)
 
 
@@ -828,9 +869,19 @@ class LockStatus(StatusModel):
     )
 
 
+class FailedCleanupStep(StatusModel):
+    step: int = Field(description="1-based number of the spec.cleanup step.")
+    name: str
+    message: str
+    at: str
+
+
 class CleanupStatus(StatusModel):
     stage: str = Field(default="Routing", description="Routing, Deleting, UserSteps, Verifying.")
     user_step: int = 0
+    failed_steps: list[FailedCleanupStep] | None = Field(
+        default=None, description="Best-effort (required: false) steps that failed."
+    )
     attempts: int = 0
     last_error: str | None = None
     next_attempt_at: str | None = None
@@ -838,11 +889,41 @@ class CleanupStatus(StatusModel):
     finished_at: str | None = None
 
 
+class LiveVersion(StatusModel):
+    """What the target runs, as the last promotion by this operator recorded it on the
+    target (annotation canary-operator.dev/promotion)."""
+
+    rollout: str = Field(description="Rollout whose run promoted it.")
+    uid: str | None = None
+    run: int | None = None
+    version: str = Field(description="container=image, for every container promoted.")
+    label: str | None = Field(default=None, description="Short form: the image names.")
+    version_since: str | None = Field(
+        default=None, description="When the promoting spec was first seen (its age)."
+    )
+    promoted_at: str | None = None
+    this_rollout: bool | None = Field(
+        default=None, description="Promoted by this rollout (any run)."
+    )
+    drifted: str | None = Field(
+        default=None,
+        description="Set when the target's images no longer match the promotion (e.g. a "
+        "client-side `kubectl apply` of an older manifest): what it runs now.",
+    )
+
+
 class CanaryRolloutStatus(StatusModel):
     phase: Phase = Phase.PENDING
     observed_generation: int | None = None
     run: int = Field(default=0, description="Run number; a spec change or retry starts another.")
     fingerprint: str | None = None
+    version_since: str | None = Field(
+        default=None,
+        description="When this spec (its fingerprint) was first seen: the rollout's "
+        "creationTimestamp, or when the operator saw the spec change. A run whose "
+        "versionSince is before the live version's is older than it and is refused.",
+    )
+    live: LiveVersion | None = Field(default=None, description="What the target runs.")
     message: str | None = None
     current_step: int | None = Field(default=None, description="0-based index of the step.")
     step_label: str | None = Field(default=None, description="e.g. 3/7 setWeight")

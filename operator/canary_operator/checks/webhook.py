@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 from canary_operator.api.models import WebhookHeader, WebhookSpec, parse_duration
+from canary_operator.checks.render import render_body
+from canary_operator.redact import redact_url, scrub
 
 __all__ = [
     "MAX_BACKOFF",
@@ -38,17 +39,21 @@ _SNIPPET = 200
 
 
 async def post_json(
-    url: str, payload: Any, headers: Mapping[str, str], time_limit: float
+    url: str,
+    payload: Any,
+    headers: Mapping[str, str],
+    time_limit: float,
+    content_type: str = "application/json",
 ) -> tuple[int, str]:
-    """POST ``payload`` as JSON (values JSON cannot hold are sent as strings) and return
-    the status and body. ``time_limit`` (seconds) bounds the whole call (connect, send,
-    read).
+    """POST ``payload`` as JSON (values JSON cannot hold are sent as strings; a str is
+    sent as it is: a rendered body template) and return the status and body.
+    ``time_limit`` (seconds) bounds the whole call (connect, send, read).
 
     Raises :class:`TimeoutError` on timeout, :class:`aiohttp.ClientError` when the
     server cannot be reached or the connection breaks.
     """
-    data = json.dumps(payload, default=str)
-    sent = {"Content-Type": "application/json", **headers}
+    data = payload if isinstance(payload, str) else json.dumps(payload, default=str)
+    sent = {"Content-Type": content_type, **headers}
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=time_limit)) as session,
         session.post(url, data=data, headers=sent, allow_redirects=False) as response,
@@ -62,16 +67,35 @@ async def run_webhook(
     headers: Mapping[str, str],
     *,
     backoff: float = RETRY_BACKOFF,
+    url: str | None = None,
 ) -> tuple[bool, str]:
-    """Call the webhook test ``spec`` with ``context``; return (passed, what happened)."""
+    """Call the webhook test ``spec`` with ``context``; return (passed, what happened).
+    ``url``: the URL read from ``spec.urlFrom`` (else ``spec.url``). The message never
+    shows the URL as written (see canary_operator.redact)."""
+    target_url = url or spec.url or ""
+    passed, message = await _run_webhook(spec, target_url, context, headers, backoff)
+    return passed, scrub(message, [target_url])
+
+
+async def _run_webhook(
+    spec: WebhookSpec,
+    url: str,
+    context: Mapping[str, Any],
+    headers: Mapping[str, str],
+    backoff: float,
+) -> tuple[bool, str]:
     timeout = parse_duration(spec.timeout).total_seconds()
+    try:
+        payload: Any = dict(context) if spec.body is None else render_body(spec.body, context)
+    except ValueError as exc:
+        return False, f"POST {display_url(url)}: body template: {exc}"
     attempts = spec.retries + 1
-    target = f"POST {display_url(spec.url)}"
+    target = f"POST {display_url(url)}"
     delay = backoff
     what = ""
     for attempt in range(1, attempts + 1):
         try:
-            status, body = await post_json(spec.url, dict(context), headers, timeout)
+            status, body = await post_json(url, payload, headers, timeout, spec.content_type)
         except TimeoutError:
             what = f"timed out after {timeout:g}s"
         except aiohttp.ClientError as exc:
@@ -123,12 +147,9 @@ async def resolve_headers(
 
 
 def display_url(url: str) -> str:
-    """``url`` without user and password, for messages."""
-    try:
-        parsed = URL(url)
-    except (ValueError, TypeError):
-        return url
-    return str(parsed.with_user(None)) if parsed.user or parsed.password else url
+    """``url`` as messages may show it: without user, password, query values and
+    token-like path segments (see canary_operator.redact)."""
+    return redact_url(url)
 
 
 def snippet(text: str, limit: int = _SNIPPET) -> str:

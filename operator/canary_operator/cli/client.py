@@ -21,6 +21,7 @@ from canary_operator.kube.api import Conflict, JsonObj, Kube, path
 from canary_operator.rollout_view import settled
 
 T = TypeVar("T")
+CLI_FIELD_MANAGER = "kubectl-canary"  # the plugin's writes are the user's, not the operator's
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 WATCH_SECONDS = 60  # one watch request; then re-read and watch again
 
@@ -53,7 +54,9 @@ async def connect(kubeconfig: str | None, context: str | None, namespace: str | 
         except config.ConfigException as exc:
             raise CliError(f"in-cluster configuration failed: {exc}") from exc
         default_ns = _read_file(SA_NAMESPACE_FILE) or "default"
-        return Session(Kube(client.ApiClient(cfg)), namespace or default_ns, str(cfg.host))
+        return Session(
+            Kube(client.ApiClient(cfg), CLI_FIELD_MANAGER), namespace or default_ns, str(cfg.host)
+        )
     cfg = client.Configuration()
     try:
         loader = await config.load_kube_config(
@@ -64,7 +67,9 @@ async def connect(kubeconfig: str | None, context: str | None, namespace: str | 
         raise CliError(f"no usable cluster configuration ({where}): {exc}") from exc
     current = getattr(loader, "current_context", None) or {}
     default_ns = (current.get("context") or {}).get("namespace") or "default"
-    return Session(Kube(client.ApiClient(cfg)), namespace or default_ns, str(cfg.host))
+    return Session(
+        Kube(client.ApiClient(cfg), CLI_FIELD_MANAGER), namespace or default_ns, str(cfg.host)
+    )
 
 
 def _read_file(file: Path) -> str | None:

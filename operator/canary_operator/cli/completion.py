@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[list[str], str | None]] = {
     "pause": ([], "rollout"),
     "resume": ([], "rollout"),
     "promote": ([], "rollout"),
-    "retry": ([], "rollout"),
+    "retry": (["--allow-older"], "rollout"),
     "lock": (["--history"], "target"),
     "reset": (["--timeout", "--no-wait", "--http-route", "--service"], "target"),
     "completion": ([], "shell"),

@@ -21,6 +21,7 @@ from canary_operator.api import models
 from canary_operator.api.models import CanaryRolloutSpec, Phase
 from canary_operator.cli import client, listing, live, wait
 from canary_operator.cli.client import CliError, Session
+from canary_operator.engine.machine import ALLOW_OLDER_ANNOTATION
 from canary_operator.kube.api import JsonObj, path
 from canary_operator.lock import queue
 from canary_operator.lock.lease import HISTORY_ANNOTATION, HOLDER_ANNOTATION, lease_name
@@ -167,6 +168,7 @@ def render_status(
         field("Step", status["stepLabel"])
     field("Weight", f"{status['weight']}% to canary" if status.get("weight") is not None else "-")
     lines.append(_queue_line(status))
+    field("Live", live_text(status))
     if spec.get("paused"):
         field("Paused", "yes (spec.paused); resume with: kubectl canary resume " + meta["name"])
     outcome = status.get("outcome")
@@ -185,6 +187,11 @@ def render_status(
         if cleanup.get("finishedAt"):
             text += f", finished {cleanup['finishedAt']}"
         field("Cleanup", text)
+        for failed in cleanup.get("failedSteps") or []:
+            field(
+                "",
+                f"best-effort step {failed['step']} {failed['name']} failed: {failed['message']}",
+            )
     lines.extend(_analysis_lines(status))
     conditions = status.get("conditions") or []
     if conditions:
@@ -201,13 +208,28 @@ def render_status(
         lines.append(f"Events (last {min(len(events), max_events)} of {len(events)}):")
         for event in events[-max_events:]:
             stamp = (event.get("lastTimestamp") or event.get("eventTime") or "")[11:19]
+            times = int(event.get("count") or 1)  # an aggregated Event: seen that often
             lines.append(
                 f"  {stamp:<8}  {event.get('type', ''):<7}  {event.get('reason', ''):<20}  "
-                f"{event.get('message', '')}"
+                f"{event.get('message', '')}" + (f" (x{times})" if times > 1 else "")
             )
         if not events:
             lines.append("  <none>")
     return "\n".join(lines)
+
+
+def live_text(status: JsonObj) -> str:
+    """What the target runs (status.live), and who promoted it."""
+    live = status.get("live")
+    if not live:
+        return "- (no promotion by canary-operator recorded on the target)"
+    who = "this rollout" if live.get("thisRollout") else live.get("rollout", "?")
+    text = f"{live.get('version', '?')}  promoted by {who} run {live.get('run', '?')}"
+    if live.get("promotedAt"):
+        text += f" at {live['promotedAt']}"
+    if live.get("drifted"):
+        text += f"; DRIFTED: the target now runs {live['drifted']}"
+    return text
 
 
 def _queue_line(status: JsonObj) -> str:
@@ -446,8 +468,14 @@ async def cmd_retry(session: Session, args: argparse.Namespace) -> int:
     # The resume annotation names a step, not a run: a stale one would let the new run
     # skip its pause steps.
     annotations = {RETRY_ANNOTATION: str(run), RESUME_ANNOTATION: None}
+    # Only the run asked for may be older than what is live: the annotation names it.
+    annotations[ALLOW_OLDER_ANNOTATION] = str(run) if args.allow_older else None
     await _patch_read(session, body, annotations, {"abort": False})
-    print(f"canaryrollout/{args.name} retry requested: run {run} starts (it queues for the lock)")
+    older = " (allowed to roll out a version older than the live one)" if args.allow_older else ""
+    print(
+        f"canaryrollout/{args.name} retry requested: run {run} starts{older} "
+        "(it queues for the lock)"
+    )
     return 0
 
 
@@ -631,9 +659,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("pause", cmd_pause, "hold a rollout at its current step (spec.paused)"),
         ("resume", cmd_resume, "continue a paused rollout, or release its pause step"),
         ("promote", cmd_promote, "skip the remaining steps to promotion"),
-        ("retry", cmd_retry, "start a new run of a finished rollout"),
     ):
         command(name, func, help_).add_argument("name")
+    p = command("retry", cmd_retry, "start a new run of a finished rollout")
+    p.add_argument("name")
+    p.add_argument(
+        "--allow-older",
+        action="store_true",
+        help="let this run roll out its version even if a newer one was promoted since "
+        "(otherwise such a run ends Superseded, reason OlderThanLive)",
+    )
     p = command("lock", cmd_lock, "who holds a target's lock, who waits, and its history")
     p.add_argument("target", help="lock key: the target Deployment or spec.lockGroup")
     p.add_argument("--history", type=int, default=10, help="history entries to show")

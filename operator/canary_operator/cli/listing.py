@@ -11,7 +11,7 @@ TYPE_CHECKING = False  # typing itself is not imported on the fast path
 if TYPE_CHECKING:
     from canary_operator.rollout_view import JsonObj
 
-HEADER = ["NAME", "TARGET", "PHASE", "STEP", "WEIGHT", "QUEUE", "AGE"]
+HEADER = ["NAME", "TARGET", "PHASE", "STEP", "WEIGHT", "QUEUE", "LIVE", "AGE"]
 
 
 def epoch(timestamp: str) -> int:
@@ -56,6 +56,7 @@ def row(body: JsonObj, with_namespace: bool, now: float | None = None) -> list[s
         str(status.get("stepLabel") or "-"),
         f"{weight}%" if weight is not None else "-",
         str(status.get("queueLabel") or "-"),
+        str((status.get("live") or {}).get("label") or "-"),
         age(meta.get("creationTimestamp"), now),
     ]
     return [meta["namespace"], *cells] if with_namespace else cells

@@ -12,6 +12,7 @@ cleanup has been verified.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from canary_operator.api.models import (
@@ -22,6 +23,8 @@ from canary_operator.api.models import (
     ChildStepStatus,
     CleanupStatus,
     Condition,
+    FailedCleanupStep,
+    LiveVersion,
     LockStatus,
     Outcome,
     ParallelItem,
@@ -34,6 +37,7 @@ from canary_operator.api.models import (
     WebhookSpec,
     parse_duration,
 )
+from canary_operator.checks.render import template_problems
 from canary_operator.engine import analysis
 from canary_operator.engine.types import (
     Action,
@@ -47,6 +51,7 @@ from canary_operator.engine.types import (
     Observed,
     Plan,
     PromoteStable,
+    PromotionRecord,
     ReleaseLock,
     RemoveFinalizer,
     ResetRoute,
@@ -61,6 +66,8 @@ PROMOTE_ANNOTATION = "canary-operator.dev/promote"  # = run number: skip to prom
 # For humans, when a cleanup can never finish: give the lock up without a verified
 # cleanup. The next holder cleans the target before its first step.
 FORCE_RELEASE_ANNOTATION = "canary-operator.dev/force-release"
+# = run number: that run may roll out a version older than the one live on the target.
+ALLOW_OLDER_ANNOTATION = "canary-operator.dev/allow-older"
 
 # Polling is only a safety net: progress is driven by watch events on the rollout,
 # its Deployments, Jobs and the Lease. These bound how stale a missed event can leave us.
@@ -74,6 +81,29 @@ def iso(t: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def precise(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_any_time(text: str) -> datetime | None:
+    """A timestamp in seconds (the API's) or microseconds (the operator's own)."""
+    for form in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, form).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    return None
+
+
+def image_label(images: dict[str, str] | Mapping[str, str]) -> str:
+    """The short form of a version: each image's last path element (web:2.0)."""
+    return ",".join(sorted(image.rsplit("/", 1)[-1] for image in images.values()))
+
+
+def version_text(images: Mapping[str, str]) -> str:
+    return ",".join(f"{c}={i}" for c, i in sorted(images.items()))
 
 
 def step_label(spec: CanaryRolloutSpec, index: int | None) -> str | None:
@@ -169,7 +199,75 @@ def plan(rollout: Rollout, obs: Observed) -> Plan:
     elif status.phase in TERMINAL_PHASES and status.cleanup is not None:
         status.weight = 0
     status.step_label = step_label(rollout.spec, status.current_step)
+    _record_live(ctx)
     return ctx.plan
+
+
+def _record_version_age(ctx: _Context) -> None:
+    """status.versionSince: when this spec was first seen. The first spec is as old as
+    the rollout (creationTimestamp, the API server's clock); a changed spec is as old as
+    the reconcile that first saw it. A retry keeps it (same spec, same age)."""
+    status, fingerprint = ctx.status, ctx.rollout.spec.run_fingerprint()
+    if status.fingerprint is not None and status.fingerprint != fingerprint:
+        status.version_since = precise(ctx.now)
+    elif status.version_since is None:
+        status.version_since = ctx.rollout.created or precise(ctx.now)
+    status.fingerprint = fingerprint
+
+
+def _older_than_live(ctx: _Context) -> str | None:
+    """Why this run must not start because the target runs a newer version, or None.
+
+    "Older" compares the ages of the two specs, never version strings: this run's
+    status.versionSince against the versionSince recorded with the target's last
+    promotion. A run of the very spec that is live (same rollout, same fingerprint) is
+    never older. The user may let one run through (annotation allow-older=<run>)."""
+    target = ctx.obs.target
+    record = target.promotion if target is not None else None
+    status, rollout = ctx.status, ctx.rollout
+    if record is None or status.version_since is None:
+        return None
+    if record.uid == rollout.uid and record.fingerprint == status.fingerprint:
+        return None
+    mine, live = parse_any_time(status.version_since), parse_any_time(record.version_since)
+    if mine is None or live is None or live <= mine:
+        return None
+    if rollout.annotations.get(ALLOW_OLDER_ANNOTATION) == str(status.run):
+        return None
+    return (
+        f"target {rollout.spec.target.deployment} runs {version_text(record.images)}, promoted "
+        f"by {record.rollout} run {record.run} at {record.promoted_at}; that version "
+        f"(since {record.version_since}) is newer than this one (since "
+        f"{status.version_since}), so this run was refused and nothing was changed. To roll "
+        f"this older version out anyway: kubectl canary retry {rollout.name} --allow-older"
+    )
+
+
+def _record_live(ctx: _Context) -> None:
+    """status.live: what the target runs, from its promotion record, and whether it
+    still runs it (a client-side `kubectl apply` of an older manifest reverts the
+    images and keeps the record: that shows as drift)."""
+    target = ctx.obs.target
+    record: PromotionRecord | None = target.promotion if target is not None else None
+    if target is None or record is None:
+        return
+    now_runs = {c: target.images.get(c, "") for c in record.images}
+    drifted = (
+        version_text({c: i or "(none)" for c, i in now_runs.items()})
+        if now_runs != dict(record.images)
+        else None
+    )
+    ctx.status.live = LiveVersion(
+        rollout=record.rollout,
+        uid=record.uid,
+        run=record.run,
+        version=version_text(record.images),
+        label=image_label(record.images) + (" (drifted)" if drifted else ""),
+        version_since=record.version_since,
+        promoted_at=record.promoted_at,
+        this_rollout=record.uid == ctx.rollout.uid,
+        drifted=drifted,
+    )
 
 
 # ---------------------------------------------------------------------- phases
@@ -207,7 +305,15 @@ def _terminal(ctx: _Context) -> None:
 
 def _new_run(ctx: _Context, message: str, run: int | None = None) -> None:
     old = ctx.status
-    fresh = CanaryRolloutStatus(run=run or old.run + 1, conditions=old.conditions)
+    # The spec's age and what the target runs carry over: a retry of the same spec is
+    # as old as that spec (see _older_than_live).
+    fresh = CanaryRolloutStatus(
+        run=run or old.run + 1,
+        conditions=old.conditions,
+        fingerprint=old.fingerprint,
+        version_since=old.version_since,
+        live=old.live,
+    )
     ctx.status = fresh
     ctx.plan.status = fresh
     for type_ in ("Completed", "Failed"):  # the previous run's verdict is not this run's
@@ -219,7 +325,7 @@ def _new_run(ctx: _Context, message: str, run: int | None = None) -> None:
 def _pending(ctx: _Context) -> None:
     rollout, status, obs = ctx.rollout, ctx.status, ctx.obs
     status.run = max(status.run, 1)
-    status.fingerprint = rollout.spec.run_fingerprint()
+    _record_version_age(ctx)
     status.observed_generation = rollout.generation
     if rollout.deleting:
         _end_without_run(ctx, Result.DELETED, "deleted before it started")
@@ -238,6 +344,10 @@ def _pending(ctx: _Context) -> None:
             f"target Deployment {rollout.spec.target.deployment!r} not found",
         )
         return
+    older = _older_than_live(ctx)
+    if older:
+        _end_without_run(ctx, Result.OLDER_THAN_LIVE, older)
+        return
     status.queued_at = ctx.now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     ctx.enter(Phase.QUEUED, f"waiting for lock {obs.lock.name}")
     ctx.set_condition("Progressing", True, "Queued", status.message or "")
@@ -255,7 +365,7 @@ def _queued(ctx: _Context) -> None:
         _end_without_run(ctx, Result.ABORTED, "aborted while queued", lock.held)
         return
     if status.fingerprint != spec.run_fingerprint():
-        status.fingerprint = spec.run_fingerprint()
+        _record_version_age(ctx)
         status.observed_generation = rollout.generation
     # Checked again here: the spec may have changed while it waited.
     problems = [*_spec_problems(spec), *obs.policy_problems]
@@ -269,6 +379,12 @@ def _queued(ctx: _Context) -> None:
             f"target Deployment {spec.target.deployment!r} not found",
             lock.held,
         )
+        return
+    # Before anything touches the target, also right after the lock is taken (while it
+    # is held no other run can promote): a version older than the live one never runs.
+    older = _older_than_live(ctx)
+    if older:
+        _end_without_run(ctx, Result.OLDER_THAN_LIVE, older, lock.held)
         return
     if lock.superseded_by and not lock.held:
         _end_without_run(
@@ -476,6 +592,9 @@ def _cleaning_up(ctx: _Context) -> None:
             if answer is None:
                 status.message = f"cleanup: calling {label}"
                 return
+            if not answer[0] and not user.required:
+                _best_effort_failed(ctx, k, user.name or "webhook", label, answer[1])
+                continue
             if not answer[0]:
                 _cleanup_failed(ctx, f"{label} failed: {answer[1]}")
                 return
@@ -490,6 +609,9 @@ def _cleaning_up(ctx: _Context) -> None:
             ctx.act(EnsureJob(name=name, template=user.job, step_label=label))
             ctx.plan.requeue(POLL_RUNNING)
             return
+        if job.failed and not user.required:
+            _best_effort_failed(ctx, k, user.name or "job", label, job.message or "Job failed")
+            continue
         if job.failed:
             _cleanup_failed(ctx, f"{label} failed: {job.message}")
             return
@@ -505,7 +627,11 @@ def _cleaning_up(ctx: _Context) -> None:
     cleanup.finished_at = iso(ctx.now)
     cleanup.last_error = None
     cleanup.next_attempt_at = None
-    ctx.set_condition("CleanupVerified", True, "Verified", "100% stable, no canary left")
+    skipped = ", ".join(f.name for f in cleanup.failed_steps or [])
+    verified = "100% stable, no canary left" + (
+        f"; best-effort cleanup steps failed: {skipped}" if skipped else ""
+    )
+    ctx.set_condition("CleanupVerified", True, "Verified", verified)
     ctx.event("CleanupFinished", "cleanup verified: 100% stable, no canary objects left")
     ctx.act(ReleaseLock())
     ctx.event("LockReleased", f"released lock {obs.lock.name}")
@@ -725,7 +851,7 @@ def _promote(ctx: _Context) -> StepResult:
     assert target is not None
     rid = run_id(ctx.rollout)
     if target.promoted_by != rid:
-        ctx.act(PromoteStable(rid))
+        ctx.act(PromoteStable(rid, ctx.status.version_since or precise(ctx.now)))
         ctx.plan.requeue(POLL_RUNNING)
         return None
     if not target.rolled_out:
@@ -776,6 +902,14 @@ def _spec_problems(spec: CanaryRolloutSpec) -> list[str]:
         for item in items:
             if item.analysis is not None:
                 problems += [f"step {n}: {e}" for e in analysis.spec_errors(item.analysis)]
+            webhook = item.test.webhook if item.test is not None else None
+            if webhook is not None and webhook.body is not None:
+                problems += [f"step {n} webhook body: {e}" for e in template_problems(webhook.body)]
+    for n, user in enumerate(spec.cleanup or [], start=1):
+        if user.webhook is not None and user.webhook.body is not None:
+            problems += [
+                f"cleanup {n} webhook body: {e}" for e in template_problems(user.webhook.body)
+            ]
     return problems
 
 
@@ -882,6 +1016,23 @@ def _force_release(ctx: _Context) -> None:
         ctx.event("LockReleased", f"released lock {ctx.obs.lock.name} (forced)", warning=True)
     ctx.status.outcome.message += f"; {why}"
     _finish(ctx, ctx.status.outcome)
+
+
+def _best_effort_failed(ctx: _Context, k: int, name: str, label: str, message: str) -> None:
+    """A `required: false` cleanup step failed: recorded, said once, and passed over
+    (the target's state does not depend on it, so the lock need not wait for it)."""
+    cleanup = ctx.status.cleanup
+    assert cleanup is not None
+    cleanup.failed_steps = [
+        *(cleanup.failed_steps or []),
+        FailedCleanupStep(step=k + 1, name=name, message=message[:1000], at=iso(ctx.now)),
+    ]
+    cleanup.user_step = k + 1
+    ctx.event(
+        "CleanupStepFailed",
+        f"{label} (best effort, required: false) failed: {message}; cleanup goes on",
+        warning=True,
+    )
 
 
 def _cleanup_failed(ctx: _Context, error: str) -> None:

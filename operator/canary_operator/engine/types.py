@@ -33,6 +33,7 @@ class Rollout:
     deleting: bool = False
     has_finalizer: bool = True
     annotations: Mapping[str, str] = field(default_factory=dict)
+    created: str | None = None  # metadata.creationTimestamp
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,22 @@ class LockView:
 
 
 @dataclass(frozen=True)
+class PromotionRecord:
+    """What the operator wrote on the target when it last promoted it (annotation
+    canary-operator.dev/promotion): which rollout, run and version, and how old that
+    version is (`version_since`, the promoting spec's age), so later runs can tell
+    whether they are older than what is live."""
+
+    rollout: str
+    uid: str
+    run: int
+    fingerprint: str
+    images: Mapping[str, str]  # container -> image, as promoted
+    version_since: str
+    promoted_at: str
+
+
+@dataclass(frozen=True)
 class WorkloadView:
     """A Deployment's observed state."""
 
@@ -62,6 +79,8 @@ class WorkloadView:
     updated: int
     current: bool  # the controller has observed the latest generation
     promoted_by: str | None = None  # annotation naming the run that promoted it
+    promotion: PromotionRecord | None = None
+    images: Mapping[str, str] = field(default_factory=dict)  # container -> image now
 
     @property
     def rolled_out(self) -> bool:
@@ -181,9 +200,11 @@ class DeleteJob:
 
 @dataclass(frozen=True)
 class PromoteStable:
-    """Put the new version into the stable Deployment, marked with `run_id`."""
+    """Put the new version into the stable Deployment, marked with `run_id` and the
+    promotion record (which version, how old) that later runs compare themselves with."""
 
     run_id: str
+    version_since: str = ""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,14 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from canary_operator import __version__
+
 JsonObj = dict[str, Any]
+# Every write names its field manager, so `managedFields` (and with it server-side
+# apply conflicts, Argo CD's diff) attribute the operator's fields to the operator,
+# not to the client library's default ("OpenAPI-Generator"). The User-Agent says the same
+# to audit logs and to the API server's default manager for the one write that takes
+# no fieldManager (DELETE).
 FIELD_MANAGER = "canary-operator"
 
 
@@ -67,8 +74,10 @@ def path(
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
         self.api_client = api_client
+        self.field_manager = field_manager
+        api_client.user_agent = f"{field_manager}/{__version__}"
 
     async def request(
         self,
@@ -118,28 +127,35 @@ class Kube:
         return items
 
     async def create(self, resource_path: str, body: JsonObj) -> JsonObj:
-        result: JsonObj = await self.request("POST", resource_path, body)
+        result: JsonObj = await self.request(
+            "POST", resource_path, body, query={"fieldManager": self.field_manager}
+        )
         return result
 
     async def replace(self, resource_path: str, body: JsonObj) -> JsonObj:
         """PUT; the body's metadata.resourceVersion makes it conditional."""
-        result: JsonObj = await self.request("PUT", resource_path, body)
+        result: JsonObj = await self.request(
+            "PUT", resource_path, body, query={"fieldManager": self.field_manager}
+        )
         return result
 
     async def merge_patch(self, resource_path: str, patch: JsonObj) -> JsonObj:
         result: JsonObj = await self.request(
-            "PATCH", resource_path, patch, content_type="application/merge-patch+json"
+            "PATCH",
+            resource_path,
+            patch,
+            query={"fieldManager": self.field_manager},
+            content_type="application/merge-patch+json",
         )
         return result
 
-    async def apply(self, resource_path: str, body: JsonObj) -> JsonObj:
-        """Server-side apply: idempotent create-or-update of the fields we own."""
+    async def apply(self, resource_path: str, body: JsonObj, force: bool = True) -> JsonObj:
+        """Server-side apply: idempotent create-or-update of the fields we own. With
+        `force`, fields another manager owns with a different value become ours (the
+        conflict moves to that manager's next apply)."""
+        query = {"fieldManager": self.field_manager, **({"force": "true"} if force else {})}
         result: JsonObj = await self.request(
-            "PATCH",
-            resource_path,
-            body,
-            query={"fieldManager": FIELD_MANAGER, "force": "true"},
-            content_type="application/apply-patch+yaml",
+            "PATCH", resource_path, body, query=query, content_type="application/apply-patch+yaml"
         )
         return result
 

@@ -7,6 +7,7 @@ by a later rollout that took the lock over) finds them by label, not by memory.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +24,9 @@ ROLLOUT_LABEL = "canary-operator.dev/rollout"
 PURPOSE_LABEL = "canary-operator.dev/purpose"
 PROMOTED_BY = "canary-operator.dev/promoted-by"
 FENCING = "canary-operator.dev/fencing-token"
+# JSON: which rollout/run promoted which images, and how old that version is.
+PROMOTION = "canary-operator.dev/promotion"
+FIELD_MANAGER = "canary-operator"  # as kube.api.FIELD_MANAGER (objects stays import-free)
 
 
 def _name_base(spec: CanaryRolloutSpec, room: int) -> str:
@@ -93,6 +97,80 @@ def new_pod_template(spec: CanaryRolloutSpec, target: JsonObj) -> JsonObj:
             )
         containers[override.container]["image"] = override.image
     return current
+
+
+def template_images(template: JsonObj) -> dict[str, str]:
+    """container -> image of a pod template."""
+    return {
+        str(c.get("name")): str(c.get("image", ""))
+        for c in (template.get("spec") or {}).get("containers") or []
+    }
+
+
+def _owned_template(target: JsonObj, manager: str) -> tuple[set[str], bool]:
+    """From the target's managedFields: the containers whose image `manager` applied,
+    and whether it applied anything else in the pod template (a full-template
+    promotion), which a later images-only apply must keep applying (fields an applier
+    stops applying are removed when nobody else owns them)."""
+    images: set[str] = set()
+    other = False
+    for entry in target["metadata"].get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        if entry.get("subresource"):
+            continue
+        template = ((entry.get("fieldsV1") or {}).get("f:spec") or {}).get("f:template")
+        if not template:
+            continue
+        other = other or any(k != "f:spec" for k in template)
+        pod = template.get("f:spec") or {}
+        other = other or any(k != "f:containers" for k in pod)
+        for key, fields in (pod.get("f:containers") or {}).items():
+            if not key.startswith("k:"):
+                other = True
+                continue
+            try:
+                images.add(str(json.loads(key[2:])["name"]))
+            except (ValueError, KeyError, TypeError):
+                other = True
+            other = other or any(f not in (".", "f:name", "f:image") for f in fields)
+    return images, other
+
+
+def promotion(spec: CanaryRolloutSpec, target: JsonObj, annotations: dict[str, str]) -> JsonObj:
+    """The server-side apply configuration of a promotion: only the fields it changes.
+
+    With `spec.images`, the named containers' images (plus those of containers whose
+    image an earlier promotion applied, which would otherwise be removed); with
+    `spec.template`, the whole new template. The annotations carry the record. The
+    target's resourceVersion makes the apply conditional (fencing)."""
+    new = new_pod_template(spec, target)
+    owned, whole = _owned_template(target, FIELD_MANAGER)
+    if spec.template is not None or whole:
+        template: JsonObj = new
+    else:
+        names = {o.container for o in spec.images or []} | owned
+        template = {
+            "spec": {
+                "containers": [
+                    {"name": c["name"], "image": c["image"]}
+                    for c in new["spec"].get("containers", [])
+                    if c["name"] in names
+                ]
+            }
+        }
+    meta = target["metadata"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "resourceVersion": meta["resourceVersion"],
+            "annotations": annotations,
+        },
+        "spec": {"template": template},
+    }
 
 
 def owned_metadata(
