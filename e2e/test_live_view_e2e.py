@@ -120,6 +120,7 @@ def test_list_costs_about_what_kubectl_get_costs(
         "STEP",
         "WEIGHT",
         "QUEUE",
+        "LIVE",
         "AGE",
     ]
     assert listed.stdout.split("\n")[1].split()[:2] == ["web-seed", "web"]
