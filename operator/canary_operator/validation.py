@@ -171,11 +171,34 @@ def job_templates(spec: CanaryRolloutSpec) -> Iterator[tuple[str, str, str, JobT
 
 
 _INVALID_PREFIX = re.compile(r'^[A-Za-z.]+ "[^"]*" is invalid: ')
+# What the API server says of a value of the wrong JSON type, in Go's words.
+_WRONG_TYPE = re.compile(
+    r"(?:[A-Za-z]+ in version \S+ cannot be handled as a [A-Za-z]+: )?"
+    r"json: cannot unmarshal (?P<got>\w+) into Go struct field \w+\.(?P<field>\S+)"
+    r" of type (?P<want>\S+)"
+)
+
+
+def _json_type(go_type: str) -> str:
+    if go_type.startswith("[]"):
+        return "a list"
+    if go_type.startswith("map[") or "." in go_type:
+        return "an object"
+    if go_type.startswith(("int", "uint", "float")):
+        return "a number"
+    return {"string": "a string", "bool": "true or false"}.get(go_type, go_type)
 
 
 def api_refusal(exc: ApiException) -> str:
-    """The API server's reason, without the `Kind "name" is invalid:` preamble."""
+    """The API server's reason in plain words: without the `Kind "name" is invalid:`
+    preamble, and a value of the wrong type said as such."""
     reason = str(exc.reason or f"HTTP {exc.status}")
+    wrong = _WRONG_TYPE.search(reason)
+    if wrong:
+        got = {"object": "an object", "array": "a list", "number": "a number"}.get(
+            wrong["got"], f"a {wrong['got']}"
+        )
+        return f"{wrong['field']} must be {_json_type(wrong['want'])}, not {got}"
     return _INVALID_PREFIX.sub("", reason)[:600]
 
 
