@@ -74,7 +74,9 @@ def _message(data: bytes, default: str | None) -> str:
         return default or ""
 
 
-async def container_tail(kube: Kube, namespace: str, pod: str, container: str) -> ContainerLogTail:
+async def container_tail(
+    kube: Kube, namespace: str, pod: str, container: str, limit: int = TAIL_BYTES
+) -> ContainerLogTail:
     try:
         raw = await asyncio.wait_for(_read_log(kube, namespace, pod, container), READ_TIMEOUT)
     except ApiException as exc:
@@ -82,16 +84,18 @@ async def container_tail(kube: Kube, namespace: str, pod: str, container: str) -
     except (TimeoutError, OSError) as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
         return ContainerLogTail(pod=pod, container=container, error=why[:300])
-    tail, truncated = tail_of(raw)
+    tail, truncated = tail_of(raw, limit)
     return ContainerLogTail(pod=pod, container=container, tail=tail, truncated=truncated)
 
 
-async def job_log_tails(kube: Kube, namespace: str, job: str) -> tuple[ContainerLogTail, ...]:
+async def job_log_tails(
+    kube: Kube, namespace: str, job: str, limit: int = TAIL_BYTES
+) -> tuple[ContainerLogTail, ...]:
     """Log tails of every container of the Job's latest pods."""
     pods = await kube.list(path("", "v1", "pods", namespace), f"{JOB_NAME_LABEL}={job}")
     pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
     reads = [
-        container_tail(kube, namespace, pod["metadata"]["name"], container)
+        container_tail(kube, namespace, pod["metadata"]["name"], container, limit)
         for pod in pods[:MAX_PODS]
         for container in _containers(pod)
     ]
