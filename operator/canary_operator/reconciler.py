@@ -844,6 +844,11 @@ def _refused(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
+    """What failed, in words for the user (never the name of a Python class)."""
     if isinstance(exc, ApiException):
         return f"API error {exc.status} {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, TimeoutError):
+        return f"timed out{': ' + str(exc) if str(exc) else ''}"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return f"connection failed: {exc or 'no answer'}"
+    return str(exc) or "unexpected error"

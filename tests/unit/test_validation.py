@@ -269,3 +269,20 @@ def test_log_tails_are_bounded_and_say_when_cut() -> None:
     raw = "é".encode() * 3000
     text, cut = tail_of(raw)
     assert cut and set(text) == {"é"} and len(text.encode()) <= TAIL_BYTES
+
+
+@pytest.mark.parametrize(
+    ("exc", "said"),
+    [
+        (ValueError("spec.images: container 'x' not in the target"), "spec.images: container"),
+        (TimeoutError(), "timed out"),
+        (ConnectionRefusedError(111, "refused"), "connection failed: [Errno 111] refused"),
+        (ApiException(status=422, reason="bad"), "API error 422 bad"),
+    ],
+)
+def test_failures_are_described_without_python_class_names(exc: BaseException, said: str) -> None:
+    from canary_operator.reconciler import _describe
+
+    described = _describe(exc)
+    assert described.startswith(said), described
+    assert type(exc).__name__ not in described
