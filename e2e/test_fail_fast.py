@@ -61,3 +61,31 @@ def test_a_canary_that_cannot_create_its_pods_fails_at_once_and_frees_the_lock(
     ended = datetime.strptime(status["completedAt"], "%Y-%m-%dT%H:%M:%SZ")
     assert (ended - started).total_seconds() < 60, (started, ended)  # not progressDeadline
     wait_phase(kube_cluster, ns, "web-v3", "Succeeded", timeout=90)
+
+
+def test_a_canary_whose_pods_cannot_be_scheduled_fails_at_once(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    ns = namespace
+    kube_cluster.apply(m.app(replicas=2), ns)
+    template = {
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {
+            # No node has this label: the scheduler marks the pod Unschedulable.
+            "nodeSelector": {"canary-operator.dev/no-such-node": "true"},
+            "containers": [{"name": "app", "image": "registry.example.com/web:2.0"}],
+        },
+    }
+    doc = yaml.safe_load(m.rollout("web-v2", [{"canary": {"replicas": 1}}, {"promote": {}}]))
+    del doc["spec"]["images"]
+    doc["spec"]["template"] = template
+    kube_cluster.apply(yaml.safe_dump(doc), ns)
+    status = wait_phase(kube_cluster, ns, "web-v2", "Failed", timeout=90)["status"]
+    message = status["outcome"]["message"]
+    assert status["outcome"]["failedStep"] == 1, status["outcome"]
+    assert "cannot be scheduled" in message and "node affinity/selector" in message, message
+    # The stable Deployment was never touched.
+    image = kube_cluster.get_json("deployment", "web", "-n", ns)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["image"]
+    assert image == "registry.example.com/web:1.0"
