@@ -244,3 +244,77 @@ def test_set_weight_before_any_canary_step_is_refused_at_apply(
         kube_cluster.apply(yaml.safe_dump(none), namespace)
     fine = rollout_doc("canary-first", steps=[{"canary": {}}, {"setWeight": 20}, {"promote": {}}])
     assert "created" in kube_cluster.apply(yaml.safe_dump(fine), namespace)
+
+
+def refusing_every_canary_write(namespace: str) -> str:
+    """An admission webhook nobody serves (failurePolicy Fail): the API server answers
+    every create/update of this namespace's canary Deployments, dry-runs included,
+    with a 500 — a spec that cannot be checked yet, not a bad one."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": f"refuse-all-canary-{namespace}"},
+            "webhooks": [
+                {
+                    "name": "refuse-canary.canary-operator.dev",
+                    "clientConfig": {"url": "https://127.0.0.1:9/refuse"},
+                    "rules": [
+                        {
+                            "apiGroups": ["apps"],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["deployments"],
+                        }
+                    ],
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": namespace}
+                    },
+                    "objectSelector": {"matchLabels": {"canary-operator.dev/role": "canary"}},
+                    "failurePolicy": "Fail",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "timeoutSeconds": 2,
+                }
+            ],
+        }
+    )
+
+
+def test_a_spec_that_cannot_be_checked_yet_waits_untouched_and_says_why(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    ns = namespace
+    kube_cluster.apply(m.app(replicas=2), ns)
+    kube_cluster.kubectl("rollout", "status", "deployment/web", "-n", ns, "--timeout=90s")
+    webhook = f"refuse-all-canary-{ns}"
+    kube_cluster.apply(refusing_every_canary_write(ns))
+    try:
+        before = settled_snapshot(kube_cluster, ns)
+        kube_cluster.apply(yaml.safe_dump(rollout_doc("web-v2")), ns)
+
+        def says_why() -> dict[str, Any] | None:
+            status = get_rollout(kube_cluster, ns, "web-v2").get("status") or {}
+            for c in status.get("conditions") or []:
+                if c["type"] == "ReconcileError" and c["status"] == "True":
+                    return status
+            return None
+
+        status = wait_for(says_why, 60, interval=0.5, message="web-v2 to say why it waits")
+        message = next(c for c in status["conditions"] if c["type"] == "ReconcileError")["message"]
+        assert "cannot check the spec yet" in message and "500" in message, message
+        assert status.get("phase", "Pending") == "Pending", status
+        assert snapshot(kube_cluster, ns) == before  # no Lease, no canary: nothing touched
+    finally:
+        kube_cluster.kubectl("delete", "validatingwebhookconfiguration", webhook, check=False)
+    # Checkable again: the run goes ahead.
+    body = wait_for(
+        lambda: (
+            (get_rollout(kube_cluster, ns, "web-v2").get("status") or {}).get("phase")
+            in ("Progressing", "Succeeded")
+        ),
+        120,
+        interval=0.5,
+        message="web-v2 to start once the webhook is gone",
+    )
+    assert body

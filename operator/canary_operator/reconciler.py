@@ -243,7 +243,14 @@ class Reconciler:
         ref = RunRef(namespace, name, rollout.uid, status.run)
         targets = await self._read_targets(rollout)
         obs = await self._observe(rollout, body, targets, ref)
-        obs = await self._validate_and_collect(rollout, obs, targets)
+        try:
+            obs = await self._validate_and_collect(rollout, obs, targets)
+        except TRANSIENT as exc:
+            # The spec cannot be checked yet (an admission webhook down, a slow API
+            # server): nothing is touched until it can be, and the status says why.
+            await self._say_retrying(
+                rollout, obs, body, f"cannot check the spec yet: {_describe(exc)}"
+            )
         result, retry_error = await self._plan_and_act(rollout, obs, targets, body, ref)
         written = await self._write_status(body, result.status)
         if written is None:
@@ -501,6 +508,17 @@ class Reconciler:
             in_flight=running,
             policy_problems=tuple(job_service_account_problems(spec, ns, self.allowed_accounts)),
         )
+
+    async def _say_retrying(
+        self, rollout: Rollout, obs: Observed, body: JsonObj, error: str
+    ) -> None:
+        """Record (once) that this reconcile cannot go on, then retry with backoff."""
+        said = machine.retrying(rollout, obs, rollout.status, error)
+        if await self._write_status(body, said.status) is not None:
+            for action in said.actions:
+                if isinstance(action, Emit):
+                    await self._emit(rollout, action)
+        raise RetryLater(error)
 
     async def _validate_and_collect(
         self, rollout: Rollout, obs: Observed, targets: _Targets
