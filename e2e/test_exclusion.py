@@ -288,6 +288,10 @@ def refusing_webhook(namespace: str) -> str:
                         "matchLabels": {"kubernetes.io/metadata.name": namespace}
                     },
                     "objectSelector": {"matchLabels": {"canary-operator.dev/role": "canary"}},
+                    # Real writes only: the server-side dry-run with which the operator
+                    # validates a spec before its run starts gets through, so the run
+                    # starts, takes the lock, and then its writes fail.
+                    "matchConditions": [{"name": "not-a-dry-run", "expression": "!request.dryRun"}],
                     "failurePolicy": "Fail",
                     "sideEffects": "None",
                     "admissionReviewVersions": ["v1"],

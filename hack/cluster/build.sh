@@ -34,10 +34,17 @@ stages_complete() {
   for s in "${kwok_stages[@]}"; do [ -s "$dest/kwok-stages/${s##*/}" ] || return 1; done
 }
 gateway_complete() { [ -s "$dest/gateway-api-crds/gateway.networking.k8s.io_httproutes.yaml" ]; }
+# kwok's log simulation (Logs, ClusterLogs): up.sh installs these CRDs so tests can
+# say what `kubectl logs` of a simulated pod returns.
+kwok_crds=(kwok.x-k8s.io_logs.yaml kwok.x-k8s.io_clusterlogs.yaml)
+kwok_crds_complete() {
+  local c
+  for c in "${kwok_crds[@]}"; do [ -s "$dest/kwok-crds/$c" ] || return 1; done
+}
 is_complete() {
   local b
   for b in "${want[@]}"; do [ -x "$bin/$b" ] || return 1; done
-  stages_complete && gateway_complete
+  stages_complete && gateway_complete && kwok_crds_complete
 }
 
 if is_complete; then
@@ -148,6 +155,16 @@ copy_kwok_stages() {
   ls "$dest/kwok-stages" >&2
 }
 
+copy_kwok_crds() {
+  log "copying kwok $KWOK_VERSION Logs/ClusterLogs CRDs"
+  local src c
+  src=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+  rm -rf "$dest/kwok-crds.tmp"; mkdir -p "$dest/kwok-crds.tmp"
+  for c in "${kwok_crds[@]}"; do cp "$src/kustomize/crd/bases/$c" "$dest/kwok-crds.tmp/"; done
+  chmod u+w "$dest/kwok-crds.tmp"/*
+  rm -rf "$dest/kwok-crds"; mv "$dest/kwok-crds.tmp" "$dest/kwok-crds"
+}
+
 fetch_gateway_api() {
   log "fetching Gateway API $GATEWAY_API_VERSION CRDs"
   local src
@@ -162,6 +179,7 @@ start=$(date +%s)
 [ -x "$bin/kwok" ] || build_kwok
 stages_complete || copy_kwok_stages
 gateway_complete || fetch_gateway_api
+kwok_crds_complete || copy_kwok_crds
 [ -x "$bin/etcd" ] || build_etcd
 for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
   [ -x "$bin/$b" ] || { build_kubernetes; break; }

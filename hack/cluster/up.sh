@@ -77,11 +77,13 @@ fi
 cache=$(dirname "$bin")
 stages=$cache/kwok-stages
 gateway_crds=$cache/gateway-api-crds
+kwok_crds=$cache/kwok-crds
 for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
   [ -x "$bin/$b" ] || die "$bin/$b is missing (run hack/cluster/build.sh)"
 done
 [ -n "$(ls "$stages"/*.yaml 2>/dev/null)" ] || die "no kwok stages in $stages"
 [ -n "$(ls "$gateway_crds"/*.yaml 2>/dev/null)" ] || die "no Gateway API CRDs in $gateway_crds"
+[ -n "$(ls "$kwok_crds"/*.yaml 2>/dev/null)" ] || die "no kwok CRDs in $kwok_crds (run hack/cluster/build.sh)"
 
 # --- from here on, failure cleans up -----------------------------------------
 
@@ -143,7 +145,7 @@ pick_ports() {
   done
   echo "${picked[@]}"
 }
-read -r etcd_port etcd_peer_port api_port < <(pick_ports 3)
+read -r etcd_port etcd_peer_port api_port kwok_port < <(pick_ports 4)
 server=https://127.0.0.1:$api_port
 
 # --- certificates ---------------------------------------------------------------
@@ -323,13 +325,20 @@ for f in "$stages"/*.yaml; do
 done
 for f in "$here"/stages/*.yaml; do stage_args+=("--config=$f"); done
 # HOME points into DIR so that a user's ~/.kwok/kwok.yaml is not picked up.
+# kwok also plays the kubelet's API: the nodes' address and kubelet port point at
+# its server (TLS, the API server does not verify it without
+# --kubelet-certificate-authority), so `kubectl logs` of a simulated pod returns
+# what a Logs/ClusterLogs object names (CRDs installed below).
 start kwok env HOME="$dir/kwok-home" "$bin/kwok" \
   --kubeconfig="$pki/kwok.kubeconfig" \
   "${stage_args[@]}" \
   --manage-all-nodes=false \
   --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --cidr="$pod_cidr" \
-  --node-ip=10.240.0.1 \
+  --node-ip=127.0.0.1 \
+  --node-port="$kwok_port" \
+  --server-address="127.0.0.1:$kwok_port" \
+  --enable-crds=Logs,ClusterLogs \
   --node-lease-duration-seconds=40
 
 wait_until "$timeout" kube-apiserver "the API server to be ready" kube get --raw /readyz
@@ -363,11 +372,11 @@ status:
 EOF
   done
 } >"$dir/nodes.yaml"
-kube apply --server-side --field-manager=canary-up -f "$dir/nodes.yaml" -f "$gateway_crds" >"$dir/logs/apply.log" 2>&1 ||
-  { cat "$dir/logs/apply.log" >&2; die "could not create the nodes and Gateway API CRDs"; }
+kube apply --server-side --field-manager=canary-up -f "$dir/nodes.yaml" -f "$gateway_crds" -f "$kwok_crds" >"$dir/logs/apply.log" 2>&1 ||
+  { cat "$dir/logs/apply.log" >&2; die "could not create the nodes and the Gateway API and kwok CRDs"; }
 
-wait_until "$timeout" kube-apiserver "the Gateway API CRDs to be Established" \
-  kube wait --for=condition=Established --timeout=5s -f "$gateway_crds"
+wait_until "$timeout" kube-apiserver "the Gateway API and kwok CRDs to be Established" \
+  kube wait --for=condition=Established --timeout=5s -f "$gateway_crds" -f "$kwok_crds"
 wait_until "$timeout" kwok "$nodes nodes to be Ready" \
   kube wait --for=condition=Ready --timeout=5s node -l type=kwok
 # The node lifecycle controller removes the not-ready taint once it sees the
@@ -395,6 +404,7 @@ cat >"$dir/ports" <<EOF
 API_SERVER=$server
 ETCD=http://127.0.0.1:$etcd_port
 ETCD_PEER=http://127.0.0.1:$etcd_peer_port
+KWOK_SERVER=https://127.0.0.1:$kwok_port
 EOF
 ok=1
 elapsed=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')

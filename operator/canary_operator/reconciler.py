@@ -47,6 +47,7 @@ from canary_operator.api.models import (
     parse_duration,
 )
 from canary_operator.api.models import MetricProvider as MetricProviderSpec
+from canary_operator.checks.evidence import job_log_tails
 from canary_operator.checks.inflight import CheckRunner, RunRef
 from canary_operator.checks.webhook import resolve_headers, run_webhook
 from canary_operator.engine import machine
@@ -87,10 +88,12 @@ from canary_operator.traffic.gateway_api import GatewayAPIRouter, PermanentRoute
 from canary_operator.traffic.istio import IstioRouter
 from canary_operator.traffic.nginx import NginxRouter
 from canary_operator.traffic.replicas import ReplicasRouter
+from canary_operator.validation import ClusterValidator, SpecValidator, refused_for_good
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "canary-operator.dev/cleanup"
+EVIDENCE = "evidence"  # purpose label of a failed test Job kept for its logs
 TRANSIENT = (ApiException, Conflict, aiohttp.ClientError, TimeoutError, OSError)
 
 
@@ -208,6 +211,8 @@ class Reconciler:
         self.checks = checks
         # Which ServiceAccounts rollout Jobs may name (`run --allow-job-service-accounts`).
         self.allowed_accounts = AllowedServiceAccounts.from_env()
+        # Checks of the spec against the cluster, made before a run touches anything.
+        self.validator: SpecValidator = ClusterValidator(kube)
         # Called after each status write: (namespace, name, old status, new status).
         self.on_status_written: StatusHook | None = None
         # Called with the written body once the transition's Events are out (the
@@ -248,6 +253,14 @@ class Reconciler:
         ref = RunRef(namespace, name, rollout.uid, status.run)
         targets = await self._read_targets(rollout)
         obs = await self._observe(rollout, body, targets, ref)
+        try:
+            obs = await self._validate_and_collect(rollout, obs, targets)
+        except TRANSIENT as exc:
+            # The spec cannot be checked yet (an admission webhook down, a slow API
+            # server): nothing is touched until it can be, and the status says why.
+            await self._say_retrying(
+                rollout, obs, body, f"cannot check the spec yet: {_describe(exc)}"
+            )
         result, retry_error = await self._plan_and_act(rollout, obs, targets, body, ref)
         written = await self._write_status(body, result.status)
         if written is None:
@@ -526,11 +539,11 @@ class Reconciler:
             return fresh is not None and fresh["metadata"]["resourceVersion"] == version
 
         # Independent round trips, issued at once (the route read needs no token).
-        lock, canary, canary_service, pods, jobs, route = await asyncio.gather(
+        lock, (canary, baseline), canary_service, pods, jobs, route = await asyncio.gather(
             self.lock.observe(
                 ns, spec.lock_key, me, shared, wants, self._holder_running, still_current
             ),
-            self.kube.get(path("apps", "v1", "deployments", ns, objects.canary_name(spec))),
+            self._role_deployments(ns, spec),
             self.kube.get(path("", "v1", "services", ns, objects.canary_name(spec))),
             self.kube.list(path("", "v1", "pods", ns), objects.any_role_selector(spec)),
             self.kube.list(path("batch", "v1", "jobs", ns), objects.target_selector(spec)),
@@ -541,7 +554,8 @@ class Reconciler:
             now=datetime.now(UTC),
             lock=lock,
             target=_workload(targets.target),
-            canary=_workload(canary),
+            canary=_workload(canary, _with_role(pods, "canary")),
+            baseline=_workload(baseline, _with_role(pods, "baseline")),
             canary_service=canary_service is not None,
             route=route,
             jobs={
@@ -555,6 +569,45 @@ class Reconciler:
             in_flight=running,
             policy_problems=tuple(job_service_account_problems(spec, ns, self.allowed_accounts)),
         )
+
+    async def _say_retrying(
+        self, rollout: Rollout, obs: Observed, body: JsonObj, error: str
+    ) -> None:
+        """Record (once) that this reconcile cannot go on, then retry with backoff."""
+        said = machine.retrying(rollout, obs, rollout.status, error)
+        if await self._write_status(body, said.status) is not None:
+            for action in said.actions:
+                if isinstance(action, Emit):
+                    await self._emit(rollout, action)
+        raise RetryLater(error)
+
+    async def _validate_and_collect(
+        self, rollout: Rollout, obs: Observed, targets: _Targets
+    ) -> Observed:
+        """Observations only some reconciles need: the spec checked against the cluster
+        when a run may start, and the log tails of failed test Jobs not yet recorded."""
+        if machine.wants_validation(rollout, obs.lock.held) and targets.target is not None:
+            problems = await self.validator.problems(rollout, targets.target, targets.service)
+            obs = replace(obs, spec_problems=tuple(problems))
+        wanted = machine.jobs_wanting_logs(rollout.status, obs.jobs)
+        if wanted:
+            tails = await asyncio.gather(
+                *(job_log_tails(self.kube, rollout.namespace, job) for job in wanted)
+            )
+            obs = replace(obs, job_logs=dict(zip(wanted, tails, strict=True)))
+        return obs
+
+    async def _role_deployments(
+        self, ns: str, spec: CanaryRolloutSpec
+    ) -> tuple[JsonObj | None, JsonObj | None]:
+        """The canary Deployment, and the baseline's when the spec asks for one."""
+        canary, baseline = await asyncio.gather(
+            self.kube.get(path("apps", "v1", "deployments", ns, objects.canary_name(spec))),
+            self.kube.get(path("apps", "v1", "deployments", ns, objects.baseline_name(spec)))
+            if spec.baseline
+            else _nothing(),
+        )
+        return canary, baseline
 
     async def _holder_running(self, namespace: str, name: str, uid: str) -> bool:
         body = await self.kube.get(rollout_path(namespace, name))
@@ -630,8 +683,8 @@ class Reconciler:
                 await self.router(rollout, obs.lock.token).set_weight(weight)
             case ResetRoute():
                 await self.router(rollout, obs.lock.token).reset()
-            case DeleteCanaryObjects():
-                await self._delete_canary_objects(rollout)
+            case DeleteCanaryObjects(keep_jobs=keep):
+                await self._delete_canary_objects(rollout, frozenset(keep))
             case EnsureJob():
                 if targets.target is None:
                     raise ValueError(f"target Deployment {spec.target.deployment} not found")
@@ -688,7 +741,7 @@ class Reconciler:
         )
         await self.kube.apply(target_path, body)  # resourceVersion precondition
 
-    async def _delete_canary_objects(self, rollout: Rollout) -> None:
+    async def _delete_canary_objects(self, rollout: Rollout, keep: frozenset[str]) -> None:
         ns, spec = rollout.namespace, rollout.spec
         target = objects.target_selector(spec)
         for deployment in await self.kube.list(
@@ -704,7 +757,15 @@ class Reconciler:
         for job in await self.kube.list(
             path("batch", "v1", "jobs", ns), f"{target},{objects.PURPOSE_LABEL}=test"
         ):
-            await self.kube.delete(path("batch", "v1", "jobs", ns, job["metadata"]["name"]))
+            job_path = path("batch", "v1", "jobs", ns, job["metadata"]["name"])
+            if job["metadata"]["name"] in keep and _owned_by(job, rollout.uid):
+                # Kept for its logs (keepFailedJobs): relabelled so that no cleanup,
+                # of this rollout or a later one, deletes it; it goes with its owner.
+                await self.kube.merge_patch(
+                    job_path, {"metadata": {"labels": {objects.PURPOSE_LABEL: EVIDENCE}}}
+                )
+                continue
+            await self.kube.delete(job_path)
         # Pods of a deleted ReplicaSet go through the garbage collector; delete them
         # directly too, so verification does not wait on it.
         for pod in await self.kube.list(
@@ -780,7 +841,63 @@ def _after_status(action: Action) -> bool:
     return isinstance(action, ReleaseLock | RemoveFinalizer)
 
 
-def _workload(body: JsonObj | None) -> WorkloadView | None:
+def _with_role(pods: list[JsonObj], role: str) -> list[JsonObj]:
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get(objects.ROLE_LABEL) == role]
+
+
+# Container states that no wait cures: the image cannot be had, or the container
+# cannot even be created from its configuration.
+POD_START_FAILURES = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "ImageInspectError",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+def workload_failure(body: JsonObj, pods: list[JsonObj]) -> str | None:
+    """Why a Deployment's pods cannot come up, if that is already known: its
+    ReplicaSet could not create them (ReplicaFailure), its progress deadline passed, a
+    pod cannot pull its image or create a container, or cannot be scheduled."""
+    for condition in (body.get("status") or {}).get("conditions") or []:
+        kind, value = condition.get("type"), condition.get("status")
+        if (kind == "ReplicaFailure" and value == "True") or (
+            kind == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded"
+        ):
+            reason = condition.get("reason") or kind
+            return f"{reason}: {condition.get('message') or kind}"
+    for pod in pods:
+        if (pod["metadata"]).get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        name = pod["metadata"]["name"]
+        for container in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in POD_START_FAILURES:
+                message = waiting.get("message") or ""
+                return (
+                    f"pod {name} container {container.get('name')}: {waiting['reason']}"
+                    + (f": {message}" if message else "")
+                )[:600]
+        for condition in status.get("conditions") or []:
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                return f"pod {name} cannot be scheduled: {condition.get('message') or ''}"[:600]
+    return None
+
+
+def _workload(body: JsonObj | None, pods: list[JsonObj] | None = None) -> WorkloadView | None:
     if body is None:
         return None
     status = body.get("status") or {}
@@ -796,6 +913,7 @@ def _workload(body: JsonObj | None) -> WorkloadView | None:
         promoted_by=(body["metadata"].get("annotations") or {}).get(objects.PROMOTED_BY),
         promotion=_promotion(body),
         images=objects.template_images(body["spec"].get("template") or {}),
+        failure=workload_failure(body, pods) if pods is not None else None,
     )
 
 
@@ -833,6 +951,7 @@ def _job(body: JsonObj) -> JobView:
         failed=failed is not None,
         message=(failed or {}).get("message") or (failed or {}).get("reason") or "",
         cleanup=_purpose(body) == "cleanup",
+        kept=_purpose(body) == EVIDENCE,
     )
 
 
@@ -850,11 +969,17 @@ def _first_port(service: JsonObj) -> int | None:
 
 
 def _refused(exc: BaseException) -> bool:
-    """The API server rejected the request itself: sending it again cannot succeed."""
-    return isinstance(exc, ApiException) and exc.status in (400, 422)
+    """The API server rejected the request itself (400, 422, or a 500 for an object
+    it cannot type): sending it again cannot succeed."""
+    return refused_for_good(exc) and not (isinstance(exc, ApiException) and exc.status == 403)
 
 
 def _describe(exc: BaseException) -> str:
+    """What failed, in words for the user (never the name of a Python class)."""
     if isinstance(exc, ApiException):
         return f"API error {exc.status} {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, TimeoutError):
+        return f"timed out{': ' + str(exc) if str(exc) else ''}"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return f"connection failed: {exc or 'no answer'}"
+    return str(exc) or "unexpected error"

@@ -506,3 +506,51 @@ def processes_referencing(path: Path, pids: Iterable[int] | None = None) -> list
         if args and any(needle in a for a in args):
             found.append(pid)
     return found
+
+
+# --------------------------------------------------------------------------- pod logs
+
+KWOK_CLUSTER_LOGS_CRD = "clusterlogs.kwok.x-k8s.io"
+
+
+def simulate_pod_logs(cluster: Cluster, namespace: str, lines: list[str], directory: Path) -> bool:
+    """Make ``kubectl logs`` of every pod in ``namespace`` print ``lines``.
+
+    On the local cluster kwok plays the kubelets: a kwok ``ClusterLogs`` object
+    (hack/cluster/up.sh installs the CRD and points the nodes at kwok's server) names a
+    file in the CRI log format that kwok serves as the pods' logs. Returns False on a
+    cluster without kwok's log simulation (kind: real containers write real logs, so
+    a test makes its pods print the same lines).
+    """
+    if cluster.kubectl("get", "crd", KWOK_CLUSTER_LOGS_CRD, check=False).returncode != 0:
+        return False
+    directory.mkdir(parents=True, exist_ok=True)
+    log_file = directory / f"{namespace}.log"
+    # CRI format: RFC 3339 time, stream, F(ull line) or P(artial), the text.
+    log_file.write_text(
+        "".join(
+            f"2026-01-01T00:00:{n % 60:02d}.000000000Z stdout F {line}\n"
+            for n, line in enumerate(lines)
+        )
+    )
+    manifest = {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "ClusterLogs",
+        "metadata": {"name": f"logs-{namespace}"[:253]},
+        "spec": {
+            "selector": {"matchNamespaces": [namespace]},
+            "logs": [{"logsFile": str(log_file)}],
+        },
+    }
+    cluster.apply(json.dumps(manifest))
+    return True
+
+
+def delete_simulated_pod_logs(cluster: Cluster, namespace: str) -> None:
+    cluster.kubectl(
+        "delete",
+        "clusterlogs.kwok.x-k8s.io",
+        f"logs-{namespace}"[:253],
+        "--ignore-not-found",
+        check=False,
+    )

@@ -631,6 +631,12 @@ class CleanupPolicy(ApiModel):
     max_backoff_seconds: int = Field(
         default=60, ge=1, le=3600, description="Longest delay between cleanup retries."
     )
+    keep_failed_jobs: bool = Field(
+        default=False,
+        description="Keep the test Jobs that failed (or timed out), for their logs, instead of "
+        "deleting them in cleanup. They are owned by the rollout: deleting the rollout deletes "
+        "them. The tail of their logs is kept in the step's status either way.",
+    )
 
 
 class CanaryRolloutSpec(ApiModel):
@@ -654,6 +660,16 @@ class CanaryRolloutSpec(ApiModel):
                     " || has(self.trafficRouting.nginx) || has(self.trafficRouting.istio)))"
                     " || self.steps.all(s, !has(s.setWeight) || s.setWeight < 100)",
                     "the replicas router cannot send 100% to the canary; use promote",
+                    ".steps",
+                ),
+                cel(
+                    # A weight needs canary pods, which only a canary step starts.
+                    "!self.steps.exists(s, has(s.setWeight)) || "
+                    "(self.steps.exists(s, has(s.canary)) && "
+                    "self.steps.map(s, has(s.canary)).indexOf(true) < "
+                    "self.steps.map(s, has(s.setWeight)).indexOf(true))",
+                    "a setWeight step needs a canary step before it (the canary step starts "
+                    "the canary pods that take the weight)",
                     ".steps",
                 ),
             ]
@@ -828,6 +844,17 @@ class AnalysisStatus(StatusModel):
     message: str | None = None
 
 
+class ContainerLogTail(StatusModel):
+    """The end of one container's log of a failed test Job, kept before cleanup
+    deletes the Job."""
+
+    pod: str
+    container: str
+    tail: str = Field(default="", description="The last bytes of the log (at most 4 KiB).")
+    truncated: bool = Field(default=False, description="The log was longer than the tail.")
+    error: str | None = Field(default=None, description="Why the log could not be read.")
+
+
 class ChildStepStatus(StatusModel):
     """One item of a parallel group (structural schemas cannot recurse)."""
 
@@ -838,6 +865,10 @@ class ChildStepStatus(StatusModel):
     finished_at: str | None = None
     message: str | None = None
     job: str | None = Field(default=None, description="The Job this step created.")
+    logs: list[ContainerLogTail] | None = Field(
+        default=None,
+        description="Log tails of the failed test Job's pods (`kubectl canary logs`).",
+    )
     analysis: AnalysisStatus | None = None
 
 

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[list[str], str | None]] = {
     "resume": ([], "rollout"),
     "promote": ([], "rollout"),
     "retry": (["--allow-older"], "rollout"),
+    "logs": ([], "rollout"),
     "lock": (["--history"], "target"),
     "reset": (["--timeout", "--no-wait", "--http-route", "--service"], "target"),
     "completion": ([], "shell"),

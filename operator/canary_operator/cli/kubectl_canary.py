@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from canary_operator.api import models
 from canary_operator.api.models import CanaryRolloutSpec, Phase
+from canary_operator.checks.evidence import LIMIT_BYTES, job_log_tails
 from canary_operator.cli import client, listing, live, wait
 from canary_operator.cli.client import CliError, Session
 from canary_operator.engine.machine import ALLOW_OLDER_ANNOTATION
@@ -358,6 +359,90 @@ async def cmd_status(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------- logs
+
+EVIDENCE_LABEL = "canary-operator.dev/purpose=evidence"  # failed test Jobs kept
+
+
+def _step_entries(status: JsonObj) -> list[tuple[str, JsonObj]]:
+    """(number, step status) of every step and parallel item: "2", "3.1", ..."""
+    entries = []
+    for n, step in enumerate(status.get("steps") or [], start=1):
+        entries.append((str(n), step))
+        for m, child in enumerate(step.get("children") or [], start=1):
+            entries.append((f"{n}.{m}", child))
+    return entries
+
+
+def _selected(number: str, step: JsonObj, wanted: str | None) -> bool:
+    if wanted is None:
+        return True
+    return wanted in (number, step.get("name")) or number.startswith(wanted + ".")
+
+
+def render_logs(body: JsonObj, wanted: str | None = None) -> list[str]:
+    """The log tails kept in the status of the failed test Jobs (of one step, or all)."""
+    status = body.get("status") or {}
+    entries = [(n, s) for n, s in _step_entries(status) if _selected(n, s, wanted)]
+    if wanted is not None and not entries:
+        raise CliError(f"rollout {body['metadata']['name']} has no step {wanted!r}")
+    lines: list[str] = []
+    for number, step in entries:
+        tails = step.get("logs")
+        if tails is None:
+            continue
+        lines.append(
+            f"step {number} ({step.get('name')}) {step.get('phase')}: {step.get('message') or ''}"
+        )
+        if not tails:
+            lines.append("  (the Job left no pods)")
+        for tail in tails:
+            where = f"pod {tail.get('pod')}, container {tail.get('container')}"
+            if tail.get("error"):
+                lines.append(f"--- {where}: logs unavailable: {tail['error']}")
+                continue
+            cut = ", earlier lines cut" if tail.get("truncated") else ""
+            lines.append(f"--- {where} (log tail{cut}) ---")
+            lines.extend((tail.get("tail") or "").rstrip("\n").split("\n"))
+    if not lines:
+        run = status.get("run", 0)
+        which = f"step {wanted}" if wanted else f"run {run}"
+        lines.append(f"no log tails recorded: no test Job of {which} failed")
+    return lines
+
+
+async def cmd_logs(session: Session, args: argparse.Namespace) -> int:
+    body = await client.get_rollout(session, args.name)
+    for line in render_logs(body, args.step):
+        print(line)
+    meta = body["metadata"]
+    ns = meta["namespace"]
+    jobs = await client.call(
+        session,
+        session.kube.list(path("batch", "v1", "jobs", ns), EVIDENCE_LABEL),
+    )
+    mine = [
+        j
+        for j in jobs
+        if any(o.get("uid") == meta["uid"] for o in j["metadata"].get("ownerReferences") or [])
+    ]
+    steps = {s.get("job"): n for n, s in _step_entries(body.get("status") or {})}
+    for job in sorted(mine, key=lambda j: str(j["metadata"]["name"])):
+        name = job["metadata"]["name"]
+        number = steps.get(name)
+        if args.step is not None and number is not None and not _selected(number, {}, args.step):
+            continue
+        print(f"kept Job {name}" + (f" (step {number})" if number else "") + ", its logs now:")
+        for tail in await client.call(session, job_log_tails(session.kube, ns, name, LIMIT_BYTES)):
+            where = f"pod {tail.pod}, container {tail.container}"
+            if tail.error:
+                print(f"--- {where}: logs unavailable: {tail.error}")
+                continue
+            print(f"--- {where} ---")
+            print(tail.tail.rstrip("\n"))
+    return 0
+
+
 def _step_states(body: JsonObj) -> dict[str, str]:
     states: dict[str, str] = {}
     for i, st in enumerate((body.get("status") or {}).get("steps") or []):
@@ -669,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="let this run roll out its version even if a newer one was promoted since "
         "(otherwise such a run ends Superseded, reason OlderThanLive)",
     )
+    p = command("logs", cmd_logs, "log tails of a rollout's failed test Jobs (and kept Jobs)")
+    p.add_argument("name")
+    p.add_argument("step", nargs="?", help="only this step: its number (2, 3.1) or name")
     p = command("lock", cmd_lock, "who holds a target's lock, who waits, and its history")
     p.add_argument("target", help="lock key: the target Deployment or spec.lockGroup")
     p.add_argument("--history", type=int, default=10, help="history entries to show")

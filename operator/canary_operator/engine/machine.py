@@ -12,7 +12,7 @@ cleanup has been verified.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 
 from canary_operator.api.models import (
@@ -23,6 +23,7 @@ from canary_operator.api.models import (
     ChildStepStatus,
     CleanupStatus,
     Condition,
+    ContainerLogTail,
     FailedCleanupStep,
     LiveVersion,
     LockStatus,
@@ -48,6 +49,7 @@ from canary_operator.engine.types import (
     Emit,
     EnsureCanary,
     EnsureJob,
+    JobView,
     Observed,
     Plan,
     PromoteStable,
@@ -200,6 +202,7 @@ def plan(rollout: Rollout, obs: Observed) -> Plan:
         status.weight = 0
     status.step_label = step_label(rollout.spec, status.current_step)
     _record_live(ctx)
+    _record_evidence(ctx)
     return ctx.plan
 
 
@@ -292,15 +295,36 @@ def _terminal(ctx: _Context) -> None:
         ctx.act(ReleaseLock())
     if rollout.deleting:
         return
-    # retry=N asks for run N: honoured once, when N is above the current run (a stale
-    # or lower value must not start runs over and over).
-    retry = rollout.annotations.get(RETRY_ANNOTATION, "")
-    wants_retry = retry.isascii() and retry.isdigit() and int(retry) > status.run
+    wants_retry = _retry_requested(rollout)
     if status.fingerprint != rollout.spec.run_fingerprint() or wants_retry:
         why = "retry requested" if wants_retry else "spec changed"
+        retry = rollout.annotations.get(RETRY_ANNOTATION, "")
         run = int(retry) if wants_retry else status.run + 1
         _new_run(ctx, f"{why}: starting run {run}", run)
         _pending(ctx)
+
+
+def _retry_requested(rollout: Rollout) -> bool:
+    """retry=N asks for run N: honoured once, when N is above the current run (a stale
+    or lower value must not start runs over and over)."""
+    retry = rollout.annotations.get(RETRY_ANNOTATION, "")
+    return retry.isascii() and retry.isdigit() and int(retry) > rollout.status.run
+
+
+def wants_validation(rollout: Rollout, lock_held: bool) -> bool:
+    """Whether this reconcile may start a run, so the spec is to be checked against the
+    cluster first (validation.py): a new rollout, a new run of an ended one, or a queued
+    one that holds its lock and is about to take its first step."""
+    status = rollout.status
+    if rollout.deleting or rollout.spec.abort:
+        return False
+    if status.phase == Phase.PENDING:
+        return True
+    if status.phase == Phase.QUEUED:
+        return lock_held and status.started_at is None
+    if status.phase in TERMINAL_PHASES:
+        return status.fingerprint != rollout.spec.run_fingerprint() or _retry_requested(rollout)
+    return False
 
 
 def _new_run(ctx: _Context, message: str, run: int | None = None) -> None:
@@ -333,7 +357,7 @@ def _pending(ctx: _Context) -> None:
     if rollout.spec.abort:
         _end_without_run(ctx, Result.ABORTED, "aborted before it started")
         return
-    problems = [*_spec_problems(rollout.spec), *obs.policy_problems]
+    problems = [*_spec_problems(rollout.spec), *obs.policy_problems, *obs.spec_problems]
     if problems:
         _end_without_run(ctx, Result.INVALID, "; ".join(problems))
         return
@@ -369,6 +393,8 @@ def _queued(ctx: _Context) -> None:
         status.observed_generation = rollout.generation
     # Checked again here: the spec may have changed while it waited.
     problems = [*_spec_problems(spec), *obs.policy_problems]
+    if lock.held:  # validated against the cluster again right before the first step
+        problems += obs.spec_problems
     if problems:
         _end_without_run(ctx, Result.INVALID, "; ".join(problems), lock.held)
         return
@@ -578,7 +604,7 @@ def _cleaning_up(ctx: _Context) -> None:
     if _leftovers(obs) or _test_jobs(ctx):
         cleanup.stage = "Deleting"
         status.message = "cleanup: deleting canary objects"
-        ctx.act(DeleteCanaryObjects())
+        ctx.act(DeleteCanaryObjects(keep_jobs=tuple(sorted(_jobs_to_keep(ctx)))))
         ctx.plan.requeue(1)
         return
     user_steps = spec.cleanup or []
@@ -807,7 +833,19 @@ def _stable_replicas(ctx: _Context) -> int:
     return ctx.status.stable_replicas or (ctx.obs.target.replicas if ctx.obs.target else 1)
 
 
+def _workload_failure(ctx: _Context) -> str | None:
+    """Canary (or baseline) pods that cannot come up fail the step at once: waiting
+    for the progress deadline would hold the lock for nothing."""
+    for role, view in (("canary", ctx.obs.canary), ("baseline", ctx.obs.baseline)):
+        if view is not None and view.failure:
+            return f"the {role} Deployment cannot run its pods: {view.failure}"
+    return None
+
+
 def _ensure_canary(ctx: _Context, replicas: int) -> StepResult:
+    failure = _workload_failure(ctx)
+    if failure:
+        return False, failure
     ctx.act(EnsureCanary(replicas))
     canary = ctx.obs.canary
     if canary is not None and canary.replicas == replicas and canary.rolled_out:
@@ -829,6 +867,9 @@ def _set_weight(ctx: _Context, weight: int) -> StepResult:
         wp = plan_weight(spec.router_kind, _stable_replicas(ctx), weight, _canary_minimum(ctx))
     except ValueError as exc:  # 100 % with the replicas router (past the CEL rule)
         return False, str(exc)
+    failure = _workload_failure(ctx)
+    if failure:
+        return False, failure
     canary = ctx.obs.canary
     ctx.act(EnsureCanary(wp.canary_replicas))
     canary_ready = (
@@ -922,8 +963,69 @@ def _leftovers(obs: Observed) -> bool:
 
 
 def _test_jobs(ctx: _Context) -> bool:
-    """Test Jobs that still exist (cleanup Jobs are kept for their logs)."""
-    return any(not job.cleanup for job in ctx.obs.jobs.values())
+    """Test Jobs that still exist (cleanup Jobs are kept for their logs, and so are
+    failed test Jobs once marked kept under keepFailedJobs)."""
+    return any(not job.cleanup and not job.kept for job in ctx.obs.jobs.values())
+
+
+def _step_statuses(status: CanaryRolloutStatus) -> Iterator[ChildStepStatus]:
+    for st in status.steps or []:
+        yield st
+        yield from st.children or []
+
+
+def _jobs_to_keep(ctx: _Context) -> set[str]:
+    """Failed test Jobs kept (not deleted) by cleanup under keepFailedJobs."""
+    policy = ctx.rollout.spec.cleanup_policy
+    if policy is None or not policy.keep_failed_jobs:
+        return set()
+    return {st.job for st in _step_statuses(ctx.status) if st.job and st.phase == StepPhase.FAILED}
+
+
+def jobs_wanting_logs(status: CanaryRolloutStatus, jobs: Mapping[str, JobView]) -> list[str]:
+    """Test Jobs whose log tails are to be read before cleanup deletes them: the Job
+    failed, or its step failed (timed out) with the Job still there, and the status
+    does not hold its logs yet."""
+    wanted = []
+    for st in _step_statuses(status):
+        job = jobs.get(st.job or "")
+        if job is None or job.cleanup or st.logs is not None:
+            continue
+        if job.failed or st.phase == StepPhase.FAILED:
+            wanted.append(job.name)
+    return wanted
+
+
+LOG_EVENT_ROOM = 700  # of an Event's 1024 characters, for the log tail itself
+
+
+def _record_evidence(ctx: _Context) -> None:
+    """Keep the log tails of failed test Jobs in the step status, and say so in a
+    Warning Event, before cleanup deletes the Jobs."""
+    for st in _step_statuses(ctx.status):
+        if st.phase != StepPhase.FAILED or not st.job or st.logs is not None:
+            continue
+        tails = ctx.obs.job_logs.get(st.job)
+        if tails is None:
+            continue
+        st.logs = [t.model_copy() for t in tails]
+        ctx.event("TestLogs", _evidence_message(st.name, st.job, st.logs), warning=True)
+
+
+def _evidence_message(step: str, job: str, tails: list[ContainerLogTail]) -> str:
+    if not tails:
+        return f"{step}: Job {job} failed; it left no pod logs"
+    parts = []
+    room = LOG_EVENT_ROOM // len(tails)
+    for t in tails:
+        where = f"{t.pod}/{t.container}"
+        if t.error:
+            parts.append(f"{where}: logs unavailable ({t.error})")
+        else:
+            text = t.tail.rstrip("\n")
+            shown = text if len(text) <= room else "..." + text[-room:]
+            parts.append(f"{where}:\n{shown}")
+    return f"{step}: Job {job} failed; log tail of " + "\n".join(parts)
 
 
 def _renewal_condition(ctx: _Context) -> None:

@@ -14,6 +14,7 @@ from canary_operator.api.models import (
     AnalysisStepSpec,
     CanaryRolloutSpec,
     CanaryRolloutStatus,
+    ContainerLogTail,
     JobTemplate,
     MeasurementStatus,
     WebhookSpec,
@@ -81,6 +82,9 @@ class WorkloadView:
     promoted_by: str | None = None  # annotation naming the run that promoted it
     promotion: PromotionRecord | None = None
     images: Mapping[str, str] = field(default_factory=dict)  # container -> image now
+    # Why its pods cannot come up, read from the Deployment's conditions and its pods
+    # (ReplicaFailure, image errors, unschedulable): waiting would not cure it.
+    failure: str | None = None
 
     @property
     def rolled_out(self) -> bool:
@@ -99,6 +103,7 @@ class JobView:
     failed: bool = False
     message: str = ""
     cleanup: bool = False  # a user cleanup Job (kept), not a test Job (deleted by cleanup)
+    kept: bool = False  # a failed test Job kept for its logs (spec.cleanupPolicy.keepFailedJobs)
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class Observed:
     lock: LockView
     target: WorkloadView | None
     canary: WorkloadView | None = None
+    baseline: WorkloadView | None = None
     canary_service: bool = False
     route: RouteView = RouteView(weight=0)
     jobs: Mapping[str, JobView] = field(default_factory=dict)
@@ -144,6 +150,12 @@ class Observed:
     # What the operator's configuration forbids in this spec (e.g. a Job naming a
     # ServiceAccount it may not use): the run is refused before it touches anything.
     policy_problems: tuple[str, ...] = ()
+    # What the start-of-run validation (validation.py) found wrong against the cluster:
+    # read only while the run has not started; a problem ends it InvalidSpec untouched.
+    spec_problems: tuple[str, ...] = ()
+    # Log tails of failed test Jobs (by Job name) that the status does not hold yet:
+    # read before cleanup deletes the Jobs (see machine.jobs_wanting_logs).
+    job_logs: Mapping[str, tuple[ContainerLogTail, ...]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- actions
@@ -183,7 +195,10 @@ class ResetRoute:
 
 @dataclass(frozen=True)
 class DeleteCanaryObjects:
-    """Delete canary/baseline Deployments, the canary Service and the test Jobs."""
+    """Delete canary/baseline Deployments, the canary Service and the test Jobs; the
+    Jobs named in `keep_jobs` (failed, keepFailedJobs) are marked kept instead."""
+
+    keep_jobs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

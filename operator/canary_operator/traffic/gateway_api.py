@@ -23,7 +23,7 @@ class PermanentRouteError(Exception):
     pass
 
 
-def _is_service_ref(ref: JsonObj, name: str) -> bool:
+def is_service_ref(ref: JsonObj, name: str) -> bool:
     return bool(
         ref.get("name") == name
         and ref.get("kind", "Service") == "Service"
@@ -53,7 +53,7 @@ class GatewayAPIRouter:
         return [
             rule.setdefault("backendRefs", [])
             for rule in body.get("spec", {}).get("rules", [])
-            if any(_is_service_ref(r, self.stable) for r in rule.get("backendRefs", []))
+            if any(is_service_ref(r, self.stable) for r in rule.get("backendRefs", []))
         ]
 
     async def read(self) -> RouteView:
@@ -63,9 +63,9 @@ class GatewayAPIRouter:
         weights: list[int] = []
         named = False
         for refs in self._rules(body):
-            named = named or any(_is_service_ref(r, self.canary) for r in refs)
-            stable = sum(int(r.get("weight", 1)) for r in refs if _is_service_ref(r, self.stable))
-            canary = sum(int(r.get("weight", 1)) for r in refs if _is_service_ref(r, self.canary))
+            named = named or any(is_service_ref(r, self.canary) for r in refs)
+            stable = sum(int(r.get("weight", 1)) for r in refs if is_service_ref(r, self.stable))
+            canary = sum(int(r.get("weight", 1)) for r in refs if is_service_ref(r, self.canary))
             total = stable + canary
             weights.append(0 if total == 0 else round(100 * canary / total))
         if not weights:
@@ -85,14 +85,14 @@ class GatewayAPIRouter:
         if ORIGINAL_WEIGHTS not in annotations:
             annotations[ORIGINAL_WEIGHTS] = json.dumps(
                 [
-                    [r.get("weight") for r in refs if _is_service_ref(r, self.stable)]
+                    [r.get("weight") for r in refs if is_service_ref(r, self.stable)]
                     for refs in rules
                 ]
             )
         for refs in rules:
-            stable_ref = next(r for r in refs if _is_service_ref(r, self.stable))
+            stable_ref = next(r for r in refs if is_service_ref(r, self.stable))
             stable_ref["weight"] = 100 - weight
-            canary_ref = next((r for r in refs if _is_service_ref(r, self.canary)), None)
+            canary_ref = next((r for r in refs if is_service_ref(r, self.canary)), None)
             if canary_ref is None:
                 canary_ref = {k: v for k, v in stable_ref.items() if k in ("port", "group", "kind")}
                 canary_ref["name"] = self.canary
@@ -115,11 +115,11 @@ class GatewayAPIRouter:
         recorded = ORIGINAL_WEIGHTS in annotations
         original: list[Any] = json.loads(annotations.pop(ORIGINAL_WEIGHTS, "[]"))
         for i, refs in enumerate(self._rules(updated)):
-            refs[:] = [r for r in refs if not _is_service_ref(r, self.canary)]
+            refs[:] = [r for r in refs if not is_service_ref(r, self.canary)]
             if not recorded:
                 continue  # we never changed the stable weights: leave them alone
             saved = original[i] if i < len(original) else []
-            for j, ref in enumerate(r for r in refs if _is_service_ref(r, self.stable)):
+            for j, ref in enumerate(r for r in refs if is_service_ref(r, self.stable)):
                 before = saved[j] if j < len(saved) else None
                 if before is None:
                     ref.pop("weight", None)

@@ -29,12 +29,10 @@ class ReplicasRouter:
         stable = await self.kube.get(self._deployment(self.stable))
         stable_ready = int(((stable or {}).get("status") or {}).get("readyReplicas") or 0)
         canary_ready = int((canary.get("status") or {}).get("readyReplicas") or 0)
-        # A canary still asked to run pods, or still having some, takes traffic.
-        desired = int(canary["spec"].get("replicas") or 0)
-        weight = replicas_weight(stable_ready, canary_ready)
-        if weight == 0 and desired > 0:
-            weight = replicas_weight(stable_ready, desired)
-        return RouteView(weight=weight)
+        # Only ready pods are Service endpoints: a canary whose pods cannot start takes
+        # no traffic, and the weight shown must not say otherwise. (Cleanup does not
+        # rely on this: it deletes the canary whatever its weight reads.)
+        return RouteView(weight=replicas_weight(stable_ready, canary_ready))
 
     async def set_weight(self, weight: int) -> None:
         """Nothing to write: the canary's size carries the weight."""
