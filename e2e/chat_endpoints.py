@@ -10,14 +10,13 @@ assertion. Loopback only."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from e2e.local_http import LocalEndpoints
 
 
 @dataclass(frozen=True)
@@ -64,67 +63,31 @@ def teams_problem(doc: Any) -> str | None:
     return None
 
 
-class ChatEndpoints:
+class ChatEndpoints(LocalEndpoints):
     def __init__(self) -> None:
+        super().__init__()
         self.received: list[Received] = []
-        self._lock = threading.Lock()
-        endpoints = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                try:
-                    doc = json.loads(raw)
-                except ValueError:
-                    doc = None
-                with endpoints._lock:
-                    endpoints.received.append(Received(self.path, doc, time.monotonic()))
-                kind = self.path.strip("/").split("/")[0]
-                if kind == "broken":
-                    self._answer(500, "internal error")
-                elif kind == "slack":
-                    problem = slack_problem(doc)
-                    self._answer(400 if problem else 200, problem or "ok")
-                elif kind == "teams":
-                    problem = teams_problem(doc)
-                    self._answer(400 if problem else 200, problem or "1")
-                else:
-                    self._answer(200, "ok")
-
-            def _answer(self, status: int, text: str) -> None:
-                data = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                with contextlib.suppress(OSError):
-                    self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/{path.lstrip('/')}"
+    def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        with self._lock:
+            self.received.append(Received(request.path, doc, time.monotonic()))
+        kind = request.path.strip("/").split("/")[0]
+        if kind == "broken":
+            status, text = 500, "internal error"
+        elif kind == "slack":
+            problem = slack_problem(doc)
+            status, text = (400, problem) if problem else (200, "ok")
+        elif kind == "teams":
+            problem = teams_problem(doc)
+            status, text = (400, problem) if problem else (200, "1")
+        else:
+            status, text = 200, "ok"
+        self.answer(request, status, text.encode(), "text/plain")
 
     def to(self, prefix: str) -> list[Received]:
         with self._lock:
             return [r for r in self.received if r.path.lstrip("/").startswith(prefix)]
-
-    def __enter__(self) -> ChatEndpoints:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)

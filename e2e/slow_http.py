@@ -7,13 +7,14 @@ after those segments is free for the test to tell calls apart. Loopback only."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
+
+from e2e.local_http import LocalEndpoints
 
 
 @dataclass(frozen=True)
@@ -23,65 +24,40 @@ class Call:
     body: bytes = b""
 
 
-class SlowEndpoints:
+class SlowEndpoints(LocalEndpoints):
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[Call] = []
         self._release = threading.Event()
-        self._lock = threading.Lock()
-        endpoints = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
+    def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        with self._lock:
+            self.calls.append(Call(request.path, time.monotonic(), body))
+        parts = request.path.strip("/").split("/")
+        if parts[0] == "hang":
+            self._release.wait()
+            return  # closing without an answer
+        if parts[0] == "delay":
+            if self._release.wait(float(parts[1])):
+                return
+            self._json(request, 200, {"ok": True})
+            return
+        if parts[0] == "status":
+            self._json(request, int(parts[1]), {"error": "invalid_payload"})
+            return
+        if parts[0] == "metric":
+            if self._release.wait(float(parts[1])):
+                return
+            self._json(request, 200, {"value": float(parts[2])})
+            return
+        self._json(request, 200, {"ok": True})
 
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                with endpoints._lock:
-                    endpoints.calls.append(Call(self.path, time.monotonic(), body))
-                parts = self.path.strip("/").split("/")
-                if parts[0] == "hang":
-                    endpoints._release.wait()
-                    return  # closing without an answer
-                if parts[0] == "delay":
-                    if endpoints._release.wait(float(parts[1])):
-                        return
-                    self._answer(200, {"ok": True})
-                    return
-                if parts[0] == "status":
-                    self._answer(int(parts[1]), {"error": "invalid_payload"})
-                    return
-                if parts[0] == "metric":
-                    if endpoints._release.wait(float(parts[1])):
-                        return
-                    self._answer(200, {"value": float(parts[2])})
-                    return
-                self._answer(200, {"ok": True})
-
-            def _answer(self, status: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                with contextlib.suppress(OSError):  # the caller gave up (timeout, cancelled)
-                    self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/{path.lstrip('/')}"
+    def _json(self, request: BaseHTTPRequestHandler, status: int, body: object) -> None:
+        self.answer(request, status, json.dumps(body).encode(), "application/json")
 
     def calls_to(self, prefix: str) -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.path.lstrip("/").startswith(prefix)]
-
-    def __enter__(self) -> SlowEndpoints:
-        self._thread.start()
-        return self
 
     def __exit__(
         self,
@@ -89,7 +65,5 @@ class SlowEndpoints:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._release.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._release.set()  # hanging handlers return, so the server can shut down
+        super().__exit__(exc_type, exc, tb)
