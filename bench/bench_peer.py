@@ -46,9 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
+from e2e import manifests  # noqa: E402
 from e2e.conftest import CRD  # noqa: E402
 from e2e.identity import service_account_kubeconfig  # noqa: E402
 from e2e.watch import Seen, Watch  # noqa: E402
@@ -276,28 +279,8 @@ class Controller:
 
 
 def app_objects(name: str, replicas: int) -> list[dict[str, Any]]:
-    labels = {"app": name}
-    return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "app", "image": OLD}]},
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name},
-            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
-    ]
+    """The target Deployment (at OLD) and its Service, as the e2e tests make them."""
+    return [doc for doc in yaml.safe_load_all(manifests.app(name, replicas, OLD)) if doc]
 
 
 def apply_list(cluster: Cluster, namespace: str, items: list[dict[str, Any]]) -> None:
