@@ -7,7 +7,7 @@ VENV := .venv
 CLUSTER_DIR := .cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps cluster-bins helm cluster-up cluster-down demo install crds chart-files image test lint
+.PHONY: help venv deps cluster-bins realnode-bins helm cluster-up cluster-down demo install crds chart-files image test lint
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,13 +30,22 @@ deps: ## install missing Debian packages (openssl, python3-venv, prometheus, ...
 cluster-bins: ## build (once, cached in ~/.cache/canary-operator) the control-plane binaries
 	hack/cluster/build.sh >/dev/null
 
+realnode-bins: ## build (once, cached) the real node's binaries and test images (root)
+	hack/realnode/deps.sh
+	hack/realnode/build.sh >/dev/null
+	hack/realnode/images/build.sh >/dev/null
+
 helm: ## build (once, cached in ~/.cache/canary-operator) helm from its Go module
 	hack/helm.sh >/dev/null
 
-cluster-up: ## start a dev cluster in .cluster/ (then: . .cluster/env)
+# NODES=real adds one real node (containerd, kubelet, kube-proxy, CoreDNS; root):
+# hack/realnode/up.sh. Its pods need a toleration of realnode=true:NoSchedule.
+NODES ?= kwok
+cluster-up: ## start a dev cluster in .cluster/ (then: . .cluster/env); NODES=real adds a real node
 	hack/cluster/up.sh $(CLUSTER_DIR)
+	@if [ "$(NODES)" = real ]; then hack/realnode/up.sh $(CLUSTER_DIR); fi
 
-cluster-down: ## stop the dev cluster and remove .cluster/
+cluster-down: ## stop the dev cluster (and its real node) and remove .cluster/
 	hack/cluster/down.sh $(CLUSTER_DIR)
 
 # --- the operator ----------------------------------------------------------------------
