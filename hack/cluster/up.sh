@@ -286,6 +286,10 @@ start kube-apiserver "$bin/kube-apiserver" \
   --kubelet-preferred-address-types=InternalIP,Hostname \
   --profiling=false
 
+# kube-controller-manager gives up after 10 s if /healthz is still forbidden to
+# it, i.e. before the RBAC bootstrap roles exist; on a loaded machine that is
+# often the case. /readyz includes that bootstrap: wait for it first.
+wait_until "$timeout" kube-apiserver "the API server to be ready" kube get --raw /readyz
 # The other components wait for the API server themselves.
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig="$pki/controller-manager.kubeconfig" \

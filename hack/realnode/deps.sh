@@ -16,6 +16,7 @@ need busybox-static test -x /bin/busybox
 need mmdebstrap command -v mmdebstrap
 need iproute2 command -v ip
 need util-linux command -v mountpoint
+need curl command -v curl
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

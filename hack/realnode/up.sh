@@ -36,7 +36,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "a real node needs root (network namespaces, cgroups, mounts)"
 [ -e "$cluster/.canary-cluster" ] && [ -s "$cluster/ports" ] || die "$cluster is not a running local cluster (hack/cluster/up.sh)"
-for tool in nft ip openssl setsid sysctl mountpoint; do
+for tool in nft ip openssl setsid sysctl mountpoint curl python3; do
   command -v "$tool" >/dev/null || die "$tool is missing (hack/realnode/deps.sh)"
 done
 if [ -e "$node_dir/pids/containerd.pid" ] && realnode_pid_ok "$(cat "$node_dir/pids/containerd.pid")" "$node_dir"; then
@@ -298,7 +298,7 @@ cluster.local:53 in-addr.arpa:53 {
 COREFILE
 # ready/health would need ports of their own; a real answer is the better check.
 start coredns "$bin/coredns" -conf "$node_dir/coredns/Corefile"
-proxy_healthy() { exec 5<>/dev/tcp/127.0.0.1/10256 && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&5 && grep -q '200' <(head -1 <&5); }
+proxy_healthy() { curl -sf -o /dev/null http://127.0.0.1:10256/healthz; }
 wait_until kube-proxy "kube-proxy to be healthy" proxy_healthy
 dns_answers() { # the API server's Service resolves: CoreDNS has synced
   python3 - "$REALNODE_NODE_IP" <<'PY'

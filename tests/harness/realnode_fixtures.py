@@ -9,13 +9,36 @@ so a skipped real-node suite is never mistaken for a passing one.
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.harness.cluster import EXTERNAL_KUBECONFIG_ENV, Cluster
-from tests.harness.realnode import RealNode, unavailable_reason
+from tests.harness.realnode import SCRIPTS, RealNode, unavailable_reason
+
+_build_error: list[str] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the node's binaries and images before any test runs (a cold build takes
+    about 20 min, more than a test's timeout), if a selected test needs the node."""
+    if session.config.option.collectonly or unavailable_reason() is not None:
+        return
+    if not any("real_node" in getattr(i, "fixturenames", ()) for i in session.items):
+        return
+    if os.environ.get(EXTERNAL_KUBECONFIG_ENV, "").strip():
+        return
+    log = Path(tempfile.gettempdir()) / "canary-realnode-build.log"
+    with log.open("w") as out:
+        for script in (SCRIPTS / "build.sh", SCRIPTS / "images" / "build.sh"):
+            proc = subprocess.run([str(script)], stdout=out, stderr=out, check=False)
+            if proc.returncode != 0:
+                _build_error.append(f"{script} failed ({proc.returncode}); log: {log}")
+                return
 
 
 class RealNodeSkipped(UserWarning):
@@ -38,6 +61,8 @@ def real_node(kube_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator
             reporter.write_line(message, red=True, bold=True)
         warnings.warn(RealNodeSkipped(message), stacklevel=1)
         pytest.skip(message)
+    if _build_error:
+        raise RuntimeError(_build_error[0])
     node = RealNode(
         kube_cluster.kubeconfig.parent,
         [kube_cluster.kubectl_path, f"--kubeconfig={kube_cluster.kubeconfig}"],
