@@ -3,6 +3,7 @@ read from it while a rollout runs (test Job logs, Service endpoints)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from pathlib import Path
@@ -109,10 +110,9 @@ class JobLogs:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
+            # A transient API error: try again next round.
+            with contextlib.suppress(Exception):
                 self._poll()
-            except Exception:  # a transient API error: try again next round
-                pass
             self._stop.wait(0.3)
 
     def _poll(self) -> None:

@@ -44,7 +44,9 @@ def _pod_phase(cluster: Cluster, namespace: str, name: str) -> str:
 def _run_to_end(cluster: Cluster, namespace: str, name: str, shell: str) -> tuple[str, str]:
     cluster.apply(dump([_pod(name, RUNNER_IMAGE, ["sh", "-c", shell])]), namespace)
     phase = wait_for(
-        lambda: (p if (p := _pod_phase(cluster, namespace, name)) in ("Succeeded", "Failed") else None),
+        lambda: (
+            p if (p := _pod_phase(cluster, namespace, name)) in ("Succeeded", "Failed") else None
+        ),
         120,
         interval=0.3,
         message=f"pod {name} to finish",
@@ -88,7 +90,10 @@ def test_cluster_down_leaves_nothing_behind(
     cluster = kube_cluster
     app = _pod("demo", f"{DEMO_IMAGE}:v1")
     app["spec"]["containers"][0]["ports"] = [{"containerPort": 8080, "name": "http"}]
-    app["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1}
+    app["spec"]["containers"][0]["readinessProbe"] = {
+        "httpGet": {"path": "/ready", "port": 8080},
+        "periodSeconds": 1,
+    }
     svc = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -96,12 +101,17 @@ def test_cluster_down_leaves_nothing_behind(
         "spec": {"selector": {"app": "demo"}, "ports": [{"port": 80, "targetPort": 8080}]},
     }
     cluster.apply(dump([app, svc]), namespace)
-    wait_for(lambda: ready_endpoints(cluster, namespace, "demo"), 120, interval=0.3, message="demo ready")
+    wait_for(
+        lambda: ready_endpoints(cluster, namespace, "demo"), 120, interval=0.3, message="demo ready"
+    )
     real_node.assert_guarded()
     ip, port = service_cluster_ip(cluster, namespace, "demo")
     m = measure(ip, port, 50)
     assert m.by_version == {"v1": 50}, m.describe()
-    assert _run_to_end(cluster, namespace, "client", "wget -S -O- http://demo/version")[0] == "Succeeded"
+    assert (
+        _run_to_end(cluster, namespace, "client", "wget -S -O- http://demo/version")[0]
+        == "Succeeded"
+    )
 
     before = real_node.leftovers()
     assert before.processes and before.interfaces and before.mounts and before.netfilter, (

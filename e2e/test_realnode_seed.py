@@ -126,7 +126,11 @@ def test_failing_canary_on_real_node(
         body = wait_phase(
             cluster, namespace, "web-failing", {"Succeeded", "Failed"}, ROLLOUT_TIMEOUT
         )
-        wait_for(lambda: any(p == "Failed" for p in logs.phases.values()), 30, message="a failed test pod's log")
+        wait_for(
+            lambda: any(p == "Failed" for p in logs.phases.values()),
+            30,
+            message="a failed test pod's log",
+        )
     print("\n".join(_exchanges(logs)))
     status = body["status"]
     assert status["phase"] == "Failed", status
@@ -192,7 +196,9 @@ def test_replicas_router_split_measured_by_requests(
             body = get_rollout(cluster, namespace, "web-seed")
             return body if (body.get("status") or {}).get("currentStep") == index else None
 
-        body = wait_for(at_pause, ROLLOUT_TIMEOUT, interval=0.5, message=f"the pause after {weight} %")
+        body = wait_for(
+            at_pause, ROLLOUT_TIMEOUT, interval=0.5, message=f"the pause after {weight} %"
+        )
         _wait_serving(cluster, namespace, 9 + canary_pods)
         p = canary_pods / (9 + canary_pods)
         m = _measure_service(real_node, cluster, namespace, f"setWeight {weight}")
@@ -206,7 +212,8 @@ def test_replicas_router_split_measured_by_requests(
         results.append((weight, canary_pods, m, tol))
         assert not m.errors, m.describe()
         assert abs(share - weight / 100) <= tol, (
-            f"setWeight {weight}: measured {100 * share:.1f} %, outside {weight} +/- {100 * tol:.1f}"
+            f"setWeight {weight}: measured {100 * share:.1f} %, "
+            f"outside {weight} +/- {100 * tol:.1f}"
         )
         _resume(cluster, namespace, "web-seed", body)
     body = wait_phase(cluster, namespace, "web-seed", {"Succeeded", "Failed"}, ROLLOUT_TIMEOUT)

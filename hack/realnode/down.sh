@@ -56,6 +56,7 @@ shim_pids() {
 }
 
 # 1. The clients first, so nothing restarts pods or rewrites rules underneath.
+stop_component api-proxy 5
 stop_component coredns 5
 stop_component kube-proxy 5
 stop_component kubelet 10

@@ -25,7 +25,7 @@ REALNODE_SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory vm.panic_on_oom kerne
   kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet)
 # cgroup v1 controllers' pod hierarchy (cgroupDriver cgroupfs, cgroupsPerQOS).
 REALNODE_CGROUP=kubepods
-REALNODE_COMPONENTS=(coredns kube-proxy kubelet containerd)
+REALNODE_COMPONENTS=(api-proxy coredns kube-proxy kubelet containerd)
 
 realnode_log() { printf '[realnode %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

@@ -312,6 +312,30 @@ sys.exit(0 if r[3] & 0x0F == 0 and struct.unpack(">H", r[6:8])[0] >= 1 else 1)
 PY
 }
 wait_until coredns "CoreDNS to answer for kubernetes.default.svc" dns_answers
+# --- 6. the API server for pods ----------------------------------------------------------
+# It listens on 127.0.0.1 only; a relay on the node's address and an
+# EndpointSlice for the `kubernetes` Service (the API server reconciles none
+# here) let in-cluster clients reach it at 10.96.0.1:443 as anywhere else.
+api_port=${server##*:}
+start api-proxy python3 "$here/api_proxy.py" "$REALNODE_NODE_IP" 6443 127.0.0.1 "$api_port" "$node_dir/"
+kube apply --server-side --field-manager=canary-realnode -f - >>"$node_dir/logs/rbac.log" 2>&1 <<YAML || die "could not give the kubernetes Service its endpoint"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kubernetes-realnode
+  namespace: default
+  labels:
+    kubernetes.io/service-name: kubernetes
+    endpointslice.kubernetes.io/managed-by: canary-realnode
+addressType: IPv4
+endpoints:
+- addresses: ["$REALNODE_NODE_IP"]
+  conditions: {ready: true}
+ports:
+- {name: https, port: 6443, protocol: TCP}
+YAML
+api_relayed() { curl -sk -o /dev/null "https://$REALNODE_NODE_IP:6443/readyz"; }
+wait_until api-proxy "the API relay on $REALNODE_NODE_IP:6443" api_relayed
 realnode_guard_ok || die "the guard table went missing during startup"
 
 ok=1

@@ -88,7 +88,10 @@ def unavailable_reason() -> str | None:
     for tool in ("nft", "ip", "iptables-save", "mountpoint", "openssl"):
         if shutil.which(tool) is None:
             return f"{tool} is missing (run hack/realnode/deps.sh)"
-    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+    if (
+        not Path("/sys/fs/cgroup/memory").is_dir()
+        and not Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    ):
         return "no usable cgroup hierarchy"
     if shutil.which("go") is None and not (cache_dir() / "bin" / "kubelet").exists():
         return "the real node's binaries are not built and go is not installed"
@@ -207,12 +210,11 @@ class RealNode:
         )
         if proc.returncode != 0:
             raise RuntimeError(
-                f"hack/realnode/up.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-8000:]}"
+                f"hack/realnode/up.sh failed ({proc.returncode}):\n"
+                f"{proc.stdout}\n{proc.stderr[-8000:]}"
             )
         self.up_seconds = time.monotonic() - t0
-        self.created_paths = [
-            p for p in (self.node_dir / "created-paths").read_text().split() if p
-        ]
+        self.created_paths = [p for p in (self.node_dir / "created-paths").read_text().split() if p]
         self.sysctls_before = dict(
             line.split("=", 1)
             for line in (self.node_dir / "sysctl.saved").read_text().splitlines()
@@ -262,7 +264,9 @@ class Measurement:
         return self.by_version.get(version, 0) / self.total if self.total else 0.0
 
     def describe(self) -> str:
-        parts = [f"{v}: {n} ({100 * n / self.total:.1f} %)" for v, n in sorted(self.by_version.items())]
+        parts = [
+            f"{v}: {n} ({100 * n / self.total:.1f} %)" for v, n in sorted(self.by_version.items())
+        ]
         if self.errors:
             parts.append(f"errors: {dict(self.errors)}")
         return f"{self.total} requests -> " + ", ".join(parts)
@@ -342,5 +346,7 @@ def resolve(name: str) -> list[str]:
 
 
 def kubectl_json(kubectl: list[str], *args: str) -> Any:
-    out = subprocess.run([*kubectl, *args, "-o", "json"], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [*kubectl, *args, "-o", "json"], capture_output=True, text=True, check=True, timeout=60
+    )
     return json.loads(out.stdout)

@@ -55,27 +55,39 @@ def test_oci_archive_is_a_valid_layout_with_named_images(tmp_path: Path) -> None
     index = json.loads(files["index.json"])
     names = [m["annotations"]["io.containerd.image.name"] for m in index["manifests"]]
     assert names == ["registry.local/x:one", "registry.local/x:two"]
-    assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]] == ["one", "two"]
+    assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]] == [
+        "one",
+        "two",
+    ]
 
     def blob(digest: str) -> bytes:
         data = files[f"blobs/sha256/{digest.split(':')[1]}"]
-        assert "sha256:" + hashlib.sha256(data).hexdigest() == digest, "blob does not match its digest"
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == digest, (
+            "blob does not match its digest"
+        )
         return data
 
     second = json.loads(blob(index["manifests"][1]["digest"]))
     config = json.loads(blob(second["config"]["digest"]))
     assert config["config"] == {"Env": ["V=2"]}
     # diff_ids are the uncompressed layers' digests; the shared layer is stored once.
-    diff = ["sha256:" + hashlib.sha256((tmp_path / f"{n}.tar").read_bytes()).hexdigest() for n in "ab"]
+    diff = [
+        "sha256:" + hashlib.sha256((tmp_path / f"{n}.tar").read_bytes()).hexdigest() for n in "ab"
+    ]
     assert config["rootfs"]["diff_ids"] == diff
     for layer in second["layers"]:
         blob(layer["digest"])
-    assert len([f for f in files if f.startswith("blobs/")]) == 2 + 2 + 2  # layers, configs, manifests
+    assert (
+        len([f for f in files if f.startswith("blobs/")]) == 2 + 2 + 2
+    )  # layers, configs, manifests
 
 
 def test_oci_archive_is_reproducible(tmp_path: Path) -> None:
     _layer(tmp_path / "a.tar", {"bin/a": b"a"})
-    spec = {"layers": {"a": str(tmp_path / "a.tar")}, "images": [{"name": "r/x:1", "layers": ["a"], "config": {}}]}
+    spec = {
+        "layers": {"a": str(tmp_path / "a.tar")},
+        "images": [{"name": "r/x:1", "layers": ["a"], "config": {}}],
+    }
     _oci().build(spec, tmp_path / "1.tar")
     _oci().build(spec, tmp_path / "2.tar")
     assert (tmp_path / "1.tar").read_bytes() == (tmp_path / "2.tar").read_bytes()
@@ -84,7 +96,10 @@ def test_oci_archive_is_reproducible(tmp_path: Path) -> None:
 def test_guard_rules_of_the_scripts_are_the_ones_the_harness_checks() -> None:
     lib = REPO / "hack" / "realnode" / "lib.sh"
     rules = subprocess.run(
-        ["bash", "-c", f". {lib} && realnode_guard_rules"], capture_output=True, text=True, check=True
+        ["bash", "-c", f". {lib} && realnode_guard_rules"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert f"table inet {GUARD_TABLE} " in rules
     for rule in GUARD_RULES:

@@ -63,7 +63,7 @@ def _metrics() -> str:
             "# HELP demo_http_request_duration_seconds Time to answer a request.",
             "# TYPE demo_http_request_duration_seconds histogram",
         ]
-        for bound, n in zip(BUCKETS, _bucket_counts):
+        for bound, n in zip(BUCKETS, _bucket_counts, strict=True):
             lines.append(f'demo_http_request_duration_seconds_bucket{{le="{bound}"}} {n}')
         lines.append(f'demo_http_request_duration_seconds_bucket{{le="+Inf"}} {_duration_count}')
         lines.append(f"demo_http_request_duration_seconds_sum {_duration_sum}")
@@ -89,7 +89,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+    def do_GET(self) -> None:
         start = time.monotonic()
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
@@ -110,7 +110,11 @@ class Handler(BaseHTTPRequestHandler):
             code, ctype = 200, "text/html"
             body = f"<html><body><h1>canary-demo</h1><p>version {VERSION}</p></body></html>\n"
         elif path == "/api/v1/status":
-            code, body, ctype = 200, json.dumps({"status": "ok", "version": VERSION}) + "\n", "application/json"
+            code, body, ctype = (
+                200,
+                json.dumps({"status": "ok", "version": VERSION}) + "\n",
+                "application/json",
+            )
         elif path == "/version":
             code, body, ctype = 200, VERSION + "\n", "text/plain"
         else:
@@ -118,7 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(code, body, ctype)
         _record(path, code, time.monotonic() - start)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         # Probes and scrapes would drown the log; the requests that matter are kept.
         if self.path not in ("/ready", "/metrics"):
             sys.stdout.write(f"{self.address_string()} {format % args} version={VERSION}\n")
@@ -128,7 +132,9 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
     server.daemon_threads = True
-    print(f"canary-demo {VERSION} on :{PORT} error_rate={ERROR_RATE} latency={LATENCY_S}s", flush=True)
+    print(
+        f"canary-demo {VERSION} on :{PORT} error_rate={ERROR_RATE} latency={LATENCY_S}s", flush=True
+    )
     server.serve_forever()
 
 

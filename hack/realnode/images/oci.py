@@ -55,9 +55,14 @@ def build(spec: dict, out: Path) -> None:
         for layer_id, src in spec["layers"].items():
             diff_id, _ = _digest_file(Path(src))
             gz = Path(tmp) / f"{layer_id}.tar.gz"
-            with open(src, "rb") as fin, open(gz, "wb") as raw:
-                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as fout:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
+            with (
+                open(src, "rb") as fin,
+                open(gz, "wb") as raw,
+                gzip.GzipFile(
+                    filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
+                ) as fout,
+            ):
+                shutil.copyfileobj(fin, fout, 1 << 20)
             digest, size = _digest_file(gz)
             gz.rename(blobs / digest.split(":")[1])
             layers[layer_id] = (diff_id, digest, size)
@@ -70,7 +75,9 @@ def build(spec: dict, out: Path) -> None:
                 "os": "linux",
                 "config": image["config"],
                 "rootfs": {"type": "layers", "diff_ids": [layers[i][0] for i in ids]},
-                "history": [{"created": CREATED, "created_by": "hack/realnode/images"} for _ in ids],
+                "history": [
+                    {"created": CREATED, "created_by": "hack/realnode/images"} for _ in ids
+                ],
             }
             cdigest, csize = _blob(blobs, _canonical(config))
             manifest = {
@@ -106,7 +113,13 @@ def build(spec: dict, out: Path) -> None:
             )
         (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
         (root / "index.json").write_bytes(
-            _canonical({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests})
+            _canonical(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": manifests,
+                }
+            )
         )
         partial = out.with_suffix(".partial")
         with tarfile.open(partial, "w") as tar:
