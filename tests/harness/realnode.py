@@ -241,6 +241,29 @@ class RealNode:
         problems = guard_problems()
         assert not problems, "traffic guards are not in place: " + "; ".join(problems)
 
+    def import_image(self, archive: Path, base_name: str) -> list[str]:
+        """Import an OCI archive into the node's containerd as ``base_name:<tag>``
+        (pinned: image GC never removes it); returns the image names."""
+        bin_dir = Path((self.node_dir / "bin-dir").read_text().strip())
+        ctr = [
+            str(bin_dir / "ctr"),
+            "--address",
+            str(self.node_dir / "containerd" / "containerd.sock"),
+            "-n",
+            "k8s.io",
+        ]
+        subprocess.run(
+            [*ctr, "images", "import", "--base-name", base_name, str(archive)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        names = [n for n in _run([*ctr, "images", "ls", "-q"]).split() if n.startswith(base_name)]
+        for name in names:
+            _run([*ctr, "images", "label", name, "io.cri-containerd.pinned=pinned"])
+        return names
+
     def guard_drops(self) -> dict[str, int]:
         """Packets each guard rule dropped so far (by its comment)."""
         table = _run(["nft", "list", "table", "inet", GUARD_TABLE])
