@@ -51,7 +51,7 @@ shim_pids() {
   local f pid
   for f in /proc/[0-9]*/cmdline; do
     pid=${f#/proc/}; pid=${pid%/cmdline}
-    tr '\0' ' ' <"$f" 2>/dev/null | grep -q -- "containerd-shim-runc-v2 .*-address $sock" && echo "$pid"
+    tr '\0' ' ' 2>/dev/null <"$f" | grep -q -- "containerd-shim-runc-v2 .*-address $sock" && echo "$pid"
   done
 }
 

@@ -44,6 +44,9 @@ realnode_uplinks() {
 # bridge (and the pods' veths on it). Hooks at priority -10 run after
 # kube-proxy's DNAT (nat output/prerouting at -100), so a Service address
 # still seen here has no endpoint and would otherwise follow the default route.
+# Interface matches are made in forward and postrouting only: in the output
+# hook oifname is the route chosen before kube-proxy's DNAT (the uplink, for a
+# ClusterIP), and the packet is rerouted after it.
 realnode_guard_rules() {
   cat <<NFT
 table inet $REALNODE_GUARD_TABLE {
@@ -58,7 +61,6 @@ table inet $REALNODE_GUARD_TABLE {
   chain output {
     type filter hook output priority -10; policy accept;
     ip daddr $REALNODE_SERVICE_CIDR counter drop comment "service-unresolved"
-    ip daddr $REALNODE_POD_CIDR oifname != "$REALNODE_BRIDGE" oifname != "veth*" oifname != "lo" counter drop comment "pod-range-off-bridge"
   }
   chain postrouting {
     type filter hook postrouting priority -10; policy accept;
@@ -73,7 +75,7 @@ NFT
 realnode_guard_ok() {
   local rules c
   rules=$(nft list table inet "$REALNODE_GUARD_TABLE" 2>/dev/null) || return 1
-  for c in pod-to-uplink service-unresolved pod-ipv6 pod-range-off-bridge pod-source-off-bridge pod-or-service-off-bridge; do
+  for c in pod-to-uplink service-unresolved pod-ipv6 pod-source-off-bridge pod-or-service-off-bridge; do
     grep -q "comment \"$c\"" <<<"$rules" || return 1
   done
 }

@@ -222,7 +222,7 @@ log "importing the test images"
 ctr images import --platform linux/amd64 "$images" >"$node_dir/logs/import.log" 2>&1 || die "image import failed: $(tail -3 "$node_dir/logs/import.log")"
 # Pinned: the kubelet's image GC must never delete them (nothing could pull them back).
 for ref in $(ctr images ls -q | grep '^registry\.local/'); do
-  ctr images label "$ref" io.cri-containerd.pinned=pinned >/dev/null
+  ctr images label "$ref" io.cri-containerd.pinned=pinned >/dev/null 2>&1
 done
 
 # --- 4. kubelet --------------------------------------------------------------------------

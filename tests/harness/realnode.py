@@ -40,7 +40,6 @@ GUARD_RULES = (
     "pod-to-uplink",
     "service-unresolved",
     "pod-ipv6",
-    "pod-range-off-bridge",
     "pod-source-off-bridge",
     "pod-or-service-off-bridge",
 )
