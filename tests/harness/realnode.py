@@ -111,7 +111,9 @@ def guard_problems() -> list[str]:
         if f'comment "{rule}"' not in table:
             problems.append(f"guard rule {rule!r} is missing from inet {GUARD_TABLE}")
     for chain in ("forward", "output", "postrouting"):
-        if not re.search(rf"chain {chain} \{{\s*type filter hook {chain} priority -10;", table):
+        # nft prints the priority by name: "filter - 10" is -10.
+        hooked = rf"chain {chain} \{{\s*type filter hook {chain} priority (-10|filter - 10);"
+        if not re.search(hooked, table):
             problems.append(f"guard chain {chain} is not hooked at priority -10")
     return problems
 
