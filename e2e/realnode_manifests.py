@@ -3,7 +3,6 @@ read from it while a rollout runs (test Job logs, Service endpoints)."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import threading
 from pathlib import Path
@@ -97,6 +96,8 @@ class JobLogs:
         self.logs: dict[str, str] = {}  # pod name -> log
         self.phases: dict[str, str] = {}
         self.jobs: dict[str, str] = {}  # pod name -> job name
+        self.errors: list[str] = []
+        self._test_jobs: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -110,19 +111,28 @@ class JobLogs:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            # A transient API error: try again next round.
-            with contextlib.suppress(Exception):
+            try:
                 self._poll()
+            except Exception as exc:  # a transient API error: try again next round
+                self.errors.append(repr(exc))
             self._stop.wait(0.3)
 
     def _poll(self) -> None:
+        # The purpose label is on the Jobs the operator creates, not on their pods.
+        jobs = self.cluster.get_json(
+            "jobs", "-n", self.namespace, "-l", f"{PURPOSE_LABEL}=test", timeout=20
+        )["items"]
+        self._test_jobs.update(j["metadata"]["name"] for j in jobs)
         pods = self.cluster.get_json(
-            "pods", "-n", self.namespace, "-l", f"{PURPOSE_LABEL}=test", timeout=20
+            "pods", "-n", self.namespace, "-l", "batch.kubernetes.io/job-name", timeout=20
         )["items"]
         for pod in pods:
             name = pod["metadata"]["name"]
+            job = pod["metadata"]["labels"]["batch.kubernetes.io/job-name"]
             phase = pod.get("status", {}).get("phase", "")
-            if name in self.logs or phase not in ("Succeeded", "Failed"):
+            if job not in self._test_jobs or name in self.logs:
+                continue
+            if phase not in ("Succeeded", "Failed"):
                 continue
             out = self.cluster.kubectl(
                 "logs", "-n", self.namespace, name, "--all-containers", check=False, timeout=20
@@ -130,7 +140,7 @@ class JobLogs:
             if out.returncode == 0:
                 self.logs[name] = out.stdout
                 self.phases[name] = phase
-                self.jobs[name] = pod["metadata"].get("labels", {}).get("job-name", "?")
+                self.jobs[name] = job
 
 
 def service_cluster_ip(cluster: Cluster, namespace: str, name: str) -> tuple[str, int]:
