@@ -96,8 +96,10 @@ def test_seed_pipeline_on_real_node(
         wait_for(
             lambda: len(logs.logs) >= 6,
             30,
-            message=lambda: f"the six test Jobs' logs: {sorted(logs.jobs.values())}, "
-            f"collector errors: {logs.errors[-3:]}",
+            message=lambda: (
+                f"the six test Jobs' logs: {sorted(logs.jobs.values())}, "
+                f"collector errors: {logs.errors[-3:]}"
+            ),
         )
     print("\n".join(_exchanges(logs)))
     assert body["status"]["phase"] == "Succeeded", body["status"]
