@@ -134,8 +134,13 @@ def test_in_cluster_operator_runs_the_seed_and_hands_over_on_leader_kill(
         )
         leader = _leader(cluster, system_namespace)
         assert leader, "no leader while a rollout runs"
+        # The holder identity is "<pod name>_<random suffix>".
+        leader_pod = leader.rsplit("_", 1)[0]
+        assert any(
+            p["metadata"]["name"] == leader_pod for p in _operator_pods(cluster, system_namespace)
+        )
         cluster.kubectl(
-            "delete", "pod", leader, "-n", system_namespace, "--grace-period=0", "--force"
+            "delete", "pod", leader_pod, "-n", system_namespace, "--grace-period=0", "--force"
         )
         new_leader = wait_for(
             lambda: h if (h := _leader(cluster, system_namespace)) not in (None, leader) else None,
@@ -144,6 +149,7 @@ def test_in_cluster_operator_runs_the_seed_and_hands_over_on_leader_kill(
             message=f"another replica to take the lead from {leader}",
         )
         print(f"leader {leader} killed; {new_leader} leads")
+        assert not str(new_leader).startswith(leader_pod + "_")
         _resume(cluster, namespace, "web-seed", body)
         body = wait_phase(cluster, namespace, "web-seed", {"Succeeded", "Failed"}, 600)
         wait_for(lambda: len(logs.logs) >= 6, 30, message="the six test Jobs' logs")
