@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.cluster import EXTERNAL_KUBECONFIG_ENV, Cluster
-from tests.harness.realnode import SCRIPTS, RealNode, unavailable_reason
+from tests.harness.cluster import EXTERNAL_KUBECONFIG_ENV, Cluster, wait_for
+from tests.harness.realnode import OWNER_FILE, SCRIPTS, RealNode, unavailable_reason
 
 _build_error: list[str] = []
 
@@ -63,6 +63,16 @@ def real_node(kube_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator
         pytest.skip(message)
     if _build_error:
         raise RuntimeError(_build_error[0])
+    # One real node per host: another session's node is waited for, not fought over.
+    wait_for(
+        lambda: not OWNER_FILE.exists(),
+        1800,
+        interval=2,
+        message=lambda: (
+            f"the real node of another session to stop ({OWNER_FILE}: "
+            f"{OWNER_FILE.read_text().strip() if OWNER_FILE.exists() else 'gone'})"
+        ),
+    )
     node = RealNode(
         kube_cluster.kubeconfig.parent,
         [kube_cluster.kubectl_path, f"--kubeconfig={kube_cluster.kubeconfig}"],
