@@ -234,3 +234,65 @@ def _show_guard_drops(real_node: RealNode) -> Any:
     yield
     # Visible in the output: how many packets the guards stopped during the test.
     print(f"guard drops so far: {real_node.guard_drops()}")
+
+
+@pytest.mark.parametrize("ending", ["abort", "delete"])
+def test_abort_and_deletion_leave_all_traffic_on_stable(
+    real_node: RealNode,
+    crd_installed: Cluster,
+    namespace: str,
+    operator: OperatorProcess,
+    ending: str,
+) -> None:
+    """Held at 50 % (canary pods really serving), the rollout is aborted or deleted:
+    cleanup runs and every request reaches the stable version again."""
+    cluster = crd_installed
+    steps = [
+        {"name": "start canary", "canary": {"replicas": 1}},
+        {"setWeight": 50},
+        {"name": "hold", "pause": {}},
+        {"promote": {}},
+    ]
+    docs = real_example("seed-pipeline.yaml", "v1", "v2", steps=steps)
+    docs[2]["spec"].pop("cleanup", None)
+    cluster.apply(dump(docs[:2]), namespace)
+    _wait_serving(cluster, namespace, 3)
+    cluster.apply(dump(docs[2:]), namespace)
+    wait_for(
+        lambda: (
+            (get_rollout(cluster, namespace, "web-seed").get("status") or {}).get("currentStep")
+            == 2
+        ),
+        ROLLOUT_TIMEOUT,
+        interval=0.5,
+        message="the hold at 50 %",
+    )
+    _wait_serving(cluster, namespace, 6)
+    held = _measure_service(real_node, cluster, namespace, "held at 50 %")
+    assert 0 < held.share("v2") < 1, held.describe()  # the canary really serves
+    if ending == "abort":
+        cluster.kubectl(
+            "patch",
+            "cro",
+            "web-seed",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec":{"abort":true}}',
+        )
+        body = wait_phase(cluster, namespace, "web-seed", {"Aborted", "Failed"}, ROLLOUT_TIMEOUT)
+        assert body["status"]["phase"] == "Aborted", body["status"]
+    else:
+        cluster.kubectl("delete", "cro", "web-seed", "-n", namespace, "--wait=false")
+        wait_for(
+            lambda: (
+                not cluster.kubectl(
+                    "get", "cro", "-n", namespace, "-o", "name", check=False
+                ).stdout.strip()
+            ),
+            ROLLOUT_TIMEOUT,
+            interval=0.5,
+            message="the deleted rollout to finish its cleanup and go",
+        )
+    _assert_all_stable(real_node, cluster, namespace, "v1", f"after {ending}")
