@@ -157,3 +157,56 @@ def test_in_cluster_operator_runs_the_seed_and_hands_over_on_leader_kill(
     for pod, log in logs.logs.items():
         assert logs.phases[pod] == "Succeeded" and "X-App-Version: v2" in log, log
     _assert_all_stable(real_node, cluster, namespace, "v2", "after the in-cluster rollout")
+
+
+def test_spinnaker_waiter_job_runs_as_shipped(
+    real_node: RealNode, crd_installed: Cluster, namespace: str, operator: Any
+) -> None:
+    """manifests/spinnaker/waiter-job.yaml with its read-only RBAC, from the project's
+    image on the real node, waits for the seed rollout; its outputs are read from the
+    pod log, as clouddriver reads them ("Capture output from: logs")."""
+    cluster = crd_installed
+    tag, archive = _operator_image()
+    real_node.import_image(archive, BASE_NAME)
+    spinnaker = REPO / "manifests" / "spinnaker"
+    rbac = (spinnaker / "waiter-rbac.yaml").read_text().replace("my-app", namespace)
+    cluster.apply(rbac, namespace)
+    job = yaml.safe_load((spinnaker / "waiter-job.yaml").read_text())
+    job["metadata"]["namespace"] = namespace
+    pod = job["spec"]["template"]["spec"]
+    pod.update(copy.deepcopy(POD_PLACEMENT))
+    waiter = pod["containers"][0]
+    waiter["image"] = f"canary-operator:{tag}"
+    waiter["imagePullPolicy"] = "Never"
+    for env in waiter["env"]:
+        if env["name"] == "CANARY_ROLLOUT":
+            env["value"] = "web-seed"
+    docs = real_example("seed-pipeline.yaml", "v1", "v2")
+    cluster.apply(dump(docs), namespace)
+    created = cluster.kubectl("create", "-n", namespace, "-f", "-", "-o", "name", input=dump([job]))
+    job_name = created.stdout.strip().split("/")[-1]
+
+    def finished() -> str | None:
+        status = cluster.get_json("job", job_name, "-n", namespace).get("status", {})
+        for c in status.get("conditions") or []:
+            if c["type"] in ("Complete", "Failed") and c["status"] == "True":
+                return str(c["type"])
+        return None
+
+    result = wait_for(finished, 600, interval=1, message=f"the waiter Job {job_name} to finish")
+    log = cluster.kubectl("logs", "-n", namespace, f"job/{job_name}").stdout
+    print(log)
+    assert result == "Complete", log
+    assert get_rollout(cluster, namespace, "web-seed")["status"]["phase"] == "Succeeded"
+    properties = dict(
+        line.removeprefix("SPINNAKER_PROPERTY_").split("=", 1)
+        for line in log.splitlines()
+        if line.startswith("SPINNAKER_PROPERTY_")
+    )
+    assert properties.get("PHASE") == "Succeeded", properties
+    config = next(
+        line.removeprefix("SPINNAKER_CONFIG_JSON=")
+        for line in log.splitlines()
+        if line.startswith("SPINNAKER_CONFIG_JSON=")
+    )
+    assert yaml.safe_load(config)["phase"] == "Succeeded", config
