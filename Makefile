@@ -7,7 +7,7 @@ VENV := .venv
 CLUSTER_DIR := .cluster
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps cluster-bins helm cluster-up cluster-down demo install crds chart-files image test lint bench-peer
+.PHONY: help venv deps cluster-bins realnode-bins helm cluster-up cluster-down demo install crds chart-files image test lint bench-peer
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,13 +30,22 @@ deps: ## install missing Debian packages (openssl, python3-venv, prometheus, ...
 cluster-bins: ## build (once, cached in ~/.cache/canary-operator) the control-plane binaries
 	hack/cluster/build.sh >/dev/null
 
+realnode-bins: ## build (once, cached) the real node's binaries and test images (root)
+	hack/realnode/deps.sh
+	hack/realnode/build.sh >/dev/null
+	hack/realnode/images/build.sh >/dev/null
+
 helm: ## build (once, cached in ~/.cache/canary-operator) helm from its Go module
 	hack/helm.sh >/dev/null
 
-cluster-up: ## start a dev cluster in .cluster/ (then: . .cluster/env)
+# NODES=real adds one real node (containerd, kubelet, kube-proxy, CoreDNS; root):
+# hack/realnode/up.sh. Its pods need a toleration of realnode=true:NoSchedule.
+NODES ?= kwok
+cluster-up: ## start a dev cluster in .cluster/ (then: . .cluster/env); NODES=real adds a real node
 	hack/cluster/up.sh $(CLUSTER_DIR)
+	@if [ "$(NODES)" = real ]; then hack/realnode/up.sh $(CLUSTER_DIR); fi
 
-cluster-down: ## stop the dev cluster and remove .cluster/
+cluster-down: ## stop the dev cluster (and its real node) and remove .cluster/
 	hack/cluster/down.sh $(CLUSTER_DIR)
 
 # --- the operator ----------------------------------------------------------------------
@@ -65,11 +74,18 @@ image: deps $(VENV)/.installed ## build the image archive (cached in ~/.cache/ca
 # The cluster fixture starts (and always stops) its own cluster, or uses the one
 # named by CANARY_TEST_KUBECONFIG. Building the binaries (and helm, and the image)
 # first keeps a cold build (tens of minutes) out of the tests' timeouts.
+# As root (CI), the real node's parts too: its test images (mostly download and
+# unpack) build in the background while the Go builds use the CPUs.
 test: deps $(VENV)/.installed ## run the whole suite (tests/ and e2e/)
-	@if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then hack/cluster/build.sh >/dev/null; fi
-	hack/helm.sh >/dev/null
-	@# The image tests need root (as CI has); build it here, outside their timeouts.
-	@if [ "$$(id -u)" = 0 ]; then PYTHON=$(VENV)/bin/python hack/image/build.sh >/dev/null; fi
+	@images=; if [ "$$(id -u)" = 0 ]; then hack/realnode/deps.sh; \
+	  hack/realnode/images/build.sh >/tmp/canary-realnode-images.log 2>&1 & images=$$!; fi; \
+	if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then hack/cluster/build.sh >/dev/null; fi; \
+	hack/helm.sh >/dev/null; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  PYTHON=$(VENV)/bin/python hack/image/build.sh >/dev/null; \
+	  if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then hack/realnode/build.sh >/dev/null; fi; \
+	  wait $$images || { cat /tmp/canary-realnode-images.log >&2; exit 1; }; \
+	fi
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed ## ruff check, ruff format --check, mypy

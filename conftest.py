@@ -34,8 +34,9 @@ from tests.harness.cluster import (
     unique_namespace_name,
 )
 
-# The session-scoped `prometheus` fixture (a real Prometheus server and an exporter).
-pytest_plugins = ["tests.harness.prometheus_fixtures"]
+# The session-scoped `prometheus` fixture (a real Prometheus server and an exporter),
+# and `real_node` (a real kubelet/containerd node joined to kube_cluster).
+pytest_plugins = ["tests.harness.prometheus_fixtures", "tests.harness.realnode_fixtures"]
 
 CLUSTER_FIXTURE = "kube_cluster"
 

@@ -27,6 +27,12 @@ if [ ! -e "$dir/$CLUSTER_MARKER" ]; then
   exit 1
 fi
 
+# A real node (hack/realnode/up.sh) goes first: its pods, rules and mounts
+# must be undone while the host still knows what they were.
+if [ -d "$dir/realnode" ]; then
+  "$here/../realnode/down.sh" "$dir" || echo "cluster: the real node's teardown reported leftovers" >&2
+fi
+
 n=$(cluster_pids "$dir" | wc -l)
 stop_cluster "$dir" "${CLUSTER_STOP_TIMEOUT:-10}"
 if [ "${CLUSTER_KEEP_DIR:-0}" = 1 ]; then

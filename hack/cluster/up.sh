@@ -268,6 +268,8 @@ start etcd "$bin/etcd" \
 
 # --endpoint-reconciler-type=none: the "kubernetes" Service cannot point at a
 # loopback address (Endpoints validation), and nothing runs in a pod here.
+# --kubelet-preferred-address-types: reach a real node's kubelet (logs, exec)
+# by its InternalIP; its name resolves nowhere (hack/realnode/up.sh).
 start kube-apiserver "$bin/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
   --bind-address=127.0.0.1 \
@@ -283,6 +285,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --authorization-mode=Node,RBAC \
   --allow-privileged=true \
   --endpoint-reconciler-type=none \
+  --kubelet-preferred-address-types=InternalIP,Hostname \
   --profiling=false
 
 # kube-controller-manager gives up after 10 s if /healthz is still forbidden to
