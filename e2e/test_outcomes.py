@@ -27,7 +27,7 @@ from e2e.conftest import (
 from e2e.identity import PLUGIN, run_cli
 from e2e.slow_http import SlowEndpoints
 from tests.harness import argocd_diff
-from tests.harness.cluster import Cluster, wait_for
+from tests.harness.cluster import Cluster, KubectlError, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -354,6 +354,18 @@ def test_a_required_cleanup_webhook_still_blocks_and_its_retries_are_one_event(
                 cleanupPolicy={"retryBackoffSeconds": 1, "maxBackoffSeconds": 2},
             ),
             namespace,
+        )
+        # B is applied once A holds the lock: applied in the same second, the two would
+        # be ordered by which the operator queued first (A's checks read a Secret).
+        wait_for(
+            lambda: (
+                (lease(kube_cluster, namespace).get("spec") or {}).get("holderIdentity")
+                == get_rollout(kube_cluster, namespace, "web-a")["metadata"]["uid"]
+            ),
+            60,
+            interval=0.3,
+            message="web-a holds the lock",
+            ignore=(KubectlError,),
         )
         kube_cluster.apply(m.rollout("web-b", [CANARY], image=V3), namespace)
 
