@@ -205,28 +205,39 @@ def unique_namespace_name(test_name: str, prefix: str = "t") -> str:
 # --------------------------------------------------------------------------- local cluster
 
 
+def read_env_file(*files: Path) -> dict[str, str]:
+    """KEY=VALUE lines of shell env files (comments and blanks skipped; later files win)."""
+    versions: dict[str, str] = {}
+    for f in files:
+        for line in f.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                versions[key.strip()] = value.strip().strip("'\"")
+    return versions
+
+
 def read_versions() -> dict[str, str]:
     """The pinned versions of ``hack/cluster/versions.env``."""
-    versions: dict[str, str] = {}
-    for line in (CLUSTER_SCRIPTS / "versions.env").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            versions[key.strip()] = value.strip().strip("'\"")
-    return versions
+    return read_env_file(CLUSTER_SCRIPTS / "versions.env")
+
+
+def cache_root() -> Path:
+    """Where the hack/ build scripts cache what they build (their `cache_root`)."""
+    return Path(
+        os.environ.get("CANARY_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "canary-operator"
+    )
 
 
 def cache_dir() -> Path:
     """Where build.sh puts this version set (mirrors the key in build.sh)."""
     v = read_versions()
-    root = os.environ.get("CANARY_CACHE_DIR") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "canary-operator"
-    )
     key = (
         f"k8s-{v['KUBERNETES_VERSION']}_etcd-{v['ETCD_VERSION']}"
         f"_kwok-{v['KWOK_VERSION']}_gw-{v['GATEWAY_API_VERSION']}"
     )
-    return Path(root) / key
+    return cache_root() / key
 
 
 def cached_bin_dir() -> Path | None:

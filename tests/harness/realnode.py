@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.harness.cluster import cache_root, read_env_file
+
 REPO = Path(__file__).resolve().parent.parent.parent
 SCRIPTS = REPO / "hack" / "realnode"
 NODE_NAME = "realnode-0"
@@ -55,27 +57,17 @@ RUNNER_IMAGE = "registry.local/busybox:local"
 
 
 def read_versions() -> dict[str, str]:
-    versions: dict[str, str] = {}
-    for f in (REPO / "hack" / "cluster" / "versions.env", SCRIPTS / "versions.env"):
-        for line in f.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, _, value = line.partition("=")
-                versions[key.strip()] = value.strip()
-    return versions
+    return read_env_file(REPO / "hack" / "cluster" / "versions.env", SCRIPTS / "versions.env")
 
 
 def cache_dir() -> Path:
     """Where hack/realnode/build.sh puts this version set (mirrors its key)."""
     v = read_versions()
-    root = os.environ.get("CANARY_CACHE_DIR") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "canary-operator"
-    )
     key = (
         f"realnode-k8s-{v['KUBERNETES_VERSION']}_containerd-{v['CONTAINERD_VERSION']}"
         f"_runc-{v['RUNC_VERSION']}_cni-{v['CNI_PLUGINS_VERSION']}_coredns-{v['COREDNS_VERSION']}"
     )
-    return Path(root) / key
+    return cache_root() / key
 
 
 def unavailable_reason() -> str | None:
