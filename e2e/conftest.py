@@ -8,12 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from e2e.identity import free_port
 from tests.harness.cluster import Cluster, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,6 +121,26 @@ def operators(
     finally:
         for op in started:
             op.stop()
+
+
+def serving_operator(
+    cluster: Cluster, namespace: str, operators: list[OperatorProcess], log_path: Path
+) -> str:
+    """An operator process with its HTTP server on a free loopback port, started into
+    `operators` (stopped after the test); returns its base URL once /readyz answers 200."""
+    port = free_port()
+    op = OperatorProcess(
+        cluster, namespace, log_path, args=["--http-port", str(port), "--http-host", "127.0.0.1"]
+    ).start()
+    operators.append(op)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+
+    wait_for(ready, 60, ignore=(OSError,), message="the operator's /readyz")
+    return base
 
 
 def _delete_rollouts(cluster: Cluster, namespace: str, running: list[OperatorProcess]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,11 @@ from e2e.conftest import (
     OperatorProcess,
     canary_objects,
     get_rollout,
+    serving_operator,
     stable_image,
     wait_phase,
 )
-from e2e.identity import free_port
-from tests.harness.cluster import Cluster, wait_for
+from tests.harness.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -92,26 +91,8 @@ def post(url: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
 @pytest.fixture
 def endpoint(
     kube_cluster: Cluster, namespace: str, operators: list[OperatorProcess], tmp_path: Path
-) -> Iterator[str]:
-    port = free_port()
-    op = OperatorProcess(
-        kube_cluster,
-        namespace,
-        tmp_path / "op.log",
-        args=["--http-port", str(port), "--http-host", "127.0.0.1"],
-    ).start()
-    operators.append(op)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
-                return bool(response.status == 200)
-        except urllib.error.HTTPError:
-            return False
-
-    wait_for(ready, 30, ignore=(OSError,), message="the operator to be ready")
-    yield base
+) -> str:
+    return serving_operator(kube_cluster, namespace, operators, tmp_path / "op.log")
 
 
 def test_abort_endpoint(kube_cluster: Cluster, namespace: str, endpoint: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ import yaml
 
 from e2e import manifests as m
 from e2e.chat_endpoints import ChatEndpoints, slack_problem, teams_problem
-from e2e.conftest import OperatorProcess, events_of, get_rollout, wait_phase
-from e2e.identity import free_port
+from e2e.conftest import OperatorProcess, events_of, get_rollout, serving_operator, wait_phase
 from tests.harness.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -193,26 +191,8 @@ def _seconds(a: str, b: str) -> float:
 @pytest.fixture
 def operator_with_metrics(
     kube_cluster: Cluster, namespace: str, operators: list[OperatorProcess], tmp_path: Path
-) -> Iterator[str]:
-    port = free_port()
-    op = OperatorProcess(
-        kube_cluster,
-        namespace,
-        tmp_path / "op.log",
-        args=["--http-port", str(port), "--http-host", "127.0.0.1"],
-    ).start()
-    operators.append(op)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    wait_for(ready, timeout=60, message="operator /readyz")
-    yield base
+) -> str:
+    return serving_operator(kube_cluster, namespace, operators, tmp_path / "op.log")
 
 
 def test_an_endpoint_answering_500_delays_no_rollout_and_no_cleanup(
