@@ -115,3 +115,40 @@ def rollout(
             "spec": spec,
         }
     )
+
+
+def refusing_canary_webhook(namespace: str, dry_runs_too: bool) -> str:
+    """An admission webhook nobody serves (loopback, a port nothing listens on; failure
+    policy Fail): the API server answers every create/update of this namespace's canary
+    Deployments with a 500. With `dry_runs_too` false, the server-side dry-runs with which
+    the operator checks a spec before its run get through (so the run starts, takes the
+    lock, and then its real writes fail)."""
+    webhook: dict[str, Any] = {
+        "name": "refuse-canary.canary-operator.dev",
+        "clientConfig": {"url": "https://127.0.0.1:9/refuse"},
+        "rules": [
+            {
+                "apiGroups": ["apps"],
+                "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"],
+                "resources": ["deployments"],
+            }
+        ],
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "objectSelector": {"matchLabels": {"canary-operator.dev/role": "canary"}},
+        "failurePolicy": "Fail",
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 2,
+    }
+    if not dry_runs_too:
+        webhook["matchConditions"] = [{"name": "not-a-dry-run", "expression": "!request.dryRun"}]
+    prefix = "refuse-all-canary" if dry_runs_too else "refuse-canary"
+    return yaml.safe_dump(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": f"{prefix}-{namespace}"},
+            "webhooks": [webhook],
+        }
+    )

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from e2e import manifests as m
 from e2e.conftest import (
@@ -263,51 +262,12 @@ def test_eight_hanging_checks_hold_up_no_other_rollout_and_every_lease_stays_ren
 # ------------------------------------------------------------- failing writes
 
 
-def refusing_webhook(namespace: str) -> str:
-    """An admission webhook nobody serves, failurePolicy Fail: the API server answers
-    every create/update of this namespace's canary Deployments with a 500."""
-    return yaml.safe_dump(
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": f"refuse-canary-{namespace}"},
-            "webhooks": [
-                {
-                    "name": "refuse-canary.canary-operator.dev",
-                    # Loopback, a port nothing listens on: the call is refused at once.
-                    "clientConfig": {"url": "https://127.0.0.1:9/refuse"},
-                    "rules": [
-                        {
-                            "apiGroups": ["apps"],
-                            "apiVersions": ["v1"],
-                            "operations": ["CREATE", "UPDATE"],
-                            "resources": ["deployments"],
-                        }
-                    ],
-                    "namespaceSelector": {
-                        "matchLabels": {"kubernetes.io/metadata.name": namespace}
-                    },
-                    "objectSelector": {"matchLabels": {"canary-operator.dev/role": "canary"}},
-                    # Real writes only: the server-side dry-run with which the operator
-                    # validates a spec before its run starts gets through, so the run
-                    # starts, takes the lock, and then its writes fail.
-                    "matchConditions": [{"name": "not-a-dry-run", "expression": "!request.dryRun"}],
-                    "failurePolicy": "Fail",
-                    "sideEffects": "None",
-                    "admissionReviewVersions": ["v1"],
-                    "timeoutSeconds": 2,
-                }
-            ],
-        }
-    )
-
-
 def test_a_holder_whose_writes_keep_failing_keeps_its_lock_and_says_why(
     kube_cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
     ns = namespace
     kube_cluster.apply(m.app(replicas=2, image=OLD), ns)
-    webhook = refusing_webhook(ns)
+    webhook = m.refusing_canary_webhook(ns, dry_runs_too=False)
     kube_cluster.apply(webhook)
     try:
         with Watch(kube_cluster, ns, "canaryrollouts") as watch:

@@ -246,41 +246,6 @@ def test_set_weight_before_any_canary_step_is_refused_at_apply(
     assert "created" in kube_cluster.apply(yaml.safe_dump(fine), namespace)
 
 
-def refusing_every_canary_write(namespace: str) -> str:
-    """An admission webhook nobody serves (failurePolicy Fail): the API server answers
-    every create/update of this namespace's canary Deployments, dry-runs included,
-    with a 500 — a spec that cannot be checked yet, not a bad one."""
-    return yaml.safe_dump(
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": f"refuse-all-canary-{namespace}"},
-            "webhooks": [
-                {
-                    "name": "refuse-canary.canary-operator.dev",
-                    "clientConfig": {"url": "https://127.0.0.1:9/refuse"},
-                    "rules": [
-                        {
-                            "apiGroups": ["apps"],
-                            "apiVersions": ["v1"],
-                            "operations": ["CREATE", "UPDATE"],
-                            "resources": ["deployments"],
-                        }
-                    ],
-                    "namespaceSelector": {
-                        "matchLabels": {"kubernetes.io/metadata.name": namespace}
-                    },
-                    "objectSelector": {"matchLabels": {"canary-operator.dev/role": "canary"}},
-                    "failurePolicy": "Fail",
-                    "sideEffects": "None",
-                    "admissionReviewVersions": ["v1"],
-                    "timeoutSeconds": 2,
-                }
-            ],
-        }
-    )
-
-
 def test_a_spec_that_cannot_be_checked_yet_waits_untouched_and_says_why(
     kube_cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
@@ -288,7 +253,7 @@ def test_a_spec_that_cannot_be_checked_yet_waits_untouched_and_says_why(
     kube_cluster.apply(m.app(replicas=2), ns)
     kube_cluster.kubectl("rollout", "status", "deployment/web", "-n", ns, "--timeout=90s")
     webhook = f"refuse-all-canary-{ns}"
-    kube_cluster.apply(refusing_every_canary_write(ns))
+    kube_cluster.apply(m.refusing_canary_webhook(ns, dry_runs_too=True))
     try:
         before = settled_snapshot(kube_cluster, ns)
         kube_cluster.apply(yaml.safe_dump(rollout_doc("web-v2")), ns)
