@@ -247,6 +247,14 @@ class Metrics:
             "Notifications being delivered or waiting for their next attempt.",
             registry=r,
         )
+        self._api_requests = Counter(
+            "canary_operator_api_requests_total",
+            "Requests this process's client sent to the API server (kopf's watch of the "
+            "rollouts apart), by verb, resource and HTTP status. Reads of cached kinds are "
+            "answered from watch-fed caches and do not appear here.",
+            ["verb", "resource", "code"],
+            registry=r,
+        )
         r.register(_StateCollector(self))
 
     # ------------------------------------------------------- plain values (web.py)
@@ -280,6 +288,9 @@ class Metrics:
         self._reconcile_duration.labels(result="ok" if ok else "error").observe(max(0.0, seconds))
         if not ok:
             self.reconcile_retry()
+
+    def api_request(self, verb: str, resource: str, code: int) -> None:
+        self._api_requests.labels(verb=verb, resource=resource, code=str(code)).inc()
 
     def lease_renewal(self, ok: bool) -> None:
         self._lease_renewals.labels(result="ok" if ok else "failed").inc()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -78,7 +79,8 @@ from canary_operator.engine.types import (
     WorkloadView,
 )
 from canary_operator.kube import objects
-from canary_operator.kube.api import Conflict, JsonObj, Kube, path
+from canary_operator.kube.api import Conflict, JsonObj, Kube, ResourceKind, path
+from canary_operator.kube.cache import newer_or_same, strip
 from canary_operator.kube.events import EventRecorder
 from canary_operator.lock.lease import LeaseLock
 from canary_operator.lock.queue import Candidate
@@ -106,6 +108,9 @@ class RetryLater(Exception):
     queue retries with backoff."""
 
     described = True  # the status and an Event tell it: no traceback in the log
+
+
+ROLLOUTS = ResourceKind(models.GROUP, models.VERSION, models.PLURAL)
 
 
 def rollout_path(namespace: str, name: str | None = None) -> str:
@@ -136,7 +141,8 @@ def candidate(body: JsonObj) -> Candidate | None:
 
 
 class RolloutIndex:
-    """Rollouts as last seen by the watch, to find who shares a lock without listing."""
+    """Rollouts as last seen by the watch (or as this process last wrote them): what a
+    reconcile plans from, and who shares a lock, without asking the API server."""
 
     def __init__(self) -> None:
         # (namespace, name) -> (body, lock key, target Deployment); unreadable specs skipped
@@ -146,6 +152,14 @@ class RolloutIndex:
 
     def update(self, body: JsonObj, deleted: bool = False) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        known = self._entries.get(key)
+        if (
+            known is not None
+            and known[0]["metadata"].get("uid") == body["metadata"].get("uid")
+            and not newer_or_same(body, known[0])
+        ):
+            return  # a watch event older than what this process wrote
+        body = strip(body, ROLLOUTS)
         by_uid = (key[0], body["metadata"]["uid"])
         previous = self._uids.pop(key, None)
         if previous is not None and previous != by_uid[1]:
@@ -164,6 +178,15 @@ class RolloutIndex:
             self._entries.pop(key, None)
         else:
             self._entries[key] = (body, spec.lock_key, spec.target.deployment)
+
+    def body(self, namespace: str, name: str) -> JsonObj | None:
+        """The rollout as last seen (a copy: the reconcile may change it)."""
+        entry = self._entries.get((namespace, name))
+        return copy.deepcopy(entry[0]) if entry is not None else None
+
+    def candidate(self, namespace: str, name: str) -> Candidate | None:
+        entry = self._entries.get((namespace, name))
+        return candidate(entry[0]) if entry is not None else None
 
     def active(self, namespace: str, uid: str) -> bool:
         """Whether the rollout with this uid exists (as last seen) and has not ended."""
@@ -203,8 +226,12 @@ class Reconciler:
         index: RolloutIndex,
         events: EventRecorder,
         checks: CheckRunner,
+        fresh: Kube | None = None,
     ) -> None:
-        self.kube = kube
+        self.kube = kube  # reads from the watch-fed caches (kube/cache.py), writes through
+        # Asks the API server itself: only where a stale read could break a promise
+        # (each use says which).
+        self.fresh = fresh or kube
         self.lock = lock
         self.index = index
         self.events = events
@@ -212,7 +239,7 @@ class Reconciler:
         # Which ServiceAccounts rollout Jobs may name (`run --allow-job-service-accounts`).
         self.allowed_accounts = AllowedServiceAccounts.from_env()
         # Checks of the spec against the cluster, made before a run touches anything.
-        self.validator: SpecValidator = ClusterValidator(kube)
+        self.validator: SpecValidator = ClusterValidator(self.fresh)
         # Called after each status write: (namespace, name, old status, new status).
         self.on_status_written: StatusHook | None = None
         # Called with the written body once the transition's Events are out (the
@@ -223,7 +250,11 @@ class Reconciler:
 
     async def reconcile(self, namespace: str, name: str) -> float | None:
         """Returns seconds until the next reconcile is wanted (None: wait for events)."""
-        body = await self.kube.get(rollout_path(namespace, name))
+        # The watch's view (or this process's last write): a stale one costs at most a
+        # 409 on the status write, which is conditional on its resourceVersion.
+        body = self.index.body(namespace, name)
+        if body is None:
+            body = await self.fresh.get(rollout_path(namespace, name))
         if body is None:
             self.checks.forget(namespace, name)
             return None
@@ -291,6 +322,14 @@ class Reconciler:
         Returns the plan to record and, when an API call failed in a way a retry may
         cure, what failed (the caller retries after recording it)."""
         result = machine.plan(rollout, obs)
+        if rollout.status.phase == Phase.CLEANING_UP and any(
+            isinstance(a, ReleaseLock) for a in result.actions
+        ):
+            # About to declare the cleanup verified: that promise (100 % stable, no canary
+            # object left) is checked against the API server, not against caches that
+            # may not have seen a pod created a moment ago.
+            obs = await self._observe(rollout, body, targets, ref, reads=self.fresh)
+            result = machine.plan(rollout, obs)
         try:
             await self._act(result, rollout, obs, targets, body, ref)
         except LockLost as lost:
@@ -477,14 +516,17 @@ class Reconciler:
         )
         return _Targets(target, service)
 
-    def router(self, rollout: Rollout, token: int | None) -> TrafficRouter:
+    def router(
+        self, rollout: Rollout, token: int | None, kube: Kube | None = None
+    ) -> TrafficRouter:
         spec = rollout.spec
+        reads = kube or self.kube
         canary = objects.canary_name(spec)
         routing = spec.traffic_routing
         stable_service = spec.target.service or spec.target.deployment
         if routing and routing.nginx:
             return NginxRouter(
-                self.kube,
+                reads,
                 rollout.namespace,
                 routing.nginx,
                 stable_service,
@@ -496,7 +538,7 @@ class Reconciler:
             )
         if routing and routing.istio:
             return IstioRouter(
-                self.kube,
+                reads,
                 rollout.namespace,
                 routing.istio,
                 stable_service,
@@ -506,19 +548,25 @@ class Reconciler:
             )
         if spec.traffic_routing and spec.traffic_routing.gateway_api:
             return GatewayAPIRouter(
-                self.kube,
+                reads,
                 rollout.namespace,
                 spec.traffic_routing.gateway_api.http_route,
                 spec.target.service or spec.target.deployment,
                 canary,
                 f"{rollout.name}/{token}",
             )
-        return ReplicasRouter(self.kube, rollout.namespace, spec.target.deployment, canary)
+        return ReplicasRouter(reads, rollout.namespace, spec.target.deployment, canary)
 
     async def _observe(
-        self, rollout: Rollout, body: JsonObj, targets: _Targets, ref: RunRef
+        self,
+        rollout: Rollout,
+        body: JsonObj,
+        targets: _Targets,
+        ref: RunRef,
+        reads: Kube | None = None,
     ) -> Observed:
         ns, spec = rollout.namespace, rollout.spec
+        reads = reads or self.kube
         me = candidate(body)
         assert me is not None
         shared = [
@@ -534,7 +582,7 @@ class Reconciler:
 
         async def still_current() -> bool:
             # Fresh read, only when about to take a free lock (see LeaseLock.observe).
-            fresh = await self.kube.get(rollout_path(ns, rollout.name))
+            fresh = await self.fresh.get(rollout_path(ns, rollout.name))
             version = body["metadata"]["resourceVersion"]
             return fresh is not None and fresh["metadata"]["resourceVersion"] == version
 
@@ -543,11 +591,11 @@ class Reconciler:
             self.lock.observe(
                 ns, spec.lock_key, me, shared, wants, self._holder_running, still_current
             ),
-            self._role_deployments(ns, spec),
-            self.kube.get(path("", "v1", "services", ns, objects.canary_name(spec))),
-            self.kube.list(path("", "v1", "pods", ns), objects.any_role_selector(spec)),
-            self.kube.list(path("batch", "v1", "jobs", ns), objects.target_selector(spec)),
-            self.router(rollout, None).read(),
+            self._role_deployments(ns, spec, reads),
+            reads.get(path("", "v1", "services", ns, objects.canary_name(spec))),
+            reads.list(path("", "v1", "pods", ns), objects.any_role_selector(spec)),
+            reads.list(path("batch", "v1", "jobs", ns), objects.operator_jobs_selector(spec)),
+            self.router(rollout, None, reads).read(),
         )
         answers, running = self.checks.observe(ref)
         return Observed(
@@ -587,8 +635,17 @@ class Reconciler:
         """Observations only some reconciles need: the spec checked against the cluster
         when a run may start, and the log tails of failed test Jobs not yet recorded."""
         if machine.wants_validation(rollout, obs.lock.held) and targets.target is not None:
-            problems = await self.validator.problems(rollout, targets.target, targets.service)
-            obs = replace(obs, spec_problems=tuple(problems))
+            # A run may start: its canary is built from, and its "older than live" check
+            # made against, the target as it is now, not as the cache last saw it (a
+            # promotion a moment ago must not be missed).
+            fresh = await self.fresh.get(
+                path("apps", "v1", "deployments", rollout.namespace, rollout.spec.target.deployment)
+            )
+            targets.target = fresh
+            obs = replace(obs, target=_workload(fresh))
+            if fresh is not None:
+                problems = await self.validator.problems(rollout, fresh, targets.service)
+                obs = replace(obs, spec_problems=tuple(problems))
         wanted = machine.jobs_wanting_logs(rollout.status, obs.jobs)
         if wanted:
             tails = await asyncio.gather(
@@ -598,19 +655,20 @@ class Reconciler:
         return obs
 
     async def _role_deployments(
-        self, ns: str, spec: CanaryRolloutSpec
+        self, ns: str, spec: CanaryRolloutSpec, reads: Kube
     ) -> tuple[JsonObj | None, JsonObj | None]:
         """The canary Deployment, and the baseline's when the spec asks for one."""
         canary, baseline = await asyncio.gather(
-            self.kube.get(path("apps", "v1", "deployments", ns, objects.canary_name(spec))),
-            self.kube.get(path("apps", "v1", "deployments", ns, objects.baseline_name(spec)))
+            reads.get(path("apps", "v1", "deployments", ns, objects.canary_name(spec))),
+            reads.get(path("apps", "v1", "deployments", ns, objects.baseline_name(spec)))
             if spec.baseline
             else _nothing(),
         )
         return canary, baseline
 
     async def _holder_running(self, namespace: str, name: str, uid: str) -> bool:
-        body = await self.kube.get(rollout_path(namespace, name))
+        # Fresh: a lease is taken from its holder only if the API server says it ended.
+        body = await self.fresh.get(rollout_path(namespace, name))
         if body is None or body["metadata"]["uid"] != uid:
             return False
         return not Phase((body.get("status") or {}).get("phase") or "Pending").terminal
@@ -718,7 +776,8 @@ class Reconciler:
         a conflict on those fields instead of reverting them unnoticed."""
         ns, spec = rollout.namespace, rollout.spec
         target_path = path("apps", "v1", "deployments", ns, spec.target.deployment)
-        target = await self.kube.get(target_path)
+        # Fresh: the apply is conditional on the target's resourceVersion.
+        target = await self.fresh.get(target_path)
         if target is None:
             raise ValueError(f"target Deployment {spec.target.deployment} not found")
         record = {
@@ -755,7 +814,8 @@ class Reconciler:
         ):
             await self.kube.delete(path("", "v1", "services", ns, service["metadata"]["name"]))
         for job in await self.kube.list(
-            path("batch", "v1", "jobs", ns), f"{target},{objects.PURPOSE_LABEL}=test"
+            path("batch", "v1", "jobs", ns),
+            f"{objects.operator_jobs_selector(spec)},{objects.PURPOSE_LABEL}=test",
         ):
             job_path = path("batch", "v1", "jobs", ns, job["metadata"]["name"])
             if job["metadata"]["name"] in keep and _owned_by(job, rollout.uid):

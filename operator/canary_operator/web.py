@@ -128,6 +128,7 @@ class RunOptions:
     leader_namespace: str | None = None
     leader_name: str = "canary-operator-leader"
     workers: int = 8  # reconciles at once (none waits on a user endpoint)
+    namespaces: tuple[str, ...] = ()  # watched namespaces; empty: the whole cluster
 
 
 @dataclass
@@ -295,7 +296,7 @@ class WebServer:
 
 
 class Controller(Protocol):
-    """What the leader runs: the work queue and its companions (handlers.Controller)."""
+    """What the leader runs: the work queue and its companions (controller.Controller)."""
 
     def start(self) -> None: ...
 

@@ -52,6 +52,7 @@ def _run(args: argparse.Namespace) -> int:
                 leader_namespace=args.leader_election_namespace,
                 leader_name=args.leader_election_id,
                 workers=args.workers,
+                namespaces=tuple(namespaces),
             )
         ),
     )

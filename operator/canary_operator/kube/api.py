@@ -8,11 +8,14 @@ resourceVersion precondition.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -73,11 +76,72 @@ def path(
     return base
 
 
+@dataclass(frozen=True)
+class ResourceKind:
+    group: str
+    version: str
+    plural: str
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        return path(self.group, self.version, self.plural, namespace, name)
+
+
+def parse_path(resource_path: str) -> tuple[ResourceKind, str | None, str | None, str] | None:
+    """(kind, namespace, name, subresource) of a REST path this module builds."""
+    parts = resource_path.strip("/").split("/")
+    if parts[:1] == ["api"]:
+        group, rest = "", parts[1:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, rest = parts[1], parts[2:]
+    else:
+        return None
+    if not rest:
+        return None
+    version, rest = rest[0], rest[1:]
+    namespace = None
+    if len(rest) >= 2 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    if not rest:
+        return None
+    plural, rest = rest[0], rest[1:]
+    name = rest[0] if rest else None
+    subresource = "/".join(rest[1:])
+    return ResourceKind(group, version, plural), namespace, name, subresource
+
+
+def verb(method: str, resource_path: str, query: Mapping[str, Any] | None) -> str:
+    """The API server's name for a request's verb (get/list/watch/create/...)."""
+    if method == "GET":
+        if query and str(dict(query).get("watch") or "") == "true":
+            return "watch"
+        where = parse_path(resource_path)
+        return "list" if where is not None and where[2] is None else "get"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+        method, method.lower()
+    )
+
+
+# (verb, resource e.g. "deployments" or "canaryrollouts/status", HTTP status)
+RequestHook = Callable[[str, str, int], None]
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
         self.api_client = api_client
         self.field_manager = field_manager
         api_client.user_agent = f"{field_manager}/{__version__}"
+        # Told of every request this client makes (the operator's request counter).
+        self.on_request: RequestHook | None = None
+
+    def _count(
+        self, method: str, resource_path: str, query: Mapping[str, Any] | None, status: int
+    ) -> None:
+        if self.on_request is None:
+            return
+        where = parse_path(resource_path)
+        resource = "?" if where is None else where[0].plural + (f"/{where[3]}" if where[3] else "")
+        with contextlib.suppress(Exception):  # a counter must never fail a request
+            self.on_request(verb(method, resource_path, query), resource, status)
 
     async def request(
         self,
@@ -98,6 +162,7 @@ class Kube:
             _request_timeout=30,
         )
         response = raw[0] if isinstance(raw, tuple) else raw
+        self._count(method, resource_path, query, response.status)
         async with response:
             data = await response.read()
             if response.status >= 400:
@@ -108,6 +173,40 @@ class Kube:
                     raise Conflict(f"{method} {resource_path}: {exc.reason}") from exc
                 raise exc
         return json.loads(data) if data else None
+
+    async def watch(self, resource_path: str, query: Mapping[str, Any]) -> AsyncIterator[JsonObj]:
+        """The events of a watch, one JSON object per line, until the server ends it.
+        Lines are split here rather than by the stream's readline, whose line limit a
+        large object can exceed."""
+        timeout = float(query.get("timeoutSeconds") or 300)
+        raw = await self.api_client.call_api(
+            resource_path,
+            "GET",
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            # Connect quickly or not at all; a watch silent for longer than the server's
+            # own timeout is a dead connection.
+            _request_timeout=aiohttp.ClientTimeout(connect=10, sock_read=timeout + 30),
+        )
+        response = raw[0] if isinstance(raw, tuple) else raw
+        self._count("GET", resource_path, query, response.status)
+        async with response:
+            if response.status >= 400:
+                data = await response.read()
+                exc = ApiException(status=response.status, reason=_reason(data, response.reason))
+                exc.body = data
+                raise exc
+            pending = b""
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+            if pending.strip():
+                yield json.loads(pending)
 
     async def get(self, resource_path: str) -> JsonObj | None:
         try:

@@ -57,6 +57,11 @@ def target_selector(spec: CanaryRolloutSpec) -> str:
     return f"{TARGET_LABEL}={_label_value(spec.target.deployment)}"
 
 
+def operator_jobs_selector(spec: CanaryRolloutSpec) -> str:
+    """The test and cleanup Jobs of rollouts of this target (all carry managed-by)."""
+    return f"{MANAGED_BY}={OPERATOR},{target_selector(spec)}"
+
+
 def any_role_selector(spec: CanaryRolloutSpec) -> str:
     """Label selector of every pod/object the operator created for this target."""
     return f"{TARGET_LABEL}={_label_value(spec.target.deployment)},{ROLE_LABEL}"

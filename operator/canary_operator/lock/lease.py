@@ -84,10 +84,12 @@ class LeaseLock:
         kube: Kube,
         clock: Callable[[], float] = time.monotonic,
         renewer: LeaseRenewer | None = None,
+        fresh: Kube | None = None,
     ) -> None:
-        self.kube = kube
+        self.kube = kube  # may answer reads from the watch-fed cache
+        self.fresh = fresh or kube  # always asks the API server
         self.clock = clock
-        self.renewer = renewer or LeaseRenewer(kube, clock)
+        self.renewer = renewer or LeaseRenewer(kube, clock, fresh=self.fresh)
         self._seen: dict[tuple[str, str], _Seen] = {}
 
     def _unchanged_for(self, namespace: str, lease: JsonObj) -> float:
@@ -118,6 +120,8 @@ class LeaseLock:
         read the rollout. A run writes its terminal status before releasing, so a
         fresh read after seeing the lock free tells; a stale view never takes it."""
         name = lease_name(lock_key)
+        # The watch-fed view: acting on it is safe, because taking the lock is a write
+        # conditional on the version read, and writes to the target are fenced.
         lease = await self.kube.get(lease_path(namespace, name))
         spec = (lease or {}).get("spec", {})
         holder_uid = spec.get("holderIdentity") or None
@@ -209,7 +213,7 @@ class LeaseLock:
         """Fencing: does `uid` still hold the lock with `token`? A fresh read of the
         Lease, on purpose not the watch-fed view: it guards a write to the target."""
         name = lease_name(lock_key)
-        lease = await self.kube.get(lease_path(namespace, name))
+        lease = await self.fresh.get(lease_path(namespace, name))
         if lease is None:
             return False
         spec = lease.get("spec") or {}
@@ -273,7 +277,9 @@ class LeaseLock:
         """Give the lock up if `uid` holds it. Returns whether a release was written."""
         name = lease_name(lock_key)
         self.renewer.drop(namespace, name)  # no renewal may race the release
-        lease = await self.kube.get(lease_path(namespace, name))
+        # Fresh: the release is conditional, and a renewal the cache has not seen yet
+        # would make it fail and hold up the next rollout by a retry.
+        lease = await self.fresh.get(lease_path(namespace, name))
         if lease is None or lease.get("spec", {}).get("holderIdentity") != uid:
             return False
         body = json.loads(json.dumps(lease))

@@ -79,8 +79,10 @@ class LeaseRenewer:
         clock: Callable[[], float] = time.monotonic,
         renew_every: float = RENEW_EVERY_SECONDS,
         write_timeout: float = WRITE_TIMEOUT_SECONDS,
+        fresh: Kube | None = None,
     ) -> None:
         self.kube = kube
+        self.fresh = fresh or kube  # reads after a 409 must see the API server's version
         self.clock = clock
         self.renew_every = renew_every
         self.write_timeout = write_timeout
@@ -199,7 +201,7 @@ class LeaseRenewer:
             try:
                 written = await asyncio.wait_for(self.kube.replace(where, body), self.write_timeout)
             except Conflict:
-                fresh = await asyncio.wait_for(self.kube.get(where), self.write_timeout)
+                fresh = await asyncio.wait_for(self.fresh.get(where), self.write_timeout)
                 if fresh is None or _holder(fresh) != (held.holder_uid, held.token):
                     self._lost(held, fresh)
                     return

@@ -1,0 +1,200 @@
+"""The controller: watch-fed caches feed the work queue; the reconciler does the work.
+
+kopf watches the rollouts (handlers.py); this module's caches watch what the
+reconciler reads, and their events wake only the rollouts that can act on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from canary_operator.checks.inflight import CheckRunner
+from canary_operator.kube import cache, objects
+from canary_operator.kube.api import Kube
+from canary_operator.kube.cache import Cache, CachedKube, Informer
+from canary_operator.kube.events import EventRecorder
+from canary_operator.lock import queue
+from canary_operator.lock.lease import LOCK_KEY_ANNOTATION, LOCK_LABEL, LeaseLock, lease_name
+from canary_operator.notifications.notifier import Notifier
+from canary_operator.reconciler import Reconciler, RolloutIndex, candidate, parse_spec
+from canary_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+# Waiters behind the head of a lock's queue learn their new position this much later
+# (coalesced): a handoff's critical path wakes only who can act, so its cost does not
+# grow with the queue, while `status.queue` still catches up within seconds.
+QUEUE_REFRESH_SECONDS = 5.0
+# The work queue starts once the caches have listed (or after this, reading through).
+CACHE_SYNC_TIMEOUT_SECONDS = 30.0
+
+
+class Controller:
+    """The work queue and what runs beside it, apart from reconciles: the watch-fed
+    caches, the lease renewer and the background checks. The caches run in every
+    process (a standby is warm when it takes over); the rest only in the leader."""
+
+    def __init__(self, kube: Kube, workers: int = 8, namespaces: tuple[str, ...] = ()) -> None:
+        self.api = kube
+        self.cache = Cache(kube, namespaces)
+        self.kube = CachedKube(kube, self.cache)
+        self.index = RolloutIndex()
+        self.lock = LeaseLock(self.kube, fresh=kube)
+        self.checks = CheckRunner(wake=self.wake)
+        events = EventRecorder(kube)
+        self.reconciler = Reconciler(
+            self.kube, self.lock, self.index, events, self.checks, fresh=kube
+        )
+        # Notifications go out from tasks of their own, after the status write.
+        self.notifier = Notifier(kube, events)
+        self.reconciler.on_transition = self.notifier.transition
+        self.queue = WorkQueue(lambda key: self.reconciler.reconcile(*key), workers=workers)
+        self.lock.renewer.on_lost = self.wake
+        self.lock.renewer.holder_active = self.index.active
+        # (namespace, lease) -> (holder uid, token) last seen: renewals wake nobody.
+        self._lease_holders: dict[tuple[str, str], tuple[str | None, int]] = {}
+        self._starting: asyncio.Task[None] | None = None
+        self._required: list[Informer] = []
+        self._watch()
+
+    def _watch(self) -> None:
+        """What the reconciler reads, watched like its RBAC: all Deployments and Services
+        (targets are the user's), only the operator's Jobs, canary pods and lock Leases."""
+        deployments = self.cache.add(
+            cache.DEPLOYMENTS, handlers=[lambda _t, body: self.on_deployment(body)]
+        )
+        services = self.cache.add(cache.SERVICES)
+        pods = self.cache.add(cache.PODS, label_selector=objects.ROLE_LABEL)
+        jobs = self.cache.add(
+            cache.JOBS,
+            label_selector=f"{objects.MANAGED_BY}={objects.OPERATOR}",
+            handlers=[lambda _t, body: self.on_owned(body)],
+        )
+        leases = self.cache.add(
+            cache.LEASES, label_selector=f"{LOCK_LABEL}=true", handlers=[self.on_lease]
+        )
+        self._required = [*deployments, *services, *pods, *jobs, *leases]
+        # Optional: a cluster without Gateway API answers 404, and its reads go direct.
+        self.cache.add(cache.HTTPROUTES)
+
+    def start_watching(self) -> None:
+        self.cache.start()
+
+    def start(self) -> None:
+        self._starting = asyncio.create_task(self._start_when_synced(), name="controller start")
+
+    async def _start_when_synced(self) -> None:
+        # Reconciles before the caches have listed would read everything directly: on a
+        # restart with many rollouts that is a burst of requests for nothing.
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(i.synced.wait() for i in self._required)),
+                CACHE_SYNC_TIMEOUT_SECONDS,
+            )
+        except TimeoutError:
+            log.warning("caches not synced in %.0fs; reading through", CACHE_SYNC_TIMEOUT_SECONDS)
+        self.lock.renewer.start()
+        self.notifier.start()
+        self.queue.start()
+
+    async def stop(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+        await self.queue.stop()
+        await self.notifier.stop()
+        await self.checks.stop()
+        await self.lock.renewer.stop()
+
+    async def stop_watching(self) -> None:
+        await self.cache.stop()
+
+    def wake(self, namespace: str, name: str) -> None:
+        self.queue.add((namespace, name))
+
+    def on_rollout(self, event_type: str | None, body: dict[str, Any]) -> None:
+        deleted = event_type == "DELETED"
+        before = self.index.candidate(body["metadata"]["namespace"], body["metadata"]["name"])
+        self.index.update(body, deleted=deleted)
+        self.notifier.seen(body, deleted=deleted)
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        if not deleted:
+            self.queue.add((ns, name))
+        else:
+            self.checks.forget(ns, name)
+        after = None if deleted else candidate(body)
+        # Others sharing the lock care only when this one joined, left, or changed phase
+        # (the holder's phase shows in their status; an ended holder frees the lock).
+        if (
+            before is None
+            or after is None
+            or (before.phase, before.deleting)
+            != (
+                after.phase,
+                after.deleting,
+            )
+        ):
+            self.wake_lock_group(body)
+
+    def wake_lock_group(self, body: dict[str, Any]) -> None:
+        try:
+            key = parse_spec(body).lock_key
+        except Exception:
+            return
+        ns = body["metadata"]["namespace"]
+        holder = self._lease_holders.get((ns, lease_name(key)), (None, 0))[0]
+        self._wake_queue(ns, key, holder, skip=body["metadata"]["name"])
+
+    def _wake_queue(self, ns: str, lock_key: str, holder_uid: str | None, skip: str = "") -> None:
+        """Wake who can act on the lock now (its holder, the head of its queue, and under
+        Supersede the newest waiter); the others later, coalesced."""
+        sharing = [c for c in (candidate(b) for b in self.index.sharing_lock(ns, lock_key)) if c]
+        now: set[str] = {c.name for c in sharing if c.uid == holder_uid}
+        ordered = queue.order(sharing, holder_uid)
+        if ordered:
+            now.add(ordered[0].name)
+        newest = queue.newest_waiting(sharing)
+        if newest is not None:
+            now.add(newest.name)
+        for c in sharing:
+            if c.name == skip or not c.active:
+                continue
+            if c.name in now:
+                self.queue.add((ns, c.name))
+            else:
+                self.queue.add((ns, c.name), delay=QUEUE_REFRESH_SECONDS)
+
+    def on_lease(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A lock changed hands: wake who can act on it (event-driven handoff).
+        A renewal changes nothing anyone waits for, so it wakes nobody."""
+        self.lock.renewer.seen(body)
+        meta = body["metadata"]
+        ns = meta["namespace"]
+        spec = body.get("spec") or {}
+        holder = (
+            None if event_type == "DELETED" else spec.get("holderIdentity") or None,
+            int(spec.get("leaseTransitions") or 0),
+        )
+        if self._lease_holders.get((ns, meta["name"])) == holder:
+            return
+        self._lease_holders[(ns, meta["name"])] = holder
+        key = (meta.get("annotations") or {}).get(LOCK_KEY_ANNOTATION)
+        if key is not None:
+            self._wake_queue(ns, key, holder[0])
+
+    def on_owned(self, body: dict[str, Any]) -> None:
+        """A canary Deployment or a Job changed: reconcile the rollout it belongs to."""
+        labels = body["metadata"].get("labels") or {}
+        name = labels.get(objects.ROLLOUT_LABEL)
+        if name:
+            self.queue.add((body["metadata"]["namespace"], name))
+
+    def on_deployment(self, body: dict[str, Any]) -> None:
+        self.on_owned(body)
+        ns = body["metadata"]["namespace"]
+        for name in self.index.targeting(ns, body["metadata"]["name"]):
+            self.queue.add((ns, name))
