@@ -73,8 +73,14 @@ class Controller:
             label_selector=f"{objects.MANAGED_BY}={objects.OPERATOR}",
             handlers=[lambda _t, body: self.on_owned(body)],
         )
+        # Complete: every lock Lease is created by the operator with this label, and all
+        # that is done on seeing none is a create, which fails (409) should an unlabelled
+        # Lease of that name exist.
         leases = self.cache.add(
-            cache.LEASES, label_selector=f"{LOCK_LABEL}=true", handlers=[self.on_lease]
+            cache.LEASES,
+            label_selector=f"{LOCK_LABEL}=true",
+            handlers=[self.on_lease],
+            complete=True,
         )
         self._required = [*deployments, *services, *pods, *jobs, *leases]
         # Optional: a cluster without Gateway API answers 404, and its reads go direct.

@@ -387,6 +387,17 @@ async def test_cached_kube_answers_synced_reads_and_writes_through() -> None:
         await kube.get("/api/v1/namespaces/ns/secrets/s")
         await kube.get("/api/v1/namespaces/ns/pods/p/log")
         assert len(api.requests) == 4
+        # A store narrowed by labels answers a get of what it holds; what it lacks may
+        # exist without the labels, so that is asked.
+        pods.put({**obj("p1", 40, role="canary"), "status": {"phase": "Running"}})
+        got = await kube.get("/api/v1/namespaces/ns/pods/p1")
+        assert got is not None and got["status"]["phase"] == "Running"
+        assert len(api.requests) == 4
+        assert await kube.get("/api/v1/namespaces/ns/pods/p2") == {"metadata": {"name": "direct"}}
+        assert len(api.requests) == 5
+        pods.complete = True  # every object asked for by name carries the labels
+        assert await kube.get("/api/v1/namespaces/ns/pods/p2") is None
+        assert len(api.requests) == 5
 
         # A write's answer is readable at once; a dry run's and a subresource's are not.
         await kube.replace(f"{where}/web", obj("web", 30))

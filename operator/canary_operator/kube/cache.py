@@ -108,9 +108,13 @@ class Informer:
         namespace: str | None = None,
         label_selector: str | None = None,
         handlers: Iterable[Handler] = (),
+        complete: bool = False,
     ) -> None:
         self.kube = kube
         self.kind = kind
+        # Whether every object of this kind that reads ask for by name carries the
+        # selector's labels, so that absence from the store means absence.
+        self.complete = complete
         self.namespace = namespace
         self.label_selector = label_selector
         self.handlers = list(handlers)
@@ -308,10 +312,12 @@ class Cache:
         kind: ResourceKind,
         label_selector: str | None = None,
         handlers: Iterable[Handler] = (),
+        complete: bool = False,
     ) -> list[Informer]:
         scopes: tuple[str | None, ...] = self.namespaces or (None,)
         informers = [
-            Informer(self.kube, kind, namespace, label_selector, handlers) for namespace in scopes
+            Informer(self.kube, kind, namespace, label_selector, handlers, complete)
+            for namespace in scopes
         ]
         self._informers.setdefault(kind, []).extend(informers)
         return informers
@@ -332,6 +338,17 @@ class Cache:
         """The synced informer that can answer this read, if any."""
         for informer in self._informers.get(kind, []):
             if informer.synced.is_set() and informer.covers(namespace, label_selector):
+                return informer
+        return None
+
+    def serving_selective(self, kind: ResourceKind, namespace: str) -> Informer | None:
+        """A synced informer of this kind narrowed by a label selector, if any."""
+        for informer in self._informers.get(kind, []):
+            if (
+                informer.synced.is_set()
+                and informer.label_selector
+                and informer.namespace in (None, namespace)
+            ):
                 return informer
         return None
 
@@ -356,10 +373,18 @@ class CachedKube(Kube):
         where = parse_path(resource_path)
         if where is not None and where[2] is not None and not where[3]:
             kind, namespace, name, _ = where
-            informer = self.cache.serving(kind, namespace)
-            if informer is not None and namespace is not None and name is not None:
-                self.hits += 1
-                return informer.get(namespace, name)
+            if namespace is not None and name is not None:
+                informer = self.cache.serving(kind, namespace)
+                if informer is not None:
+                    self.hits += 1
+                    return informer.get(namespace, name)
+                # A store narrowed by labels holds the object if it carries them; its
+                # absence there proves nothing, so that case asks the API server.
+                selective = self.cache.serving_selective(kind, namespace)
+                found = selective.get(namespace, name) if selective is not None else None
+                if found is not None or (selective is not None and selective.complete):
+                    self.hits += 1
+                    return found
         return await self.direct.get(resource_path)
 
     async def list(
