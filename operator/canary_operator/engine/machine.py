@@ -984,18 +984,9 @@ def _promote(ctx: _Context) -> StepResult:
     target = ctx.obs.target
     assert target is not None
     rid = run_id(ctx.rollout)
-    if ctx.rollout.spec.shift is not None and target.promoted_by != rid:
-        # The stable goes back to its original size before it takes the new version,
-        # so the promotion rolls the full count (the canary keeps serving meanwhile).
-        original, floor = _shift_sizes(ctx)
-        if target.replicas != original:
-            ctx.act(ScaleStable(original, original, floor))
-        if target.replicas != original or not target.rolled_out:
-            ctx.status.message = (
-                f"promoting: stable back to {original} replicas first ({target.ready} ready)"
-            )
-            ctx.plan.requeue(POLL_RUNNING)
-            return None
+    # Mode Shift: the stable takes the new version at its shifted size (the canary
+    # serves beside it meanwhile); the ResetRoute below then scales it back to its
+    # original replicas and waits for them before the canary goes.
     if target.promoted_by != rid:
         ctx.act(PromoteStable(rid, ctx.status.version_since or precise(ctx.now)))
         ctx.plan.requeue(POLL_RUNNING)
