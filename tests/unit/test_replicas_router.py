@@ -213,3 +213,22 @@ async def test_without_a_record_the_wrapper_is_the_router() -> None:
     assert view.weight == 25 and view.restoring is None
     await router.reset()
     assert [n for n, _ in cluster.patches] == ["web-canary"]
+
+
+async def test_a_write_that_loses_one_race_is_made_again_from_a_fresh_read() -> None:
+    # the Deployment controller wrote the status between our read and our patch
+    cluster = Cluster(web=deployment("web", 4, 4))
+    real_patch = cluster.merge_patch
+    raced: list[str] = []
+
+    async def racing_patch(resource_path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        if not raced:
+            raced.append(resource_path)
+            cluster.bodies["web"]["metadata"]["resourceVersion"] = "7"
+        return await real_patch(resource_path, patch)
+
+    cluster.merge_patch = racing_patch  # type: ignore[method-assign]
+    await scale_stable(cast(Kube, cluster), "ns", "web", 2, 4, 1, "r/3")
+    assert raced and cluster.bodies["web"]["spec"]["replicas"] == 2
+    [(_, patch)] = cluster.patches
+    assert patch["metadata"]["resourceVersion"] == "7"  # conditional on the fresh read

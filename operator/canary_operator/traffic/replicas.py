@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from canary_operator.engine.types import RouteView, StableRecord
-from canary_operator.kube.api import JsonObj, Kube, path
+from canary_operator.kube.api import Conflict, JsonObj, Kube, path
 from canary_operator.kube.objects import STABLE_REPLICAS
 from canary_operator.traffic.base import TrafficRouter, original_replicas, replicas_weight
 
@@ -99,23 +100,39 @@ async def scale_stable(
     replica). An update leaves `canary-operator` as the field's last manager, as
     `kubectl scale` does; the value is the user's original again after cleanup."""
     deployment = path("apps", "v1", "deployments", namespace, name)
-    target = await kube.get(deployment)
-    if target is None:
-        raise ValueError(f"target Deployment {name} not found")
-    record = stable_record(target)
-    text = _record_text(original, replicas, floor, by)
-    if _replicas(target) == replicas and record == StableRecord(original, replicas, floor):
-        return
-    await kube.merge_patch(
-        deployment,
-        {
-            "metadata": {
-                "resourceVersion": target["metadata"]["resourceVersion"],
-                "annotations": {STABLE_REPLICAS: text},
+
+    async def once() -> None:
+        target = await kube.get(deployment)
+        if target is None:
+            raise ValueError(f"target Deployment {name} not found")
+        record = stable_record(target)
+        if _replicas(target) == replicas and record == StableRecord(original, replicas, floor):
+            return
+        await kube.merge_patch(
+            deployment,
+            {
+                "metadata": {
+                    "resourceVersion": target["metadata"]["resourceVersion"],
+                    "annotations": {STABLE_REPLICAS: _record_text(original, replicas, floor, by)},
+                },
+                "spec": {"replicas": replicas},
             },
-            "spec": {"replicas": replicas},
-        },
-    )
+        )
+
+    await _fresh(once)
+
+
+async def _fresh(write: Callable[[], Awaitable[None]], attempts: int = 3) -> None:
+    """Read-then-write, again on a 409: the Deployment controller writes the target's
+    status all the time, and each write changes the resourceVersion the patch is
+    conditional on. (The lock was confirmed right before: the retry re-reads.)"""
+    for attempt in range(attempts):
+        try:
+            await write()
+            return
+        except Conflict:
+            if attempt == attempts - 1:
+                raise
 
 
 def _cannot_create_pods(body: JsonObj) -> bool:
@@ -193,6 +210,9 @@ class RestoresStable:
     async def reset(self) -> None:
         """Stable back to its size and ready, record removed, then the router's reset:
         the canary loses its traffic (and, here, its pods) only after that."""
+        await _fresh(self._reset)
+
+    async def _reset(self) -> None:
         target = await self.kube.get(self._deployment())
         restore = restore_state(target)
         if target is not None and restore is not None:
