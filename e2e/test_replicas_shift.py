@@ -11,6 +11,7 @@ commit order, not of sampling.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,13 @@ import pytest
 from canary_operator.kube.objects import STABLE_REPLICAS
 from canary_operator.traffic.base import plan_shift, plan_shift_canary, plan_weight
 from e2e import manifests as m
-from e2e.conftest import TERMINAL, OperatorProcess, canary_objects, stable_image, wait_phase
+from e2e.conftest import (
+    TERMINAL,
+    OperatorProcess,
+    canary_objects,
+    stable_image,
+    wait_phase,
+)
 from e2e.watch import Seen, Watch
 from tests.harness.cluster import Cluster
 
@@ -225,6 +232,30 @@ def test_a_failed_or_aborted_shift_run_restores_the_stable(
     # one canary pod, then the split of 60 %; the stable only regrows what it gave up
     assert created["canary"] == shifted.canary_replicas
     assert created["stable"] == N - shifted.stable_replicas
+
+
+def test_the_record_on_the_target_survives_an_operator_kill(
+    crd_installed: Cluster, namespace: str, operators: list[OperatorProcess], tmp_path: Path
+) -> None:
+    cluster = crd_installed
+    start_app(cluster, namespace)
+    first = OperatorProcess(cluster, namespace, tmp_path / "first.log").start()
+    operators.append(first)
+    steps = [{"canary": {"replicas": 1}}, {"setWeight": 90}, {"pause": {}}]
+    cluster.apply(m.rollout("r", steps, trafficRouting=SHIFT), namespace)
+    wait_phase(cluster, namespace, "r", "Paused", timeout=120)
+    shifted = plan_shift(N, 90, 1)
+    body = cluster.get_json("deployment", "web", "-n", namespace)
+    assert body["spec"]["replicas"] == shifted.stable_replicas == 1
+    first.kill()  # SIGKILL: nothing in memory survives
+    cluster.kubectl("patch", "cro", "r", "-n", namespace, "--type=merge",
+                    "-p", '{"spec":{"abort":true}}')  # fmt: skip
+    second = OperatorProcess(cluster, namespace, tmp_path / "second.log").start()
+    operators.append(second)
+    end = wait_phase(cluster, namespace, "r", TERMINAL, timeout=120)
+    assert end["status"]["phase"] == "Aborted"
+    stable = assert_stable_restored(cluster, namespace)
+    assert stable["status"]["readyReplicas"] == N
 
 
 @pytest.mark.parametrize(
