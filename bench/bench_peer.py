@@ -18,6 +18,11 @@ For each it prints medians and min-max, and the ratio canary-operator / Argo
   - controller CPU (utime+stime of its process);
   - pods created (POSTs of pods, any client: the ReplicaSet controller creates them).
 
+`--replicas-mode add|shift|both` picks canary-operator's replicas router mode (Add, the
+default: the stable keeps its 3 pods and the canary is added beside it, 27 canary pods
+at 90 %; Shift: the stable scales down as the canary scales up, as Argo's basic canary
+does); `both` runs each mode as its own controller and prints a row per mode.
+
 The step lists differ in form, not in work: canary-operator's rollout starts with an
 explicit `canary` step (Argo creates the canary ReplicaSet implicitly at the first
 setWeight) and ends with `promote` (Argo promotes after its last step).
@@ -25,6 +30,7 @@ setWeight) and ends with `promote` (Argo promotes after its last step).
 Run by hand (`make bench-peer`); the machine is shared, so read ratios, not seconds.
 
     .venv/bin/python bench/bench_peer.py [--reps 3] [--concurrent 50] [--idle 1000]
+        [--replicas-mode add|shift|both]
 """
 
 from __future__ import annotations
@@ -291,6 +297,7 @@ def apply_list(cluster: Cluster, namespace: str, items: list[dict[str, Any]]) ->
 
 class CanaryOperator(Controller):
     resource = "canaryrollouts.canary-operator.dev"
+    replicas_mode = "Add"  # the replicas router's mode (Shift: the stable scales down)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "canary_operator.cli.main", "run", "-n", self.namespace,
@@ -322,6 +329,7 @@ class CanaryOperator(Controller):
                 "target": {"deployment": name, "service": name},
                 "images": [{"container": "app", "image": NEW}],
                 "steps": [*head, *weights, {"promote": {}}],
+                "trafficRouting": {"replicas": {"mode": self.replicas_mode}},
             },
         }
 
@@ -490,7 +498,16 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--skip", action="append", default=[],
                         choices=["single", "concurrent", "idle"])  # fmt: skip
+    parser.add_argument(
+        "--replicas-mode",
+        choices=["add", "shift", "both"],
+        default="add",
+        help="canary-operator's replicas router mode: Add (the stable keeps its pods, the "
+        "canary is added), Shift (the stable scales down as the canary scales up), or both, "
+        "each run as its own controller beside Argo Rollouts",
+    )
     args = parser.parse_args()
+    modes = ["Add", "Shift"] if args.replicas_mode == "both" else [args.replicas_mode.title()]
 
     binary = Path(
         subprocess.run(
@@ -513,10 +530,17 @@ def main() -> int:
         for crd in sorted(binary.parent.glob("*-crd.yaml")):
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        ours = CanaryOperator("canary-operator", cluster, "peer-canary", workdir)
+        ours: list[CanaryOperator] = []
+        for mode in modes:
+            suffix = "" if mode == "Add" else f"-{mode.lower()}"
+            variant = CanaryOperator(
+                f"canary-operator{suffix}", cluster, f"peer-canary{suffix}", workdir
+            )
+            variant.replicas_mode = mode
+            ours.append(variant)
         argo = ArgoRollouts("argo-rollouts", cluster, "peer-argo", workdir)
         argo.binary = binary
-        controllers += [ours, argo]
+        controllers += [*ours, argo]
         for ctl in controllers:
             ctl.setup_identity()
         results: dict[str, dict[str, list[Sample]]] = {"single": {}, "concurrent": {}}
@@ -543,19 +567,23 @@ def main() -> int:
                     )
         idle: dict[str, tuple[float, float]] = {}
         if "idle" not in args.skip:
-            for ctl in controllers:
+            for ctl in (ours[0], argo):  # the replicas mode plays no part when idle
                 idle[ctl.name] = idle_restart(ctl, args.idle)
                 print(f"  idle {ctl.name}: {idle[ctl.name]}", flush=True)
 
         print(f"\nside by side, {args.reps} repetitions alternating A/B (median (min-max))")
+        for variant in ours:
+            print(f"  {variant.name}: replicas router mode {variant.replicas_mode}")
         print(f"{'workload':52} {'canary-operator':>20} {'argo-rollouts':>20} {'ratio':>7}")
 
         def row(label: str, pick: Callable[[Sample], float], workload: str, fmt: str) -> None:
             if workload not in results or not results[workload]:
                 return
-            a = [pick(s) for s in results[workload][ours.name]]
             b = [pick(s) for s in results[workload][argo.name]]
-            print(f"{label:52} {spread(a, fmt):>20} {spread(b, fmt):>20} {ratio(a, b):>7}")
+            for variant in ours:
+                a = [pick(s) for s in results[workload][variant.name]]
+                shown = label if len(ours) == 1 else f"{label} [{variant.replicas_mode}]"
+                print(f"{shown:52} {spread(a, fmt):>20} {spread(b, fmt):>20} {ratio(a, b):>7}")
 
         row("single 10-step rollout: apply -> done (s)", lambda s: s.seconds, "single", "{:.2f}")
         row("  API requests per rollout", lambda s: s.per_rollout.requests, "single", "{:.0f}")
@@ -570,7 +598,7 @@ def main() -> int:
         row("  API requests per rollout", lambda s: s.per_rollout.requests, "concurrent", "{:.0f}")
         row("  controller CPU per rollout (s)", lambda s: s.per_rollout.cpu, "concurrent", "{:.2f}")
         if idle:
-            a, b = idle[ours.name], idle[argo.name]
+            a, b = idle[ours[0].name], idle[argo.name]
             for label, i, fmt in (("API requests", 0, "{:.0f}"), ("peak RSS (MiB)", 1, "{:.1f}")):
                 print(
                     f"{f'restart with {args.idle} idle: {label}':52} {fmt.format(a[i]):>20} "

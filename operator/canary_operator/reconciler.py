@@ -75,6 +75,7 @@ from canary_operator.engine.types import (
     RemoveFinalizer,
     ResetRoute,
     Rollout,
+    ScaleStable,
     SetRouteWeight,
     WorkloadView,
 )
@@ -89,7 +90,12 @@ from canary_operator.traffic.base import TrafficRouter
 from canary_operator.traffic.gateway_api import GatewayAPIRouter, PermanentRouteError
 from canary_operator.traffic.istio import IstioRouter
 from canary_operator.traffic.nginx import NginxRouter
-from canary_operator.traffic.replicas import ReplicasRouter
+from canary_operator.traffic.replicas import (
+    ReplicasRouter,
+    RestoresStable,
+    scale_stable,
+    stable_record,
+)
 from canary_operator.validation import ClusterValidator, SpecValidator, refused_for_good
 
 log = logging.getLogger(__name__)
@@ -519,6 +525,20 @@ class Reconciler:
     def router(
         self, rollout: Rollout, token: int | None, kube: Kube | None = None
     ) -> TrafficRouter:
+        """The rollout's router; whichever it is, its reset first restores a stable
+        Deployment that a Shift run scaled down (traffic/replicas.py)."""
+        return RestoresStable(
+            self._route_router(rollout, token, kube),
+            kube or self.kube,
+            rollout.namespace,
+            rollout.spec.target.deployment,
+            f"{rollout.name}/{token}",
+            fresh=self.fresh,
+        )
+
+    def _route_router(
+        self, rollout: Rollout, token: int | None, kube: Kube | None = None
+    ) -> TrafficRouter:
         spec = rollout.spec
         reads = kube or self.kube
         canary = objects.canary_name(spec)
@@ -736,6 +756,17 @@ class Reconciler:
                     objects.canary_service(
                         spec, rollout.name, rollout.uid, ns, targets.service, targets.target
                     ),
+                )
+            case ScaleStable(replicas=replicas, original=original, floor=floor):
+                await scale_stable(
+                    self.kube,
+                    ns,
+                    spec.target.deployment,
+                    replicas,
+                    original,
+                    floor,
+                    f"{rollout.name}/{obs.lock.token}",
+                    fresh=self.fresh,
                 )
             case SetRouteWeight(weight=weight):
                 await self.router(rollout, obs.lock.token).set_weight(weight)
@@ -974,6 +1005,7 @@ def _workload(body: JsonObj | None, pods: list[JsonObj] | None = None) -> Worklo
         promotion=_promotion(body),
         images=objects.template_images(body["spec"].get("template") or {}),
         failure=workload_failure(body, pods) if pods is not None else None,
+        stable_record=stable_record(body),
     )
 
 

@@ -101,9 +101,51 @@ class ImageOverride(ApiModel):
     image: str = Field(min_length=1, description="New image for that container.")
 
 
+class ReplicasMode(StrEnum):
+    ADD = "Add"
+    SHIFT = "Shift"
+
+
 class ReplicasRouting(ApiModel):
     """No traffic router: traffic follows the canary's share of ready pods behind the
-    stable Service. The stable Deployment is never scaled down."""
+    stable Service."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.minStableReplicas) || (has(self.mode) && self.mode == 'Shift')",
+                    "minStableReplicas applies to mode Shift only",
+                    ".minStableReplicas",
+                )
+            ]
+        }
+    )
+    mode: ReplicasMode = Field(
+        default=ReplicasMode.ADD,
+        description="Add (the default): the stable Deployment keeps all its pods and the "
+        "canary is added beside it (a weight W needs about N*W/(100-W) canary pods). Shift: "
+        "the canary scales up while the stable scales down, so the two together stay at the "
+        "stable's replicas (one pod more where that is closer to the weight), as Argo "
+        "Rollouts' basic canary does; cleanup, promotion and every failure scale the stable "
+        "back to its original replicas before the canary goes.",
+    )
+    min_stable_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Shift only: the stable keeps at least this many pods (default 1; "
+        "never more than it had). A higher floor caps the canary's share: a setWeight step "
+        "then reaches the closest share it allows (status.weight shows it).",
+    )
+
+    @property
+    def shift(self) -> bool:
+        return self.mode == ReplicasMode.SHIFT
+
+    @property
+    def stable_floor(self) -> int:
+        return self.min_stable_replicas or 1
 
 
 class GatewayAPIRouting(ApiModel):
@@ -279,7 +321,7 @@ class TrafficRouting(ApiModel):
         }
     )
     replicas: ReplicasRouting | None = Field(
-        default=None, description="Weight by pod count (the default)."
+        default=None, description="Weight by pod count (the default; mode Add)."
     )
     gateway_api: GatewayAPIRouting | None = Field(
         default=None, alias="gatewayAPI", description="Weight by Gateway API HTTPRoute."
@@ -728,6 +770,12 @@ class CanaryRolloutSpec(ApiModel):
     @property
     def router_kind(self) -> str:
         return self.traffic_routing.kind if self.traffic_routing else "replicas"
+
+    @property
+    def shift(self) -> ReplicasRouting | None:
+        """The replicas router's options when it shifts pods from stable to canary."""
+        routing = self.traffic_routing.replicas if self.traffic_routing else None
+        return routing if routing is not None and routing.shift else None
 
     def run_fingerprint(self) -> str:
         """Hash of everything that defines a run; control fields are left out so that

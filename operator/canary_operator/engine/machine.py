@@ -58,9 +58,17 @@ from canary_operator.engine.types import (
     RemoveFinalizer,
     ResetRoute,
     Rollout,
+    ScaleStable,
     SetRouteWeight,
+    WorkloadView,
 )
-from canary_operator.traffic.base import plan_weight
+from canary_operator.traffic.base import (
+    original_replicas,
+    plan_shift,
+    plan_shift_canary,
+    plan_weight,
+    stable_floor,
+)
 
 RESUME_ANNOTATION = "canary-operator.dev/resume"
 RETRY_ANNOTATION = "canary-operator.dev/retry"
@@ -442,7 +450,9 @@ def _queued(ctx: _Context) -> None:
         _end_without_run(ctx, Result.INVALID, f"cannot use the route: {obs.route.error}", True)
         return
     if not obs.route.reset:
-        status.message = "recovery: routing 100% to stable before starting"
+        status.message = "recovery: routing 100% to stable before starting" + (
+            f" ({obs.route.restoring})" if obs.route.restoring else ""
+        )
         ctx.act(ResetRoute())
         ctx.plan.requeue(1)
         return
@@ -597,7 +607,9 @@ def _cleaning_up(ctx: _Context) -> None:
         return
     if not obs.route.reset:
         cleanup.stage = "Routing"
-        status.message = "cleanup: routing 100% to stable"
+        status.message = "cleanup: routing 100% to stable" + (
+            f" ({obs.route.restoring})" if obs.route.restoring else ""
+        )
         ctx.act(ResetRoute())
         ctx.plan.requeue(1)
         return
@@ -846,6 +858,14 @@ def _ensure_canary(ctx: _Context, replicas: int) -> StepResult:
     failure = _workload_failure(ctx)
     if failure:
         return False, failure
+    if ctx.rollout.spec.shift is not None:
+        original, floor = _shift_sizes(ctx)
+        wanted = plan_shift_canary(original, replicas, floor)
+        if not _shift_to(ctx, wanted.canary_replicas, wanted.stable_replicas):
+            ctx.plan.requeue(POLL_RUNNING)
+            return None
+        ctx.status.weight = ctx.obs.route.weight
+        return True, f"{replicas} canary pods ready, stable at {wanted.stable_replicas}"
     ctx.act(EnsureCanary(replicas))
     canary = ctx.obs.canary
     if canary is not None and canary.replicas == replicas and canary.rolled_out:
@@ -861,8 +881,59 @@ def _canary_minimum(ctx: _Context) -> int:
     return sizes[-1] if sizes else 1
 
 
+def _shift_sizes(ctx: _Context) -> tuple[int, int]:
+    """Mode Shift: the stable's original replicas (as recorded on it, or adopted from
+    whoever scaled it since: see original_replicas) and its floor."""
+    target, shift = ctx.obs.target, ctx.rollout.spec.shift
+    assert target is not None and shift is not None
+    record = target.stable_record
+    original = original_replicas(
+        target.replicas,
+        record.original if record else None,
+        record.written if record else None,
+    )
+    return original, stable_floor(original, shift.stable_floor)
+
+
+def _settled_at(view: WorkloadView | None, replicas: int) -> bool:
+    if view is None:
+        return replicas == 0
+    return view.replicas == replicas and view.rolled_out
+
+
+def _shift_to(ctx: _Context, canary: int, stable: int) -> bool:
+    """Move both Deployments to these sizes, growing before shrinking: whatever grows
+    (the canary on the way up, the stable on the way down) is scaled and ready before
+    the other side loses a pod, so ready capacity never dips below either end state.
+    True once both are there and ready."""
+    target, current = ctx.obs.target, ctx.obs.canary
+    assert target is not None
+    original, floor = _shift_sizes(ctx)
+    have_canary = current.replicas if current is not None else 0
+    grow = (max(canary, have_canary), max(stable, target.replicas))
+    if not (_settled_at(current, grow[0]) and _settled_at(target, grow[1])):
+        ctx.act(EnsureCanary(grow[0]))
+        if grow[1] != target.replicas:
+            ctx.act(ScaleStable(grow[1], original, floor))
+        ctx.status.message = (
+            f"scaling: canary {have_canary} -> {grow[0]}, stable {target.replicas} -> {grow[1]}"
+        )
+        return False
+    ctx.act(EnsureCanary(canary))
+    if stable != target.replicas:
+        ctx.act(ScaleStable(stable, original, floor))
+    if (canary, stable) != (have_canary, target.replicas):
+        ctx.status.message = (
+            f"scaling: canary {have_canary} -> {canary}, stable {target.replicas} -> {stable}"
+        )
+        return False
+    return True
+
+
 def _set_weight(ctx: _Context, weight: int) -> StepResult:
     spec = ctx.rollout.spec
+    if spec.shift is not None:
+        return _shift_weight(ctx, weight)
     try:
         wp = plan_weight(spec.router_kind, _stable_replicas(ctx), weight, _canary_minimum(ctx))
     except ValueError as exc:  # 100 % with the replicas router (past the CEL rule)
@@ -887,10 +958,35 @@ def _set_weight(ctx: _Context, weight: int) -> StepResult:
     return None
 
 
+def _shift_weight(ctx: _Context, weight: int) -> StepResult:
+    original, floor = _shift_sizes(ctx)
+    try:
+        wanted = plan_shift(original, weight, floor)
+    except ValueError as exc:  # 100 % (past the CEL rule)
+        return False, str(exc)
+    failure = _workload_failure(ctx)
+    if failure:
+        return False, failure
+    if not _shift_to(ctx, wanted.canary_replicas, wanted.stable_replicas):
+        ctx.plan.requeue(POLL_RUNNING)
+        return None
+    ctx.status.weight = ctx.obs.route.weight
+    if ctx.obs.route.weight == wanted.expected_weight:
+        return True, (
+            f"weight {ctx.obs.route.weight}% read back ({wanted.canary_replicas} canary pods, "
+            f"{wanted.stable_replicas} stable)"
+        )
+    ctx.plan.requeue(1)
+    return None
+
+
 def _promote(ctx: _Context) -> StepResult:
     target = ctx.obs.target
     assert target is not None
     rid = run_id(ctx.rollout)
+    # Mode Shift: the stable takes the new version at its shifted size (the canary
+    # serves beside it meanwhile); the ResetRoute below then scales it back to its
+    # original replicas and waits for them before the canary goes.
     if target.promoted_by != rid:
         ctx.act(PromoteStable(rid, ctx.status.version_since or precise(ctx.now)))
         ctx.plan.requeue(POLL_RUNNING)

@@ -71,6 +71,21 @@ class PromotionRecord:
 
 
 @dataclass(frozen=True)
+class StableRecord:
+    """What the operator wrote on the target before it first scaled it down (replicas
+    router, mode Shift; annotation canary-operator.dev/stable-replicas): the replicas to
+    restore, and the replicas it last wrote, so that a count someone else wrote since
+    (a user, an HPA) is told apart. Durable on the target itself: it survives an
+    operator restart, and a recovery cleanup by another rollout reads it too."""
+
+    original: int
+    written: int
+    # Cleanup removes the canary once the stable has `original` ready pods, or (when the
+    # stable cannot create its pods) at least this many: the floor the run kept.
+    floor: int = 1
+
+
+@dataclass(frozen=True)
 class WorkloadView:
     """A Deployment's observed state."""
 
@@ -85,6 +100,7 @@ class WorkloadView:
     # Why its pods cannot come up, read from the Deployment's conditions and its pods
     # (ReplicaFailure, image errors, unschedulable): waiting would not cure it.
     failure: str | None = None
+    stable_record: StableRecord | None = None  # on the target only (see StableRecord)
 
     @property
     def rolled_out(self) -> bool:
@@ -114,11 +130,15 @@ class RouteView:
     error: str | None = None
     # The route still names the canary (a 0 % backend, a header match): not yet reset.
     references_canary: bool = False
+    # What the reset still waits for besides the route (the stable Deployment scaled
+    # back to its original replicas and ready, after a Shift run), in words.
+    restoring: str | None = None
 
     @property
     def reset(self) -> bool:
-        """100 % stable and nothing left that could send a request to the canary."""
-        return self.weight == 0 and not self.references_canary
+        """100 % stable, the stable at its original size, and nothing left that could
+        send a request to the canary."""
+        return self.weight == 0 and not self.references_canary and self.restoring is None
 
 
 @dataclass(frozen=True)
@@ -181,6 +201,16 @@ class EnsureCanary:
     """Create or scale the canary Deployment (and its Service)."""
 
     replicas: int
+
+
+@dataclass(frozen=True)
+class ScaleStable:
+    """Set the stable Deployment's replicas (replicas router, mode Shift), recording
+    `original` on it (StableRecord) in the same write."""
+
+    replicas: int
+    original: int
+    floor: int = 1
 
 
 @dataclass(frozen=True)
@@ -254,6 +284,7 @@ Action = (
     | RemoveFinalizer
     | ReleaseLock
     | EnsureCanary
+    | ScaleStable
     | SetRouteWeight
     | ResetRoute
     | DeleteCanaryObjects
@@ -270,6 +301,7 @@ CHECK_ACTIONS = (CallWebhook, Measure)
 # by a check that the lock is still held with the run's token (fencing).
 TARGET_EFFECTS = (
     EnsureCanary,
+    ScaleStable,
     SetRouteWeight,
     ResetRoute,
     DeleteCanaryObjects,

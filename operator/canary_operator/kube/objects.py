@@ -26,6 +26,9 @@ PROMOTED_BY = "canary-operator.dev/promoted-by"
 FENCING = "canary-operator.dev/fencing-token"
 # JSON: which rollout/run promoted which images, and how old that version is.
 PROMOTION = "canary-operator.dev/promotion"
+# JSON on the target while a Shift run (replicas router) has it scaled down: the replicas
+# to restore, the replicas last written and the floor (engine.types.StableRecord).
+STABLE_REPLICAS = "canary-operator.dev/stable-replicas"
 FIELD_MANAGER = "canary-operator"  # as kube.api.FIELD_MANAGER (objects stays import-free)
 
 
