@@ -158,7 +158,7 @@ class Controller:
     def _wake_queue(self, ns: str, lock_key: str, holder_uid: str | None, skip: str = "") -> None:
         """Wake who can act on the lock now (its holder, the head of its queue, and under
         Supersede the newest waiter); the others later, coalesced."""
-        sharing = [c for c in (candidate(b) for b in self.index.sharing_lock(ns, lock_key)) if c]
+        sharing = self.index.sharing_lock(ns, lock_key)
         now: set[str] = {c.name for c in sharing if c.uid == holder_uid}
         ordered = queue.order(sharing, holder_uid)
         if ordered:

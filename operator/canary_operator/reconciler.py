@@ -151,18 +151,22 @@ class RolloutIndex:
     reconcile plans from, and who shares a lock, without asking the API server."""
 
     def __init__(self) -> None:
-        # (namespace, name) -> (body, lock key, target Deployment); unreadable specs skipped
-        self._entries: dict[tuple[str, str], tuple[JsonObj, str, str]] = {}
+        self._bodies: dict[tuple[str, str], JsonObj] = {}  # (namespace, name) -> body
+        # (namespace, name) -> (as the lock queue sees it, lock key, target Deployment),
+        # parsed once per change; rollouts whose spec cannot be read are left out.
+        self._entries: dict[tuple[str, str], tuple[Candidate, str, str]] = {}
+        self._by_lock: dict[tuple[str, str], set[str]] = {}  # (namespace, lock key) -> names
         self._phases: dict[tuple[str, str], Phase] = {}  # (namespace, uid) -> phase
         self._uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
 
     def update(self, body: JsonObj, deleted: bool = False) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        known = self._entries.get(key)
+        known = self._bodies.get(key)
         if (
-            known is not None
-            and known[0]["metadata"].get("uid") == body["metadata"].get("uid")
-            and not newer_or_same(body, known[0])
+            not deleted
+            and known is not None
+            and known["metadata"].get("uid") == body["metadata"].get("uid")
+            and not newer_or_same(body, known)
         ):
             return  # a watch event older than what this process wrote
         body = strip(body, ROLLOUTS)
@@ -170,46 +174,46 @@ class RolloutIndex:
         previous = self._uids.pop(key, None)
         if previous is not None and previous != by_uid[1]:
             self._phases.pop((key[0], previous), None)  # recreated under the same name
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._by_lock.get((key[0], old[1]), set()).discard(key[1])
         if deleted:
             self._phases.pop(by_uid, None)
-        else:
-            self._uids[key] = by_uid[1]
-            phase = (body.get("status") or {}).get("phase") or Phase.PENDING.value
-            self._phases[by_uid] = Phase(phase)
-        try:
-            spec = parse_spec(body)
-        except ValidationError:
-            deleted = True
-        if deleted:
-            self._entries.pop(key, None)
-        else:
-            self._entries[key] = (body, spec.lock_key, spec.target.deployment)
+            self._bodies.pop(key, None)
+            return
+        self._uids[key] = by_uid[1]
+        phase = (body.get("status") or {}).get("phase") or Phase.PENDING.value
+        self._phases[by_uid] = Phase(phase)
+        self._bodies[key] = body
+        me = candidate(body)
+        if me is None:
+            return
+        spec = parse_spec(body)
+        self._entries[key] = (me, spec.lock_key, spec.target.deployment)
+        self._by_lock.setdefault((key[0], spec.lock_key), set()).add(key[1])
 
     def body(self, namespace: str, name: str) -> JsonObj | None:
         """The rollout as last seen (a copy: the reconcile may change it)."""
-        entry = self._entries.get((namespace, name))
-        return copy.deepcopy(entry[0]) if entry is not None else None
+        found = self._bodies.get((namespace, name))
+        return copy.deepcopy(found) if found is not None else None
 
     def candidate(self, namespace: str, name: str) -> Candidate | None:
         entry = self._entries.get((namespace, name))
-        return candidate(entry[0]) if entry is not None else None
+        return entry[0] if entry is not None else None
 
     def active(self, namespace: str, uid: str) -> bool:
         """Whether the rollout with this uid exists (as last seen) and has not ended."""
         phase = self._phases.get((namespace, uid))
         return phase is not None and not phase.terminal
 
-    def sharing_lock(self, namespace: str, lock_key: str) -> list[JsonObj]:
-        return [
-            b
-            for (ns, _), (b, k, _t) in list(self._entries.items())
-            if ns == namespace and k == lock_key
-        ]
+    def sharing_lock(self, namespace: str, lock_key: str) -> list[Candidate]:
+        names = self._by_lock.get((namespace, lock_key), set())
+        return [self._entries[(namespace, n)][0] for n in sorted(names)]
 
     def targeting(self, namespace: str, deployment: str) -> list[str]:
         return [
             name
-            for (ns, name), (_b, _k, t) in list(self._entries.items())
+            for (ns, name), (_c, _k, t) in list(self._entries.items())
             if ns == namespace and t == deployment
         ]
 
@@ -589,13 +593,9 @@ class Reconciler:
         reads = reads or self.kube
         me = candidate(body)
         assert me is not None
-        shared = [
-            c
-            for c in (candidate(b) for b in self.index.sharing_lock(ns, spec.lock_key))
-            if c is not None
-        ]
-        if all(c.uid != me.uid for c in shared):
-            shared.append(me)
+        # Everyone of this lock as the index has them, and this rollout as just read.
+        shared = [c for c in self.index.sharing_lock(ns, spec.lock_key) if c.uid != me.uid]
+        shared.append(me)
         # Only a rollout about to start, or one owing a cleanup, takes the lock. A run in
         # progress never takes it again: if it is not held any more, the run lost it.
         wants = rollout.status.phase in (Phase.QUEUED, Phase.CLEANING_UP)
