@@ -1,5 +1,6 @@
-"""The seed examples (examples/*.yaml) adapted to the real node, and what the tests
-read from it while a rollout runs (test Job logs, Service endpoints)."""
+"""The seed examples (examples/*.yaml) adapted to the real node, what the tests
+read from it while a rollout runs (test Job logs, Service endpoints), and the
+traffic checks every terminal state ends with (100 % of requests on stable)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ from typing import Any
 
 import yaml
 
-from tests.harness.cluster import Cluster
-from tests.harness.realnode import DEMO_IMAGE, POD_PLACEMENT, RUNNER_IMAGE
+from tests.harness.cluster import Cluster, wait_for
+from tests.harness.realnode import (
+    DEMO_IMAGE,
+    POD_PLACEMENT,
+    RUNNER_IMAGE,
+    Measurement,
+    RealNode,
+    measure,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PURPOSE_LABEL = "canary-operator.dev/purpose"
@@ -171,3 +179,49 @@ def pods_by_role(cluster: Cluster, namespace: str, app: str = "web") -> dict[str
         role = pod["metadata"].get("labels", {}).get(ROLE_LABEL)
         roles["canary" if role else "stable"].add(pod["metadata"]["name"])
     return roles
+
+
+def wait_serving(cluster: Cluster, namespace: str, replicas: int, service: str = "web") -> None:
+    wait_for(
+        lambda: len(ready_endpoints(cluster, namespace, service)) == replicas,
+        180,
+        interval=0.5,
+        message=f"{replicas} ready endpoints behind the {service} Service",
+    )
+
+
+def measure_service(
+    real_node: RealNode, cluster: Cluster, namespace: str, label: str, requests: int
+) -> Measurement:
+    """``requests`` GETs through the web Service's ClusterIP (guards checked first)."""
+    real_node.assert_guarded()
+    ip, port = service_cluster_ip(cluster, namespace, "web")
+    m = measure(ip, port, requests)
+    print(f"[{label}] {m.describe()}")
+    return m
+
+
+def assert_all_stable(
+    real_node: RealNode,
+    cluster: Cluster,
+    namespace: str,
+    version: str,
+    label: str,
+    requests: int,
+) -> Measurement:
+    """100 % of requests answered by stable pods (none by a canary pod), all 200."""
+    roles = pods_by_role(cluster, namespace)
+    assert not roles["canary"], f"canary pods still exist after cleanup: {roles['canary']}"
+    # Endpoints of deleted canary pods leave kube-proxy within a second or two.
+    wait_for(
+        lambda: ready_endpoints(cluster, namespace, "web") <= roles["stable"],
+        60,
+        interval=0.3,
+        message="the Service's endpoints to be stable pods only",
+    )
+    m = measure_service(real_node, cluster, namespace, label, requests)
+    assert m.errors == {}, f"requests failed: {m.errors}"
+    assert m.by_version == {version: requests}, m.describe()
+    strangers = set(m.by_pod) - roles["stable"]
+    assert not strangers, f"answered by pods that are not stable pods: {strangers}"
+    return m

@@ -19,19 +19,14 @@ import pytest
 from e2e.conftest import OperatorProcess, get_rollout, wait_phase
 from e2e.realnode_manifests import (
     JobLogs,
+    assert_all_stable,
     dump,
-    pods_by_role,
-    ready_endpoints,
+    measure_service,
     real_example,
-    service_cluster_ip,
+    wait_serving,
 )
 from tests.harness.cluster import Cluster, wait_for
-from tests.harness.realnode import (
-    Measurement,
-    RealNode,
-    binomial_tolerance,
-    measure,
-)
+from tests.harness.realnode import Measurement, RealNode, binomial_tolerance
 
 REQUESTS = 2000
 ROLLOUT_TIMEOUT = 600
@@ -40,31 +35,13 @@ ROLLOUT_TIMEOUT = 600
 def _measure_service(
     real_node: RealNode, cluster: Cluster, namespace: str, label: str
 ) -> Measurement:
-    real_node.assert_guarded()
-    ip, port = service_cluster_ip(cluster, namespace, "web")
-    m = measure(ip, port, REQUESTS)
-    print(f"[{label}] {m.describe()}")
-    return m
+    return measure_service(real_node, cluster, namespace, label, REQUESTS)
 
 
 def _assert_all_stable(
     real_node: RealNode, cluster: Cluster, namespace: str, version: str, label: str
 ) -> None:
-    """100 % of requests answered by stable pods (none by a canary pod), all 200."""
-    roles = pods_by_role(cluster, namespace)
-    assert not roles["canary"], f"canary pods still exist after cleanup: {roles['canary']}"
-    # Endpoints of deleted canary pods leave kube-proxy within a second or two.
-    wait_for(
-        lambda: ready_endpoints(cluster, namespace, "web") <= roles["stable"],
-        60,
-        interval=0.3,
-        message="the Service's endpoints to be stable pods only",
-    )
-    m = _measure_service(real_node, cluster, namespace, label)
-    assert m.errors == {}, f"requests failed: {m.errors}"
-    assert m.by_version == {version: REQUESTS}, m.describe()
-    strangers = set(m.by_pod) - roles["stable"]
-    assert not strangers, f"answered by pods that are not stable pods: {strangers}"
+    assert_all_stable(real_node, cluster, namespace, version, label, REQUESTS)
 
 
 def _exchanges(logs: JobLogs) -> list[str]:
@@ -72,12 +49,7 @@ def _exchanges(logs: JobLogs) -> list[str]:
 
 
 def _wait_serving(cluster: Cluster, namespace: str, replicas: int) -> None:
-    wait_for(
-        lambda: len(ready_endpoints(cluster, namespace, "web")) == replicas,
-        180,
-        interval=0.5,
-        message=f"{replicas} ready endpoints behind the web Service",
-    )
+    wait_serving(cluster, namespace, replicas)
 
 
 def test_seed_pipeline_on_real_node(

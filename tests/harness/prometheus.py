@@ -7,6 +7,10 @@
   config scraping the exporter every second, storage in a temporary directory and the
   API on 127.0.0.1; :meth:`PrometheusServer.start` returns once the server is ready
   and the exporter target is up; :meth:`PrometheusServer.stop` kills it and waits.
+* Its second scrape job, ``files``, scrapes whatever targets the test writes with
+  :meth:`PrometheusServer.set_file_targets` (``file_sd``: Debian's build has no
+  Kubernetes discovery, so a test that scrapes pods lists their IPs itself); none at
+  start.
 
 The server gets SIGTERM if the test process dies (``setpriv --pdeathsig``), so even a
 SIGKILLed pytest leaves no Prometheus behind.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -25,7 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -35,9 +40,12 @@ from tests.harness.cluster import WaitTimeout, wait_for
 
 PROMETHEUS_BINARY = "prometheus"
 SCRAPE_JOB = "exporter"
+FILE_SD_JOB = "files"
 STARTUP_TIMEOUT = 60.0
 
 Labels = Mapping[str, str]
+# One file_sd group: {"targets": ["host:port", ...], "labels": {...}}.
+TargetGroup = Mapping[str, Any]
 
 
 def free_port() -> int:
@@ -216,6 +224,13 @@ class PrometheusServer(_Service):
             raise RuntimeError("the server was never started")
         return self.workdir / "prometheus.log"
 
+    @property
+    def file_sd_path(self) -> Path:
+        """The file_sd file of the ``files`` job (see :meth:`set_file_targets`)."""
+        if self.workdir is None:
+            raise RuntimeError("the server was never started")
+        return self.workdir / "file_sd" / "targets.json"
+
     def config(self) -> str:
         return (
             "global:\n"
@@ -227,7 +242,31 @@ class PrometheusServer(_Service):
             "    metrics_path: /metrics\n"
             "    static_configs:\n"
             f"      - targets: ['{self.exporter.target}']\n"
+            f"  - job_name: {FILE_SD_JOB}\n"
+            "    metrics_path: /metrics\n"
+            "    file_sd_configs:\n"
+            f"      - files: ['{self.file_sd_path}']\n"
+            # Prometheus watches the file too (inotify); the refresh is the backstop.
+            "        refresh_interval: 1s\n"
         )
+
+    def set_file_targets(self, groups: Sequence[TargetGroup]) -> None:
+        """Replace the ``files`` job's targets (atomically: Prometheus never reads a
+        half-written file), e.g. ``[{"targets": ["10.0.0.5:8080"], "labels":
+        {"role": "canary"}}]``."""
+        path = self.file_sd_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(list(groups), indent=1, sort_keys=True))
+        os.replace(partial, path)
+
+    def active_targets(self, job: str = FILE_SD_JOB) -> list[dict[str, Any]]:
+        """The job's active targets as ``/api/v1/targets`` reports them (``labels``,
+        ``health`` up/down/unknown, ``scrapeUrl``, ``lastError``, ...)."""
+        url = f"{self.address}/api/v1/targets?state=active"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            answer = json.loads(response.read())
+        return [t for t in answer["data"]["activeTargets"] if t.get("scrapePool") == job]
 
     def start(self) -> Self:
         path = shutil.which(self.binary)
@@ -236,6 +275,7 @@ class PrometheusServer(_Service):
                 f"`{self.binary}` is not on PATH; install the Debian package: hack/ensure-deps.sh"
             )
         self.workdir = Path(tempfile.mkdtemp(prefix="canary-prometheus-"))
+        self.set_file_targets([])
         (self.workdir / "prometheus.yml").write_text(self.config())
         started = time.monotonic()
         try:

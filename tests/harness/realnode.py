@@ -288,7 +288,7 @@ class Measurement:
         return f"{self.total} requests -> " + ", ".join(parts)
 
 
-def _one_request(host: str, port: int, path: str) -> tuple[str, str, str | None]:
+def one_request(host: str, port: int, path: str) -> tuple[str, str, str | None]:
     """One GET on a fresh connection (kube-proxy picks an endpoint per connection)."""
     conn = http.client.HTTPConnection(host, port, timeout=10)
     try:
@@ -312,7 +312,7 @@ def measure(host: str, port: int, requests: int = 2000, path: str = "/version") 
     errors: Counter[str] = Counter()
     with ThreadPoolExecutor(max_workers=8) as pool:
         for version, pod, error in pool.map(
-            lambda _: _one_request(host, port, path), range(requests)
+            lambda _: one_request(host, port, path), range(requests)
         ):
             by_version[version] += 1
             by_pod[pod] += 1

@@ -1,5 +1,6 @@
 """The real node's pure parts: the OCI archive writer, the guard rules the harness
-checks for, and the tolerance the traffic tests use."""
+checks for, the tolerance the traffic tests use, and the scrape targets and queries
+of the analysis test."""
 
 from __future__ import annotations
 
@@ -12,10 +13,18 @@ import sys
 import tarfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
-from tests.harness.realnode import GUARD_RULES, GUARD_TABLE, binomial_tolerance
+from canary_operator.analysis.providers import render_query
+from tests.harness.realnode import GUARD_RULES, GUARD_TABLE, NODE_NAME, binomial_tolerance
+from tests.harness.realnode_metrics import (
+    ERROR_RATE_QUERY,
+    LATENCY_P99_QUERY,
+    ROLE_LABEL,
+    scrape_target_groups,
+)
 
 REPO = Path(__file__).resolve().parent.parent.parent
 OCI = REPO / "hack" / "realnode" / "images" / "oci.py"
@@ -118,3 +127,53 @@ def test_demo_app_compiles() -> None:
     src = REPO / "hack" / "realnode" / "images" / "demo_app.py"
     compile(src.read_text(), str(src), "exec")
     assert sys.version_info >= (3, 11)
+
+
+def _pod(name: str, ip: str | None, **overrides: Any) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "metadata": {"name": name, "namespace": "ns", "labels": {"app": "web"}},
+        "spec": {"nodeName": NODE_NAME},
+        "status": {"phase": "Running", "podIP": ip},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        pod[section][field] = value
+    return pod
+
+
+def test_scrape_targets_are_the_real_nodes_running_pods_by_role() -> None:
+    canary = _pod("web-canary-1", "198.51.100.7")
+    canary["metadata"]["labels"][ROLE_LABEL] = "canary"
+    pods = [
+        _pod("web-b", "198.51.100.9"),
+        canary,
+        _pod("web-a", "198.51.100.8"),
+        _pod("kwok", "10.244.0.5", spec__nodeName="kwok-node-0"),  # leads nowhere
+        _pod("foreign", "10.244.0.6"),  # on the node's name but not in its pod range
+        _pod("pending", None, status__phase="Pending"),
+        _pod("going", "198.51.100.10", metadata__deletionTimestamp="2026-01-01T00:00:00Z"),
+        _pod("done", "198.51.100.11", status__phase="Succeeded"),
+    ]
+    assert scrape_target_groups(pods) == [
+        {
+            "targets": ["198.51.100.8:8080"],
+            "labels": {"namespace": "ns", "pod": "web-a", "role": "stable"},
+        },
+        {
+            "targets": ["198.51.100.9:8080"],
+            "labels": {"namespace": "ns", "pod": "web-b", "role": "stable"},
+        },
+        {
+            "targets": ["198.51.100.7:8080"],
+            "labels": {"namespace": "ns", "pod": "web-canary-1", "role": "canary"},
+        },
+    ]
+
+
+def test_analysis_queries_use_only_the_operators_variables() -> None:
+    for template in (ERROR_RATE_QUERY, LATENCY_P99_QUERY):
+        query = render_query(template, {"namespace": "ns", "role": "canary"})
+        assert '{namespace="ns",role="canary"' in query
+        assert "{{" not in query
+    # An empty 5xx sum counts as 0 errors, so a healthy canary measures 0, not no data.
+    assert "or vector(0)" in ERROR_RATE_QUERY

@@ -8,6 +8,7 @@ Its behaviour comes from the environment (each image tag sets its own defaults):
                 the kubelet must still see it ready, as a real broken build often is)
   LATENCY_MS    added delay before each answer
   PORT          listen port (default 8080)
+  LISTEN        listen address (default 0.0.0.0, the pod's every address)
 
 Routes: / (HTML), /healthz, /api/v1/status (JSON), /version, /ready, /metrics
 (Prometheus text format: requests by code and a latency histogram).
@@ -29,6 +30,7 @@ POD = socket.gethostname()  # the pod's name: which pod answered
 ERROR_RATE = float(os.environ.get("ERROR_RATE", "0"))
 LATENCY_S = float(os.environ.get("LATENCY_MS", "0")) / 1000
 PORT = int(os.environ.get("PORT", "8080"))
+LISTEN = os.environ.get("LISTEN", "0.0.0.0")  # tests run it on the host at 127.0.0.1
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 _lock = threading.Lock()
@@ -130,7 +132,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
+    server = ThreadingHTTPServer((LISTEN, PORT), Handler)
     server.daemon_threads = True
     print(
         f"canary-demo {VERSION} on :{PORT} error_rate={ERROR_RATE} latency={LATENCY_S}s", flush=True
