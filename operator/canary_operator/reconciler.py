@@ -294,6 +294,11 @@ class Reconciler:
         ref = RunRef(namespace, name, rollout.uid, status.run)
         targets = await self._read_targets(rollout)
         obs = await self._observe(rollout, body, targets, ref)
+        if status.phase == Phase.QUEUED and obs.lock.held and status.started_at is None:
+            # A run is about to start: whether the target is clean (a previous run's canary
+            # left behind is removed first) is judged by the API server, not by caches
+            # that may not have seen the last cleanup's deletions yet.
+            obs = await self._observe(rollout, body, targets, ref, reads=self.fresh)
         try:
             obs = await self._validate_and_collect(rollout, obs, targets)
         except TRANSIENT as exc:
