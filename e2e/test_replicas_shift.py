@@ -256,33 +256,3 @@ def test_the_record_on_the_target_survives_an_operator_kill(
     assert end["status"]["phase"] == "Aborted"
     stable = assert_stable_restored(cluster, namespace)
     assert stable["status"]["readyReplicas"] == N
-
-
-@pytest.mark.parametrize(
-    ("routing", "message"),
-    [
-        ({"replicas": {"minStableReplicas": 2}}, "minStableReplicas applies to mode Shift only"),
-        (
-            {"replicas": {"mode": "Add", "minStableReplicas": 2}},
-            "minStableReplicas applies to mode Shift only",
-        ),
-        ({"replicas": {"mode": "Half"}}, 'supported values: "Add", "Shift"'),
-        (
-            {"replicas": {"mode": "Shift", "minStableReplicas": 0}},
-            "should be greater than or equal to 1",
-        ),
-    ],
-)
-def test_invalid_shift_options_are_rejected_at_apply(
-    kube_cluster: Cluster,
-    namespace: str,
-    crd_installed: Cluster,
-    routing: dict[str, Any],
-    message: str,
-) -> None:
-    result = kube_cluster.kubectl(
-        "apply", "-n", namespace, "-f", "-",
-        input=m.rollout("bad", [{"canary": {}}], trafficRouting=routing), check=False,
-    )  # fmt: skip
-    assert result.returncode != 0 and message in result.stderr, result.stderr
-    assert kube_cluster.kubectl("get", "cro", "-n", namespace, "-o", "name").stdout == ""

@@ -490,6 +490,17 @@ def test_istio_destination_rule_subsets(
 @pytest.mark.parametrize(
     ("routing", "message"),
     [
+        # The replicas router's Shift options (e2e/test_replicas_shift.py runs them).
+        ({"replicas": {"minStableReplicas": 2}}, "minStableReplicas applies to mode Shift only"),
+        (
+            {"replicas": {"mode": "Add", "minStableReplicas": 2}},
+            "minStableReplicas applies to mode Shift only",
+        ),
+        ({"replicas": {"mode": "Half"}}, 'supported values: "Add", "Shift"'),
+        (
+            {"replicas": {"mode": "Shift", "minStableReplicas": 0}},
+            "should be greater than or equal to 1",
+        ),
         ({"nginx": {"stableIngress": "web", "cookie": "a;b"}}, "cookie"),
         (
             {
