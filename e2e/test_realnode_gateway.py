@@ -26,6 +26,7 @@ Skipped, loudly, where a real node cannot run (see tests/harness/realnode_fixtur
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,6 +185,7 @@ def traefik_gateway(
             traefik.stop()
             print(f"Traefik log (tail):\n{traefik.log()[-3000:]}")
             traefik_harness.wait_gone(traefik)
+        shutil.rmtree(work, ignore_errors=True)  # its token and CA copy
         cluster.kubectl(
             "delete", "gatewayclass", name, "--ignore-not-found", "--wait=false", check=False
         )
