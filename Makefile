@@ -30,9 +30,10 @@ deps: ## install missing Debian packages (openssl, python3-venv, prometheus, ...
 cluster-bins: ## build (once, cached in ~/.cache/canary-operator) the control-plane binaries
 	hack/cluster/build.sh >/dev/null
 
-realnode-bins: ## build (once, cached) the real node's binaries and test images (root)
+realnode-bins: ## build (once, cached) the real node's binaries, Traefik and test images (root)
 	hack/realnode/deps.sh
 	hack/realnode/build.sh >/dev/null
+	hack/realnode/traefik.sh >/dev/null
 	hack/realnode/images/build.sh >/dev/null
 
 helm: ## build (once, cached in ~/.cache/canary-operator) helm from its Go module
@@ -83,7 +84,8 @@ test: deps $(VENV)/.installed ## run the whole suite (tests/ and e2e/)
 	hack/helm.sh >/dev/null; \
 	if [ "$$(id -u)" = 0 ]; then \
 	  PYTHON=$(VENV)/bin/python hack/image/build.sh >/dev/null; \
-	  if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then hack/realnode/build.sh >/dev/null; fi; \
+	  if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then \
+	    hack/realnode/build.sh >/dev/null; hack/realnode/traefik.sh >/dev/null; fi; \
 	  wait $$images || { cat /tmp/canary-realnode-images.log >&2; exit 1; }; \
 	fi
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

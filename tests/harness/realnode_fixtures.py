@@ -33,8 +33,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if os.environ.get(EXTERNAL_KUBECONFIG_ENV, "").strip():
         return
     log = Path(tempfile.gettempdir()) / "canary-realnode-build.log"
+    scripts = [SCRIPTS / "build.sh", SCRIPTS / "images" / "build.sh"]
+    # The Gateway API data plane (e2e/test_realnode_gateway.py), only when selected.
+    if any("traefik_gateway" in getattr(i, "fixturenames", ()) for i in session.items):
+        scripts.append(SCRIPTS / "traefik.sh")
     with log.open("w") as out:
-        for script in (SCRIPTS / "build.sh", SCRIPTS / "images" / "build.sh"):
+        for script in scripts:
             proc = subprocess.run([str(script)], stdout=out, stderr=out, check=False)
             if proc.returncode != 0:
                 _build_error.append(f"{script} failed ({proc.returncode}); log: {log}")
