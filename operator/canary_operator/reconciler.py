@@ -298,7 +298,7 @@ class Reconciler:
             # A run is about to start: whether the target is clean (a previous run's canary
             # left behind is removed first) is judged by the API server, not by caches
             # that may not have seen the last cleanup's deletions yet.
-            obs = await self._observe(rollout, body, targets, ref, reads=self.fresh)
+            obs = await self._observe(rollout, body, targets, ref, reads=self.fresh, lock=obs.lock)
         try:
             obs = await self._validate_and_collect(rollout, obs, targets)
         except TRANSIENT as exc:
@@ -343,7 +343,7 @@ class Reconciler:
             # About to declare the cleanup verified: that promise (100 % stable, no canary
             # object left) is checked against the API server, not against caches that
             # may not have seen a pod created a moment ago.
-            obs = await self._observe(rollout, body, targets, ref, reads=self.fresh)
+            obs = await self._observe(rollout, body, targets, ref, reads=self.fresh, lock=obs.lock)
             result = machine.plan(rollout, obs)
         try:
             await self._act(result, rollout, obs, targets, body, ref)
@@ -593,7 +593,11 @@ class Reconciler:
         targets: _Targets,
         ref: RunRef,
         reads: Kube | None = None,
+        lock: LockView | None = None,
     ) -> Observed:
+        """What the plan starts from. With `lock`, the lock as already observed (and
+        perhaps just acquired) in this reconcile is kept: observing it again would lose
+        what the acquisition found (a holder it took over from)."""
         ns, spec = rollout.namespace, rollout.spec
         reads = reads or self.kube
         me = candidate(body)
@@ -612,8 +616,10 @@ class Reconciler:
             return fresh is not None and fresh["metadata"]["resourceVersion"] == version
 
         # Independent round trips, issued at once (the route read needs no token).
-        lock, (canary, baseline), canary_service, pods, jobs, route = await asyncio.gather(
-            self.lock.observe(
+        observed_lock, (canary, baseline), canary_service, pods, jobs, route = await asyncio.gather(
+            _given(lock)
+            if lock is not None
+            else self.lock.observe(
                 ns, spec.lock_key, me, shared, wants, self._holder_running, still_current
             ),
             self._role_deployments(ns, spec, reads),
@@ -625,7 +631,7 @@ class Reconciler:
         answers, running = self.checks.observe(ref)
         return Observed(
             now=datetime.now(UTC),
-            lock=lock,
+            lock=observed_lock,
             target=_workload(targets.target),
             canary=_workload(canary, _with_role(pods, "canary")),
             baseline=_workload(baseline, _with_role(pods, "baseline")),
@@ -930,6 +936,10 @@ class Reconciler:
 
 async def _nothing() -> None:
     return None
+
+
+async def _given(lock: LockView) -> LockView:
+    return lock
 
 
 def _after_status(action: Action) -> bool:
