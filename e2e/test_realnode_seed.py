@@ -106,23 +106,41 @@ def test_failing_canary_on_real_node(
         body = wait_phase(
             cluster, namespace, "web-failing", {"Succeeded", "Failed"}, ROLLOUT_TIMEOUT
         )
-        wait_for(
-            lambda: any(p == "Failed" for p in logs.phases.values()),
-            30,
-            message="a failed test pod's log",
-        )
+
+        # The failed pod's log, as this test's poll caught it or, when cleanup deleted
+        # the Job between two polls, as the operator kept it in the status before that.
+        def failed_logs() -> dict[str, str]:
+            caught = {p: logs.logs[p] for p, phase in logs.phases.items() if phase == "Failed"}
+            kept = _evidence(get_rollout(cluster, namespace, "web-failing"))
+            return caught or kept
+
+        failed = wait_for(failed_logs, 30, message="a failed test pod's log")
     print("\n".join(_exchanges(logs)))
     status = body["status"]
     assert status["phase"] == "Failed", status
     assert (status.get("outcome") or {}).get("failedStep") == 2, status  # "canary tests"
-    failed = [p for p, phase in logs.phases.items() if phase == "Failed"]
     assert failed, "no test pod failed"
-    for pod in failed:
-        assert "500 Internal Server Error" in logs.logs[pod], logs.logs[pod]
+    for pod, log in failed.items():
+        assert "500 Internal Server Error" in log, (pod, log)
     assert cluster.get_json("deployment", "web", "-n", namespace)["spec"]["template"]["spec"][
         "containers"
     ][0]["image"].endswith(":v1")
     _assert_all_stable(real_node, cluster, namespace, "v1", "after the failed test")
+
+
+def _evidence(body: dict[str, Any]) -> dict[str, str]:
+    """Log tails of failed test pods kept in the status (steps and their children)."""
+    found: dict[str, str] = {}
+
+    def visit(steps: list[dict[str, Any]]) -> None:
+        for step in steps:
+            for tail in step.get("logs") or []:
+                if tail.get("tail"):
+                    found[f"{tail['pod']}/{tail['container']}"] = tail["tail"]
+            visit(step.get("children") or [])
+
+    visit((body.get("status") or {}).get("steps") or [])
+    return found
 
 
 def _resume(cluster: Cluster, namespace: str, name: str, body: dict[str, Any]) -> None:
