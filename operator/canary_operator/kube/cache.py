@@ -119,9 +119,6 @@ class Informer:
         self.label_selector = label_selector
         self.handlers = list(handlers)
         self.synced = asyncio.Event()
-        # Why the last list or watch failed (None while healthy): shown by /readyz
-        # callers and logs; reads keep the last state meanwhile.
-        self.error: str | None = None
         self._store: dict[tuple[str, str], JsonObj] = {}
         self._resource_version: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -158,9 +155,6 @@ class Informer:
             if (namespace is None or ns == namespace)
             and matches(obj["metadata"].get("labels"), label_selector)
         ]
-
-    def __len__(self) -> int:
-        return len(self._store)
 
     # ----------------------------------------------------------------- writes
 
@@ -224,7 +218,6 @@ class Informer:
                 self._resource_version = None  # too old to resume: list again
             except Exception as exc:
                 failures += 1
-                self.error = f"{type(exc).__name__}: {exc}"
                 delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures) * random.uniform(0.8, 1.2)
                 log.warning(
                     "watch of %s failed (attempt %d), again in %.1fs: %s",
@@ -264,7 +257,6 @@ class Informer:
             gone = self._store.pop(key)
             self._notify("DELETED", gone)
         self._resource_version = str(result.get("metadata", {}).get("resourceVersion") or "")
-        self.error = None
         self.synced.set()
 
     async def _watch(self) -> None:
@@ -291,7 +283,6 @@ class Informer:
             if event_type in ("ADDED", "MODIFIED", "DELETED"):
                 self.events += 1
                 self._apply(event_type, obj)
-        self.error = None
 
 
 class _Gone(Exception):
