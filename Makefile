@@ -73,21 +73,14 @@ image: deps $(VENV)/.installed ## build the image archive (cached in ~/.cache/ca
 # --- checks ---------------------------------------------------------------------------
 
 # The cluster fixture starts (and always stops) its own cluster, or uses the one
-# named by CANARY_TEST_KUBECONFIG. Building the binaries (and helm, and the image)
-# first keeps a cold build (tens of minutes) out of the tests' timeouts.
-# As root (CI), the real node's parts too: its test images (mostly download and
-# unpack) build in the background while the Go builds use the CPUs.
+# named by CANARY_TEST_KUBECONFIG. Building the binaries first keeps a cold build
+# (tens of minutes) out of the tests' timeouts.
 test: deps $(VENV)/.installed ## run the whole suite (tests/ and e2e/)
-	@images=; if [ "$$(id -u)" = 0 ]; then hack/realnode/deps.sh; \
-	  hack/realnode/images/build.sh >/tmp/canary-realnode-images.log 2>&1 & images=$$!; fi; \
-	if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then hack/cluster/build.sh >/dev/null; fi; \
-	hack/helm.sh >/dev/null; \
-	if [ "$$(id -u)" = 0 ]; then \
-	  PYTHON=$(VENV)/bin/python hack/image/build.sh >/dev/null; \
-	  if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then \
-	    hack/realnode/build.sh >/dev/null; hack/realnode/traefik.sh >/dev/null; fi; \
-	  wait $$images || { cat /tmp/canary-realnode-images.log >&2; exit 1; }; \
-	fi
+	@# The control plane first: every cluster test needs it. helm, the image, the real
+	@# node's parts (as root) and Traefik build in the background while the other tests
+	@# run (tests/harness/prebuild.py); the tests that need them run last.
+	@if [ "$$(id -u)" = 0 ]; then hack/realnode/deps.sh; fi
+	@if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then hack/cluster/build.sh >/dev/null; fi
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed ## ruff check, ruff format --check, mypy

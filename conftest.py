@@ -35,8 +35,14 @@ from tests.harness.cluster import (
 )
 
 # The session-scoped `prometheus` fixture (a real Prometheus server and an exporter),
-# and `real_node` (a real kubelet/containerd node joined to kube_cluster).
-pytest_plugins = ["tests.harness.prometheus_fixtures", "tests.harness.realnode_fixtures"]
+# `real_node` (a real kubelet/containerd node joined to kube_cluster), and the builds
+# only some tests need, made in the background while the others run.
+pytest_plugins = [
+    "tests.harness.prometheus_fixtures",
+    "tests.harness.realnode_fixtures",
+    "tests.harness.prebuild",
+    "pytester",  # tests/unit/test_prebuild.py runs the plugin in a pytest of its own
+]
 
 CLUSTER_FIXTURE = "kube_cluster"
 

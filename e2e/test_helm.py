@@ -19,7 +19,7 @@ from e2e.conftest import REPO, get_rollout
 from tests.harness.cluster import Cluster, wait_for
 from tests.harness.helm import ObjectKey, by_key, helm_binary, template
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.needs_build("helm")]
 
 MANIFESTS = REPO / "manifests"
 CRD_NAME = "canaryrollouts.canary-operator.dev"

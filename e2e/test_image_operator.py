@@ -21,6 +21,7 @@ from tests.harness.image import Image, build_image, image_command, unpack
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(os.geteuid() != 0, reason="running the image needs root (as in CI)"),
+    pytest.mark.needs_build("image"),
 ]
 UID = 65532
 

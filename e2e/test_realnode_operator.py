@@ -23,6 +23,7 @@ from e2e.test_realnode_seed import _assert_all_stable, _resume, _wait_serving
 from tests.harness.cluster import Cluster, unique_namespace_name, wait_for
 from tests.harness.realnode import POD_PLACEMENT, RealNode
 
+pytestmark = pytest.mark.needs_build("image")  # and the real node's, by its fixture
 CRD = REPO / "crds" / "canaryrollouts.yaml"
 BASE_NAME = "docker.io/library/canary-operator"
 LEASE = "canary-operator-leader"

@@ -9,40 +9,13 @@ so a skipped real-node suite is never mistaken for a passing one.
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.harness.cluster import EXTERNAL_KUBECONFIG_ENV, Cluster, wait_for
-from tests.harness.realnode import OWNER_FILE, SCRIPTS, RealNode, unavailable_reason
-
-_build_error: list[str] = []
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the node's binaries and images before any test runs (a cold build takes
-    about 20 min, more than a test's timeout), if a selected test needs the node."""
-    if session.config.option.collectonly or unavailable_reason() is not None:
-        return
-    if not any("real_node" in getattr(i, "fixturenames", ()) for i in session.items):
-        return
-    if os.environ.get(EXTERNAL_KUBECONFIG_ENV, "").strip():
-        return
-    log = Path(tempfile.gettempdir()) / "canary-realnode-build.log"
-    scripts = [SCRIPTS / "build.sh", SCRIPTS / "images" / "build.sh"]
-    # The Gateway API data plane (e2e/test_realnode_gateway.py), only when selected.
-    if any("traefik_gateway" in getattr(i, "fixturenames", ()) for i in session.items):
-        scripts.append(SCRIPTS / "traefik.sh")
-    with log.open("w") as out:
-        for script in scripts:
-            proc = subprocess.run([str(script)], stdout=out, stderr=out, check=False)
-            if proc.returncode != 0:
-                _build_error.append(f"{script} failed ({proc.returncode}); log: {log}")
-                return
+from tests.harness.realnode import OWNER_FILE, RealNode, unavailable_reason
 
 
 class RealNodeSkipped(UserWarning):
@@ -65,8 +38,6 @@ def real_node(kube_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator
             reporter.write_line(message, red=True, bold=True)
         warnings.warn(RealNodeSkipped(message), stacklevel=1)
         pytest.skip(message)
-    if _build_error:
-        raise RuntimeError(_build_error[0])
     # One real node per host: another session's node is waited for, not fought over.
     wait_for(
         lambda: not OWNER_FILE.exists(),

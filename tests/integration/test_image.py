@@ -18,9 +18,12 @@ from tests.harness.image import Image, build_image, run_in_image, runtime_config
 REPO = Path(__file__).resolve().parents[2]
 UID = 65532
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="building and unpacking the image needs root (as in CI)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="building and unpacking the image needs root (as in CI)"
+    ),
+    pytest.mark.needs_build("image"),
+]
 
 
 @pytest.fixture(scope="module")
