@@ -9,6 +9,7 @@ The tests that need one are ordered last, in build order, and each waits for its
 before its protocol starts, i.e. outside its ``timeout``: a build is tens of minutes
 cold, a test's timeout is ten. The build scripts cache by version and take a file lock,
 so a fixture that calls its script again afterwards gets the cached result at once.
+Logs: ``$CANARY_BUILD_LOG_DIR`` (default: the temporary directory)/canary-build-NAME.log.
 
 A test names its build with ``@pytest.mark.needs_build("helm")``; ``real_node`` and
 ``traefik_gateway`` fixtures imply theirs.
@@ -99,7 +100,8 @@ def order_key(item: pytest.Item) -> int:
 
 
 def log_path(name: str) -> Path:
-    return Path(tempfile.gettempdir()) / f"canary-build-{name}.log"
+    directory = os.environ.get("CANARY_BUILD_LOG_DIR") or tempfile.gettempdir()
+    return Path(directory) / f"canary-build-{name}.log"
 
 
 @dataclass

@@ -41,6 +41,7 @@ def _run(
     # The builds take longer than the inner tests' timeout: waiting must not count.
     pytester.makeini("[pytest]\ntimeout = 2\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), *sys.path]))
+    monkeypatch.setenv("CANARY_BUILD_LOG_DIR", str(pytester.path))  # not the shared /tmp
     return pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider", *args, timeout=120)
 
 
