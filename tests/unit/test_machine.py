@@ -36,6 +36,7 @@ from canary_operator.engine.machine import (
     cleanup_failed,
     iso,
     plan,
+    retrying,
 )
 from canary_operator.engine.types import (
     Action,
@@ -529,9 +530,16 @@ def _step(sim: Sim, index: int | None = None) -> Any:
 
 
 def started(*steps: dict[str, Any], world: World | None = None, **spec_fields: Any) -> Sim:
-    """A rollout that just entered Progressing (lock taken, no step run yet)."""
+    """A queued rollout whose next tick starts its run (lock taken, target clean, no
+    step run yet): the plan that starts a run also starts its first step."""
     sim = Sim(make_spec(*steps, **spec_fields), world)
-    sim.run_until(Phase.PROGRESSING)
+
+    def starts_next(s: Sim) -> bool:
+        return (
+            s.phase() == Phase.QUEUED and plan(s.rollout, s.observe()).status.phase != Phase.QUEUED
+        )
+
+    sim.run_until(starts_next)
     return sim
 
 
@@ -688,9 +696,17 @@ def test_recovery_cleans_leftovers_before_the_first_step(
     assert "recovery" in (sim.status.message or "")
     assert sim.status.lock is not None and sim.status.lock.recovered_from == OTHER
     sim.world.pods_linger = False
-    sim.run_until(Phase.PROGRESSING, limit=3)
+    # The plan that starts the run also starts step 1: what it saw must be clean.
+    clean_when_planned: list[bool] = []
+    for _ in range(3):
+        sim.observe()  # what the next tick's plan sees (lingering pods gone or not)
+        clean_when_planned.append(sim.world.clean)
+        sim.tick(1)
+        if sim.phase() == Phase.PROGRESSING:
+            break
+    assert sim.phase() == Phase.PROGRESSING
     assert of_type(sim.all_actions(), DeleteCanaryObjects)
-    assert sim.world.clean
+    assert clean_when_planned[-1]
     assert sim.status.current_step == 0
 
 
@@ -707,14 +723,16 @@ def test_queued_to_progressing_records_lock_start_and_deadline() -> None:
     assert status.started_at == iso(start)
     assert status.deadline_at == iso(start + timedelta(seconds=600))
     assert status.stable_replicas == 4 and status.current_step == 0
-    assert [s.phase for s in status.steps or []] == [StepPhase.PENDING] * 2
+    # The same plan starts step 1 (its actions are the plan's only side effects).
+    assert [s.phase for s in status.steps or []] == [StepPhase.RUNNING, StepPhase.PENDING]
+    assert (status.steps or [])[0].started_at == iso(start)
     assert status.step_label == "1/2 canary"
     assert status.queue_label == "holding"
     assert condition(status, "Progressing").reason == "Started"
     events = of_type(result.actions, Emit)
-    assert [e.reason for e in events] == ["LockAcquired", "Progressing"]
+    assert [e.reason for e in events] == ["LockAcquired", "Progressing", "StepStarted"]
     assert "token 7" in events[0].message
-    assert effects(result.actions) == []
+    assert effects(result.actions) == [EnsureCanary(2)]
 
 
 @pytest.mark.parametrize("holding", [False, True])
@@ -810,8 +828,8 @@ def test_set_weight_with_the_replicas_router_scales_the_canary(
 
 def test_set_weight_with_the_replicas_router_waits_for_the_read_back() -> None:
     sim = started(weight(20), world=World(stable=4))
+    sim.tick()  # the run starts (stable 4 recorded) and creates the canary
     sim.world.stable = 8  # stable scaled meanwhile: the router reads 11 %, not 20 %
-    sim.tick()  # creates the canary
     result = sim.tick()
     assert sim.status.current_step == 0 and result.requeue_after == 1
     assert sim.status.weight == 11
@@ -1160,6 +1178,7 @@ def test_retry_annotation_names_the_next_run() -> None:
 
 def test_progress_deadline_fails_the_run() -> None:
     sim = started(job_test(), progressDeadlineSeconds=60, world=World(results={"s1": None}))
+    sim.tick()  # the run starts, and its Job
     sim.tick(seconds=60)
     assert sim.phase() == Phase.PROGRESSING
     sim.tick(seconds=1)
@@ -1434,11 +1453,32 @@ def test_action_failed_while_paused_fails_the_pause_step() -> None:
     assert not of_type(result.actions, ReleaseLock) and not effects(result.actions)
 
 
+def test_action_failed_in_the_plan_that_starts_the_run_fails_step_1() -> None:
+    sim = started(CANARY, pause())
+    result = _fail_in(sim)  # the run's start and step 1's EnsureCanary: one plan
+    assert result.status.phase == Phase.CLEANING_UP
+    outcome = sim.status.outcome
+    assert outcome is not None and outcome.result == Result.STEP_FAILED
+    assert outcome.failed_step == 1 and sim.status.started_at is not None
+    assert _step(sim, 0).phase == StepPhase.FAILED
+    sim.finish()
+    assert sim.phase() == Phase.FAILED
+
+
+def test_retrying_the_plan_that_starts_the_run_keeps_the_start_and_the_lock() -> None:
+    sim = started(CANARY, pause())
+    planned = plan(sim.rollout, sim.observe())
+    said = retrying(sim.rollout, sim.observe(), planned.status, "connection refused")
+    assert said.status.phase == Phase.PROGRESSING and said.status.started_at is not None
+    assert said.status.steps is not None and said.status.steps[0].phase == StepPhase.RUNNING
+    assert not of_type(said.actions, ReleaseLock) and not effects(said.actions)
+
+
 def test_action_failed_after_the_last_step_blames_that_step() -> None:
     sim = started(CANARY)
-    sim.world.canary = 2  # ready already: the step finishes in the same plan as its action
-    sim.world.service = True
-    _fail_in(sim)
+    sim.tick()  # the run starts; step 1 creates its canary (ready at once here)
+    assert sim.world.canary == 2 and sim.status.current_step == 0
+    _fail_in(sim)  # the step finishes in the same plan as its (re-asserted) action
     outcome = sim.status.outcome
     assert outcome is not None and outcome.failed_step == 1
     assert _step(sim, 0).phase == StepPhase.FAILED

@@ -469,7 +469,11 @@ def _queued(ctx: _Context) -> None:
     status.steps = [_fresh_step_status(s) for s in spec.steps]
     ctx.enter(Phase.PROGRESSING, "started")
     ctx.set_condition("Progressing", True, "Started", "rollout started")
-    ctx.plan.requeue(0)
+    # The first step starts in this same plan, with no second status write and no trip
+    # through the work queue: the observation is as fresh as a run's start wants it
+    # (the reconciler read it from the API server), and nothing above acted on the
+    # target, so every action of this plan is step 1's (a failed one fails step 1).
+    _progressing(ctx)
 
 
 def _progressing(ctx: _Context) -> None:
