@@ -56,10 +56,9 @@ def test_status_watch_redraws_the_tree_in_a_terminal(
     # then waits on the terminal until the fixture kills the server). tmux's own
     # remain-on-exit would not do: marking a pane dead scrolls its screen up a line
     # (server_destroy_pane), and the last frame would lose its first line.
-    keep_pane = '"$@"; echo "[plugin exit $?]"; read -r _'
+    keep_pane = ["sh", "-c", '"$@"; echo "[plugin exit $?]"; read -r _', "sh", *command]
     subprocess.run(
-        [*tmux, "new-session", "-d", "-x", "160", "-y", "60", "-s", "live", "--"]
-        + ["sh", "-c", keep_pane, "sh", *command],
+        [*tmux, "new-session", "-d", "-x", "160", "-y", "60", "-s", "live", "--", *keep_pane],
         check=True,
         timeout=30,
     )

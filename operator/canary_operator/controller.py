@@ -44,12 +44,12 @@ class Controller:
         self.index = RolloutIndex()
         self.lock = LeaseLock(self.kube, fresh=kube)
         self.checks = CheckRunner(wake=self.wake)
-        events = EventRecorder(kube)
+        self.events = EventRecorder(kube)
         self.reconciler = Reconciler(
-            self.kube, self.lock, self.index, events, self.checks, fresh=kube
+            self.kube, self.lock, self.index, self.events, self.checks, fresh=kube
         )
         # Notifications go out from tasks of their own, after the status write.
-        self.notifier = Notifier(kube, events)
+        self.notifier = Notifier(kube, self.events)
         self.reconciler.on_transition = self.notifier.transition
         self.queue = WorkQueue(lambda key: self.reconciler.reconcile(*key), workers=workers)
         self.lock.renewer.on_lost = self.wake
@@ -112,6 +112,7 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
         await self.queue.stop()
+        await self.events.stop()  # what the last reconciles announced
         await self.notifier.stop()
         await self.checks.stop()
         await self.lock.renewer.stop()

@@ -4,8 +4,8 @@ This is the only place that joins the state machine to the API. Order matters:
 side effects first (each write to the target preceded by a fencing check that the
 run still holds its lock), then the status write (with a resourceVersion
 precondition), then the Events of that transition (so a transition whose write was
-lost is never announced), and only after the status is durably terminal: release
-the lock and drop the finalizer.
+lost is never announced; they are written in the background, in order), and only
+after the status is durably terminal: release the lock and drop the finalizer.
 
 Nothing here waits on a user endpoint: webhook calls and measurements are started
 in the background (checks/inflight.py) and their answers come back as observations,
@@ -316,7 +316,7 @@ class Reconciler:
         # The transition is durable: announce it, and drop the answers it recorded.
         for action in result.actions:
             if isinstance(action, Emit):
-                await self._emit(rollout, action)
+                self._announce(rollout, action)
         if self.on_transition is not None and written is not body:
             self.on_transition(written, status, result.status)
         self.checks.retain(
@@ -657,7 +657,7 @@ class Reconciler:
         if await self._write_status(body, said.status) is not None:
             for action in said.actions:
                 if isinstance(action, Emit):
-                    await self._emit(rollout, action)
+                    self._announce(rollout, action)
         raise RetryLater(error)
 
     async def _validate_and_collect(
@@ -712,7 +712,7 @@ class Reconciler:
         ns, spec = rollout.namespace, rollout.spec
         match action:
             case Emit():
-                await self._emit(rollout, action)
+                self._announce(rollout, action)
             case AddFinalizer():
                 finalizers = list(body["metadata"].get("finalizers") or [])
                 if FINALIZER not in finalizers:
@@ -928,8 +928,10 @@ class Reconciler:
         )
         await self._write_status(body, failed)
 
-    async def _emit(self, rollout: Rollout, event: Emit) -> None:
-        await self.events.emit(
+    def _announce(self, rollout: Rollout, event: Emit) -> None:
+        # Written in the background, in order: what follows a durable transition (the
+        # next step, the lock's release) never waits on Event writes.
+        self.events.post(
             rollout.namespace, rollout.name, rollout.uid, event.reason, event.message, event.warning
         )
 

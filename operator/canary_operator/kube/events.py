@@ -20,6 +20,8 @@ recorder only turns its answers into a create or a patch.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import socket
@@ -158,28 +160,100 @@ class EventCorrelator:
                 del self._logged[cache_key]
 
 
+# Events waiting for the background sender; past this many (an API server too slow to
+# take them) new ones are dropped with a warning: an Event is best effort.
+MAX_PENDING = 2048
+STOP_FLUSH_SECONDS = 5.0
+
+
+@dataclass
+class _Stamped:
+    """An event as decided when it happened: its moment and the correlator's verdict."""
+
+    key: EventKey
+    seen: Observation
+    moment: datetime
+
+
 class EventRecorder:
     def __init__(self, kube: Kube, component: str = "canary-operator") -> None:
         self.kube = kube
         self.component = component
         self.instance = socket.gethostname()
         self.correlator = EventCorrelator(lambda name: f"{name}.{secrets.token_hex(8)}")
+        self.dropped = 0
+        self._pending: asyncio.Queue[_Stamped] | None = None
+        self._sender: asyncio.Task[None] | None = None
+
+    def post(
+        self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool
+    ) -> None:
+        """Record an event without waiting for its write: it is stamped and counted now
+        (its eventTime is this moment) and written by one background sender, in order.
+        A reconcile announces its transition this way, so the next step or the lock's
+        next holder never waits on Event writes."""
+        stamped = self._stamp(namespace, name, uid, reason, message, warning)
+        if self._pending is None:
+            self._pending = asyncio.Queue()
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send(self._pending), name="events")
+        if self._pending.qsize() >= MAX_PENDING:
+            self.dropped += 1
+            log.warning("dropped event %s for %s/%s: %d waiting", reason, namespace, name,
+                        MAX_PENDING)  # fmt: skip
+            return
+        self._pending.put_nowait(stamped)
 
     async def emit(
         self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool
     ) -> None:
+        """Record an event and wait for its write (for callers already off the
+        reconcile path)."""
+        await self._write(self._stamp(namespace, name, uid, reason, message, warning))
+
+    async def flush(self) -> None:
+        """Wait until every posted event is written (or given up)."""
+        if self._pending is not None:
+            await self._pending.join()
+
+    async def stop(self) -> None:
+        """Write what is still waiting (for a few seconds at most), then stop the sender."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), STOP_FLUSH_SECONDS)
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+
+    def _stamp(
+        self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool
+    ) -> _Stamped:
         moment = datetime.now(UTC)
-        now = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
         type_ = "Warning" if warning else "Normal"
-        message = message[:1024]
-        key = EventKey(self.component, self.instance, namespace, name, uid, type_, reason, message)
-        seen = self.correlator.observe(key, time.monotonic(), now)
-        log.info("%s/%s %s: %s", namespace, name, reason, message)
+        key = EventKey(
+            self.component, self.instance, namespace, name, uid, type_, reason, message[:1024]
+        )
+        seen = self.correlator.observe(key, time.monotonic(), _seconds(moment))
+        log.info("%s/%s %s: %s", namespace, name, reason, key.message)
+        return _Stamped(key, seen, moment)
+
+    async def _send(self, pending: asyncio.Queue[_Stamped]) -> None:
+        while True:
+            stamped = await pending.get()
+            try:
+                await self._write(stamped)
+            finally:
+                pending.task_done()
+
+    async def _write(self, stamped: _Stamped) -> None:
+        key, seen, moment = stamped.key, stamped.seen, stamped.moment
+        now = _seconds(moment)
         try:
             if not seen.create:
                 try:
                     await self.kube.merge_patch(
-                        path("", "v1", "events", namespace, seen.name),
+                        path("", "v1", "events", key.namespace, seen.name),
                         {"count": seen.count, "lastTimestamp": now, "message": seen.message},
                     )
                     return
@@ -189,11 +263,13 @@ class EventRecorder:
                     self.correlator.forget(key, seen.name)  # expired: record it anew
                     seen = self.correlator.observe(key, time.monotonic(), now)
             await self.kube.create(
-                path("", "v1", "events", namespace),
-                self._body(namespace, name, uid, reason, type_, seen, moment),
+                path("", "v1", "events", key.namespace),
+                self._body(key.namespace, key.name, key.uid, key.reason, key.type, seen, moment),
             )
         except Exception as exc:  # an event is best effort; never block a rollout on it
-            log.warning("could not record event %s for %s/%s: %s", reason, namespace, name, exc)
+            log.warning(
+                "could not record event %s for %s/%s: %s", key.reason, key.namespace, key.name, exc
+            )
 
     def _body(
         self,
@@ -220,7 +296,7 @@ class EventRecorder:
             "message": seen.message,
             "type": type_,
             "firstTimestamp": seen.first_timestamp,
-            "lastTimestamp": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": _seconds(moment),
             "count": seen.count,
             "source": {"component": self.component},
             "reportingComponent": self.component,
@@ -230,3 +306,7 @@ class EventRecorder:
             "reportingInstance": self.instance,
             "action": reason,
         }
+
+
+def _seconds(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
