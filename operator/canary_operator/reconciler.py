@@ -294,11 +294,8 @@ class Reconciler:
         ref = RunRef(namespace, name, rollout.uid, status.run)
         targets = await self._read_targets(rollout)
         obs = await self._observe(rollout, body, targets, ref)
-        if status.phase == Phase.QUEUED and obs.lock.held and status.started_at is None:
-            # A run is about to start: whether the target is clean (a previous run's canary
-            # left behind is removed first) is judged by the API server, not by caches
-            # that may not have seen the last cleanup's deletions yet.
-            obs = await self._observe(rollout, body, targets, ref, reads=self.fresh, lock=obs.lock)
+        if _about_to_start(status, obs.lock):
+            obs = await self._observe_for_start(rollout, body, targets, ref, obs.lock)
         try:
             obs = await self._validate_and_collect(rollout, obs, targets)
         except TRANSIENT as exc:
@@ -307,6 +304,8 @@ class Reconciler:
             await self._say_retrying(
                 rollout, obs, body, f"cannot check the spec yet: {_describe(exc)}"
             )
+        if status.phase == Phase.PENDING and not obs.lock.held:
+            obs = await self._new_run_asks_for_lock(rollout, body, targets, ref, obs)
         result, retry_error = await self._plan_and_act(rollout, obs, targets, body, ref)
         written = await self._write_status(body, result.status)
         if written is None:
@@ -329,6 +328,30 @@ class Reconciler:
             if _after_status(action):
                 await self._execute(action, rollout, obs, targets, written)
         return result.requeue_after
+
+    async def _observe_for_start(
+        self, rollout: Rollout, body: JsonObj, targets: _Targets, ref: RunRef, lock: LockView
+    ) -> Observed:
+        # A run is about to start: whether the target is clean (a previous run's canary
+        # left behind is removed first) is judged by the API server, not by caches that
+        # may not have seen the last cleanup's deletions yet.
+        return await self._observe(rollout, body, targets, ref, reads=self.fresh, lock=lock)
+
+    async def _new_run_asks_for_lock(
+        self, rollout: Rollout, body: JsonObj, targets: _Targets, ref: RunRef, obs: Observed
+    ) -> Observed:
+        """A new run that passed its checks (the plan queues it) asks for its lock in the
+        same round rather than one trip through the work queue later; only the head of
+        a free lock gets it, as when queued. Holding it, the run starts in this round,
+        from a fresh observation."""
+        if machine.plan(rollout, obs).status.phase != Phase.QUEUED:
+            return obs  # it ends here (invalid, aborted, ...): it never asks
+        asked = await self._observe(rollout, body, targets, ref, wants_lock=True)
+        if not asked.lock.held:
+            return replace(obs, lock=asked.lock)
+        fresh = await self._observe_for_start(rollout, body, targets, ref, asked.lock)
+        # The checks made against the cluster a moment ago stand.
+        return replace(fresh, spec_problems=obs.spec_problems)
 
     async def _plan_and_act(
         self, rollout: Rollout, obs: Observed, targets: _Targets, body: JsonObj, ref: RunRef
@@ -594,10 +617,12 @@ class Reconciler:
         ref: RunRef,
         reads: Kube | None = None,
         lock: LockView | None = None,
+        wants_lock: bool = False,
     ) -> Observed:
         """What the plan starts from. With `lock`, the lock as already observed (and
         perhaps just acquired) in this reconcile is kept: observing it again would lose
-        what the acquisition found (a holder it took over from)."""
+        what the acquisition found (a holder it took over from). `wants_lock`: a new
+        run that passed its checks asks for the lock too."""
         ns, spec = rollout.namespace, rollout.spec
         reads = reads or self.kube
         me = candidate(body)
@@ -607,7 +632,7 @@ class Reconciler:
         shared.append(me)
         # Only a rollout about to start, or one owing a cleanup, takes the lock. A run in
         # progress never takes it again: if it is not held any more, the run lost it.
-        wants = rollout.status.phase in (Phase.QUEUED, Phase.CLEANING_UP)
+        wants = wants_lock or rollout.status.phase in (Phase.QUEUED, Phase.CLEANING_UP)
 
         async def still_current() -> bool:
             # Fresh read, only when about to take a free lock (see LeaseLock.observe).
@@ -942,6 +967,12 @@ async def _nothing() -> None:
 
 async def _given(lock: LockView) -> LockView:
     return lock
+
+
+def _about_to_start(status: CanaryRolloutStatus, lock: LockView) -> bool:
+    """A run holds its lock and has not started: its next plan may start it (a new run
+    that took the lock in an earlier round and did not get further is one too)."""
+    return status.phase in (Phase.PENDING, Phase.QUEUED) and lock.held and status.started_at is None
 
 
 def _after_status(action: Action) -> bool:

@@ -710,6 +710,47 @@ def test_recovery_cleans_leftovers_before_the_first_step(
     assert sim.status.current_step == 0
 
 
+def test_a_new_run_holding_its_lock_at_once_starts_in_the_same_plan() -> None:
+    """The reconciler asks for the lock in a new run's first round once the plan
+    queues it; holding it, Pending -> Queued -> Progressing and step 1 in one plan."""
+    sim = Sim(make_spec(CANARY, job_test()), has_finalizer=False)
+    result = checked_plan(sim.rollout, sim.world.observe(True))
+    status = result.status
+    assert status.phase == Phase.PROGRESSING and status.started_at is not None
+    assert status.lock is not None and status.lock.token == 1
+    assert (status.steps or [])[0].phase == StepPhase.RUNNING
+    assert reasons(result.actions) == ["Queued", "LockAcquired", "Progressing", "StepStarted"]
+    # The finalizer first, then step 1's canary: nothing else touches anything.
+    assert [type(a) for a in result.actions if not isinstance(a, Emit)] == [
+        AddFinalizer,
+        EnsureCanary,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "result"),
+    [
+        ({"abort": True}, Result.ABORTED),
+        ({"deleting": True}, Result.DELETED),
+        ({"spec_problems": ("images[0]: no container 'app'",)}, Result.INVALID),
+        ({"target": None}, Result.TARGET_NOT_FOUND),
+    ],
+)
+def test_a_new_run_holding_its_lock_that_ends_before_starting_gives_it_back(
+    change: dict[str, Any], result: Result
+) -> None:
+    spec = make_spec(CANARY, abort=True) if change.get("abort") else make_spec(CANARY)
+    sim = Sim(spec, deleting=bool(change.get("deleting")))
+    obs = sim.world.observe(True)
+    if "spec_problems" in change:
+        obs = replace(obs, spec_problems=change["spec_problems"])
+    if "target" in change:
+        obs = replace(obs, target=None)
+    planned = checked_plan(sim.rollout, obs)
+    assert planned.status.outcome is not None and planned.status.outcome.result == result
+    assert of_type(planned.actions, ReleaseLock) and not effects(planned.actions)
+
+
 def test_queued_to_progressing_records_lock_start_and_deadline() -> None:
     sim = Sim(make_spec(CANARY, job_test(), progressDeadlineSeconds=600))
     sim.tick()

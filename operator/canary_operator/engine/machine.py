@@ -193,7 +193,7 @@ def plan(rollout: Rollout, obs: Observed) -> Plan:
     if phase in TERMINAL_PHASES:
         _terminal(ctx)
     elif phase == Phase.PENDING:
-        _pending(ctx)
+        _pending(ctx, holding=obs.lock.held)
     elif phase == Phase.QUEUED:
         _queued(ctx)
     elif phase in (Phase.PROGRESSING, Phase.PAUSED):
@@ -354,35 +354,43 @@ def _new_run(ctx: _Context, message: str, run: int | None = None) -> None:
     ctx.event("NewRun", message)
 
 
-def _pending(ctx: _Context) -> None:
+def _pending(ctx: _Context, holding: bool = False) -> None:
+    """`holding`: the reconciler took the lock for this new run in this very round (a
+    run that passes its checks at the head of a free lock); a run that ends here gives
+    it back. A new run of an ended rollout is never holding: its old run's lock is
+    being released."""
     rollout, status, obs = ctx.rollout, ctx.status, ctx.obs
     status.run = max(status.run, 1)
     _record_version_age(ctx)
     status.observed_generation = rollout.generation
     if rollout.deleting:
-        _end_without_run(ctx, Result.DELETED, "deleted before it started")
+        _end_without_run(ctx, Result.DELETED, "deleted before it started", holding)
         return
     if rollout.spec.abort:
-        _end_without_run(ctx, Result.ABORTED, "aborted before it started")
+        _end_without_run(ctx, Result.ABORTED, "aborted before it started", holding)
         return
     problems = [*_spec_problems(rollout.spec), *obs.policy_problems, *obs.spec_problems]
     if problems:
-        _end_without_run(ctx, Result.INVALID, "; ".join(problems))
+        _end_without_run(ctx, Result.INVALID, "; ".join(problems), holding)
         return
     if obs.target is None:
         _end_without_run(
             ctx,
             Result.TARGET_NOT_FOUND,
             f"target Deployment {rollout.spec.target.deployment!r} not found",
+            holding,
         )
         return
     older = _older_than_live(ctx)
     if older:
-        _end_without_run(ctx, Result.OLDER_THAN_LIVE, older)
+        _end_without_run(ctx, Result.OLDER_THAN_LIVE, older, holding)
         return
     status.queued_at = ctx.now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     ctx.enter(Phase.QUEUED, f"waiting for lock {obs.lock.name}")
     ctx.set_condition("Progressing", True, "Queued", status.message or "")
+    if holding:  # it goes on as a queued run holding its lock: it starts now
+        _queued(ctx)
+        return
     ctx.plan.requeue(0)
 
 
