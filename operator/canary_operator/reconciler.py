@@ -368,8 +368,9 @@ class Reconciler:
             # may not have seen a pod created a moment ago.
             obs = await self._observe(rollout, body, targets, ref, reads=self.fresh, lock=obs.lock)
             result = machine.plan(rollout, obs)
+        acting: list[Action] = []  # the actions tried so far; the last one failed
         try:
-            await self._act(result, rollout, obs, targets, body, ref)
+            await self._act(result, rollout, obs, targets, body, ref, acting)
         except LockLost as lost:
             # Decide again as the run that lost its lock: it ends LockLost and queues
             # for its cleanup; such a plan asks for nothing that touches the target.
@@ -384,8 +385,10 @@ class Reconciler:
                 error = _describe(exc)
                 return machine.retrying(rollout, obs, result.status, error), error
             # The API refused what we sent (e.g. an invalid Job in the spec), or a
-            # cleanup action failed: the step fails, or the cleanup backs off.
-            return machine.action_failed(rollout, obs, result.status, _describe(exc)), None
+            # cleanup action failed: the step that asked for it fails, or the cleanup
+            # backs off.
+            blamed = machine.blamed_status(rollout, obs, result, acting[-1] if acting else None)
+            return machine.action_failed(rollout, obs, blamed, _describe(exc)), None
         machine.recovered(result.status, obs.now, rollout.generation)
         return result, None
 
@@ -397,10 +400,12 @@ class Reconciler:
         targets: _Targets,
         body: JsonObj,
         ref: RunRef,
+        acting: list[Action],
     ) -> None:
         for action in result.actions:
             if isinstance(action, Emit) or _after_status(action):
                 continue
+            acting.append(action)
             if isinstance(action, CHECK_ACTIONS):
                 if not self.checks.known(ref, action.key):
                     await self._fence(rollout, obs)  # a step starts only under the lock

@@ -33,6 +33,7 @@ from canary_operator.engine.machine import (
     RESUME_ANNOTATION,
     RETRY_ANNOTATION,
     action_failed,
+    blamed_status,
     cleanup_failed,
     iso,
     plan,
@@ -430,7 +431,8 @@ class Sim:
         if fail is not None and effects(result.actions):
             first = next(i for i, a in enumerate(pre) if isinstance(a, SIDE_EFFECTS))
             self.world.apply(pre[:first])
-            result = action_failed(rollout, obs, result.status, fail)
+            blamed = blamed_status(rollout, obs, result, pre[first])
+            result = action_failed(rollout, obs, blamed, fail)
             assert not effects(result.actions)
             check_plan(rollout, obs, result)
             pre = []
@@ -878,12 +880,13 @@ def test_set_weight_with_the_replicas_router_waits_for_the_read_back() -> None:
 
 def test_set_weight_with_gateway_api_sets_and_reads_back_the_route() -> None:
     sim = started(CANARY, weight(25), router="gatewayAPI")
-    sim.run_until(lambda s: s.status.current_step == 1)
+    sim.world.route_stuck = True  # route writes take no effect until said
+    sim.run_until(lambda s: s.status.current_step == 1)  # setWeight starts at once
     sim.world.canary_ready = False
     result = sim.tick()
     # The canary keeps the size its step asked for (2 >= 25 % of 4): no traffic before ready.
     assert effects(result.actions) == [EnsureCanary(2)]
-    sim.world.canary_ready = sim.world.route_stuck = True
+    sim.world.canary_ready = True
     for _ in range(2):
         result = sim.tick()
         assert effects(result.actions) == [EnsureCanary(2), SetRouteWeight(25)]
@@ -1057,12 +1060,13 @@ def test_parallel_item_timeout_fails_the_group() -> None:
 def test_promote_waits_for_the_stable_then_resets_the_route() -> None:
     sim = started(CANARY, weight(20), PROMOTE, router="gatewayAPI")
     sim.world.stable_rolled_out = False
-    sim.run_until(lambda s: s.status.current_step == 2)
+    # The promotion starts in the plan that finishes step 2.
+    result = sim.run_until(lambda s: s.status.current_step == 2)
     rid = f"{UID}/1"
-    result = sim.tick()
     since = sim.status.version_since
     assert since is not None
-    assert effects(result.actions) == [PromoteStable(rid, version_since=since)]
+    assert of_type(result.actions, PromoteStable) == [PromoteStable(rid, version_since=since)]
+    assert effects(result.actions)[-1] == PromoteStable(rid, version_since=since)
     assert sim.world.promoted_by == rid
     result = sim.tick()
     assert effects(result.actions) == [] and "promoting" in (sim.status.message or "")
@@ -1513,6 +1517,58 @@ def test_retrying_the_plan_that_starts_the_run_keeps_the_start_and_the_lock() ->
     assert said.status.phase == Phase.PROGRESSING and said.status.started_at is not None
     assert said.status.steps is not None and said.status.steps[0].phase == StepPhase.RUNNING
     assert not of_type(said.actions, ReleaseLock) and not effects(said.actions)
+
+
+def test_a_finished_step_is_followed_by_the_next_in_the_same_plan() -> None:
+    sim = started(CANARY, job_test(), pause())
+    sim.tick()  # the run starts; step 1 asks for its canary (ready at once here)
+    result = sim.tick()  # the canary is ready: step 1 ends, step 2 starts
+    assert _step(sim, 0).phase == StepPhase.SUCCEEDED
+    assert _step(sim, 1).phase == StepPhase.RUNNING and sim.status.current_step == 1
+    assert reasons(result.actions) == ["StepSucceeded", "StepStarted"]
+    assert [type(a) for a in effects(result.actions)] == [EnsureCanary, EnsureJob]
+    assert result.owner(effects(result.actions)[0]) == 0
+    assert result.owner(effects(result.actions)[1]) == 1
+    # Steps that end on what they observe all end in one plan: the Job passed, the
+    # pause (until resumed) holds.
+    sim.world.results["s2"] = True
+    result = sim.tick()
+    assert _step(sim, 1).phase == StepPhase.SUCCEEDED and sim.phase() == Phase.PAUSED
+    assert reasons(result.actions)[-3:] == ["StepSucceeded", "StepStarted", "Paused"]
+
+
+def test_the_last_step_ending_decides_the_run_in_the_same_plan() -> None:
+    sim = started(job_test())
+    sim.tick()  # the run starts; its Job is created
+    sim.world.results["s1"] = True
+    result = sim.tick()
+    assert sim.phase() == Phase.CLEANING_UP
+    assert sim.status.outcome is not None and sim.status.outcome.result == Result.SUCCEEDED
+    assert not effects(result.actions), "the cleanup starts in the next plan"
+
+
+def test_a_failed_action_fails_the_step_that_asked_for_it() -> None:
+    sim = started(CANARY, job_test(), pause())
+    sim.tick()
+    planned = plan(sim.rollout, sim.observe())
+    ensure_canary, ensure_job = effects(planned.actions)
+    assert planned.status.current_step == 1
+    # Step 2's Job is refused: step 2 fails.
+    failed = action_failed(
+        sim.rollout,
+        sim.observe(),
+        blamed_status(sim.rollout, sim.observe(), planned, ensure_job),
+        "x",
+    )
+    assert failed.status.outcome is not None and failed.status.outcome.failed_step == 2
+    # Step 1's canary, re-asserted as it ended, is refused: step 1 fails, and step 2,
+    # which no action of had run, never started.
+    blamed = blamed_status(sim.rollout, sim.observe(), planned, ensure_canary)
+    failed = action_failed(sim.rollout, sim.observe(), blamed, "x")
+    assert failed.status.outcome is not None and failed.status.outcome.failed_step == 1
+    steps = failed.status.steps or []
+    assert steps[0].phase == StepPhase.FAILED and steps[1].phase == StepPhase.PENDING
+    assert steps[1].started_at is None
 
 
 def test_action_failed_after_the_last_step_blames_that_step() -> None:

@@ -183,6 +183,11 @@ class Run:
             obs = self.world.observe(self.ticks)
             result = checked_plan(self.rollout, obs)
             before = self.rollout.status
+            # The split this plan judged its steps by (a step ends on what it observed).
+            seen = (
+                self.world.canary.replicas if self.world.canary else 0,
+                self.world.stable.replicas,
+            )
             self.world.apply(list(result.actions))
             # the moment of truth: removals are immediate, additions not ready yet
             assert self.world.ready >= expected_capacity, (
@@ -192,7 +197,7 @@ class Run:
             for hook_tick, hook in during.items():
                 if int(hook_tick.removeprefix("t")) == self.ticks:
                     hook(self)
-            self._record_step(before, result.status)
+            self._record_steps(before, result.status, seen)
             self.rollout = replace(self.rollout, status=result.status)
             if result.status.phase.terminal:
                 return self.rollout
@@ -212,12 +217,12 @@ class Run:
             self.world.settle()
         raise AssertionError(f"not reached after {limit} reconciles: {self.rollout.status}")
 
-    def _record_step(self, before: Any, after: Any) -> None:
-        if (after.current_step or 0) > (before.current_step or 0) and after.steps:
-            done = after.steps[before.current_step or 0]
-            if done.kind in ("setWeight", "canary"):
-                canary = self.world.canary.replicas if self.world.canary else 0
-                self.steps_done.append((canary, self.world.stable.replicas, after.weight or 0))
+    def _record_steps(self, before: Any, after: Any, seen: tuple[int, int]) -> None:
+        """Each step that finished in this plan (a plan may finish several: a step that
+        is done is followed by the next at once), with the split it was judged by."""
+        for index in range(before.current_step or 0, after.current_step or 0):
+            if after.steps and after.steps[index].kind in ("setWeight", "canary"):
+                self.steps_done.append((*seen, after.weight or 0))
 
 
 def start(spec: CanaryRolloutSpec, n: int, floor: int) -> Run:

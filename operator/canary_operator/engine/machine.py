@@ -138,8 +138,9 @@ def run_id(rollout: Rollout) -> str:
 class _Context:
     """Per-call helpers bound to one rollout and one observation."""
 
-    def __init__(self, rollout: Rollout, obs: Observed) -> None:
+    def __init__(self, rollout: Rollout, obs: Observed, last_step: int | None = None) -> None:
         self.rollout = rollout
+        self.last_step = last_step  # no step after this one starts in this plan
         self.spec = rollout.spec
         self.obs = obs
         self.now = obs.now
@@ -184,9 +185,10 @@ class _Context:
         self.status.message = message
 
 
-def plan(rollout: Rollout, obs: Observed) -> Plan:
-    """Decide the next status and actions for one rollout."""
-    ctx = _Context(rollout, obs)
+def plan(rollout: Rollout, obs: Observed, last_step: int | None = None) -> Plan:
+    """Decide the next status and actions for one rollout. `last_step`: steps that
+    finish here are followed by the next one only up to this step (index)."""
+    ctx = _Context(rollout, obs, last_step)
     status = ctx.status
     phase = status.phase
 
@@ -540,12 +542,23 @@ def _progressing(ctx: _Context) -> None:
             # Enforced on time even while a check is in flight or nothing else happens.
             ctx.plan.requeue((deadline - ctx.now).total_seconds() + 1)
 
+    # A step that finishes here is followed by the next in this same plan (one status
+    # write per transition, no trip through the work queue). Each action remembers
+    # the step that asked for it, so a failed one fails that step (see blamed_status).
+    while _run_current_step(ctx, paused_for):
+        if ctx.last_step is not None and (status.current_step or 0) > ctx.last_step:
+            break
+
+
+def _run_current_step(ctx: _Context, paused_for: timedelta) -> bool:
+    """Run the current step; True when it succeeded (the next one may start)."""
+    status, spec = ctx.status, ctx.rollout.spec
     index = status.current_step or 0
     _skip_to_promotion(ctx, index)
     index = status.current_step or 0
     if index >= len(spec.steps):
         _decide(ctx, Result.SUCCEEDED, "all steps passed")
-        return
+        return False
     step = spec.steps[index]
     assert status.steps is not None
     step_status = status.steps[index]
@@ -554,7 +567,9 @@ def _progressing(ctx: _Context) -> None:
         step_status.started_at = iso(ctx.now)
         ctx.event("StepStarted", f"step {index + 1}/{len(spec.steps)} {step.kind} started")
     status.message = f"running step {index + 1}: {step.name or step.kind}"  # a step may refine
+    asked = len(ctx.plan.actions)
     result = _run_step(ctx, index, step, step_status)
+    ctx.plan.owners.extend((a, index) for a in ctx.plan.actions[asked:])
     in_pause = result is None and (step.kind == "pause" or ctx.waiting_for_resume)
     if in_pause:
         status.paused_at = status.paused_at or iso(ctx.now)
@@ -569,21 +584,21 @@ def _progressing(ctx: _Context) -> None:
             ctx.enter(Phase.PROGRESSING, f"running step {index + 1}")
         ctx.set_condition("Paused", False, "Running", "")
     if result is None:
-        return
+        return False
     ok, message = result
     step_status.finished_at = iso(ctx.now)
     step_status.message = message
-    if ok:
-        step_status.phase = StepPhase.SUCCEEDED
-        ctx.event("StepSucceeded", f"step {index + 1} {step.kind}: {message}")
-        status.current_step = index + 1
-        ctx.plan.requeue(0)
-    else:
+    if not ok:
         step_status.phase = StepPhase.FAILED
         name = step.name or step.kind
         _decide(ctx, Result.STEP_FAILED, f"step {index + 1} ({name}) failed: {message}")
         assert status.outcome is not None
         status.outcome.failed_step = index + 1
+        return False
+    step_status.phase = StepPhase.SUCCEEDED
+    ctx.event("StepSucceeded", f"step {index + 1} {step.kind}: {message}")
+    status.current_step = index + 1
+    return True
 
 
 def _cleaning_up(ctx: _Context) -> None:
@@ -1304,6 +1319,18 @@ def _finish(ctx: _Context, outcome: Outcome) -> None:
     succeeded = final == Phase.SUCCEEDED
     ctx.set_condition("Completed", succeeded, outcome.result.value, outcome.message)
     ctx.set_condition("Failed", not succeeded, outcome.result.value, outcome.message)
+
+
+def blamed_status(
+    rollout: Rollout, obs: Observed, planned: Plan, failed: Action | None
+) -> CanaryRolloutStatus:
+    """The planned status a failed action is judged against: when the step that asked
+    for it finished in that plan (and later steps started, or the run was decided),
+    the same plan stopped right after that step, so the failure is that step's."""
+    owner = planned.owner(failed) if failed is not None else None
+    if owner is None or owner >= (planned.status.current_step or 0):
+        return planned.status
+    return plan(rollout, obs, last_step=owner).status
 
 
 def action_failed(rollout: Rollout, obs: Observed, status: CanaryRolloutStatus, error: str) -> Plan:

@@ -316,6 +316,12 @@ class Plan:
     status: CanaryRolloutStatus
     actions: list[Action] = field(default_factory=list)
     requeue_after: float | None = None  # seconds; None = wait for an event
+    # Which step asked for which action (a plan may run several steps in turn).
+    owners: list[tuple[Action, int]] = field(default_factory=list, compare=False, repr=False)
+
+    def owner(self, action: Action) -> int | None:
+        """The index of the step that asked for this very action (None: no step did)."""
+        return next((step for a, step in self.owners if a is action), None)
 
     def requeue(self, seconds: float) -> None:
         if self.requeue_after is None or seconds < self.requeue_after:
