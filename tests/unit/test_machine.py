@@ -1537,6 +1537,20 @@ def test_a_finished_step_is_followed_by_the_next_in_the_same_plan() -> None:
     assert reasons(result.actions)[-3:] == ["StepSucceeded", "StepStarted", "Paused"]
 
 
+def test_a_level_set_anew_by_the_next_step_is_not_written_twice() -> None:
+    sim = started(CANARY, weight(30), weight(60), pause(), router="gatewayAPI")
+    sim.tick()  # step 1: the canary (2 pods)
+    result = sim.tick()  # step 1 ends; step 2 sizes the canary and sets the route
+    assert sim.status.current_step == 1
+    assert effects(result.actions) == [EnsureCanary(2), SetRouteWeight(30)]
+    result = sim.tick()  # 30 % read back: step 2 ends; step 3 grows the canary first
+    assert sim.status.current_step == 2
+    # Step 2's canary size is set anew by step 3 (dropped); its weight is not (kept
+    # until step 3 sets 60 %, once the canary is ready).
+    assert effects(result.actions) == [SetRouteWeight(30), EnsureCanary(3)]
+    assert [result.owner(a) for a in effects(result.actions)] == [1, 2]
+
+
 def test_the_last_step_ending_decides_the_run_in_the_same_plan() -> None:
     sim = started(job_test())
     sim.tick()  # the run starts; its Job is created

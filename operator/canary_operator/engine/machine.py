@@ -548,6 +548,26 @@ def _progressing(ctx: _Context) -> None:
     while _run_current_step(ctx, paused_for):
         if ctx.last_step is not None and (status.current_step or 0) > ctx.last_step:
             break
+    _drop_superseded(ctx)
+
+
+# Actions that set one object's whole desired state: a later one of the same kind in a
+# plan makes an earlier one pointless.
+_LEVELS = (EnsureCanary, ScaleStable, SetRouteWeight)
+
+
+def _drop_superseded(ctx: _Context) -> None:
+    """A step that ended in this plan re-asserted its level (the canary's size, the
+    route's weight); when a later step of the plan sets the same level anew, the
+    earlier write would only be undone a moment later."""
+    actions = ctx.plan.actions
+    kept: list[Action] = []
+    for i, action in enumerate(actions):
+        later = actions[i + 1 :]
+        if isinstance(action, _LEVELS) and any(type(a) is type(action) for a in later):
+            continue
+        kept.append(action)
+    ctx.plan.actions = kept
 
 
 def _run_current_step(ctx: _Context, paused_for: timedelta) -> bool:
