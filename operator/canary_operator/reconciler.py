@@ -346,10 +346,10 @@ class Reconciler:
         from a fresh observation."""
         if machine.plan(rollout, obs).status.phase != Phase.QUEUED:
             return obs  # it ends here (invalid, aborted, ...): it never asks
-        asked = await self._observe(rollout, body, targets, ref, wants_lock=True)
-        if not asked.lock.held:
-            return replace(obs, lock=asked.lock)
-        fresh = await self._observe_for_start(rollout, body, targets, ref, asked.lock)
+        lock = await self._observe_lock(rollout, body, wants=True)
+        if not lock.held:
+            return replace(obs, lock=lock)
+        fresh = await self._observe_for_start(rollout, body, targets, ref, lock)
         # The checks made against the cluster a moment ago stand.
         return replace(fresh, spec_problems=obs.spec_problems)
 
@@ -622,36 +622,18 @@ class Reconciler:
         ref: RunRef,
         reads: Kube | None = None,
         lock: LockView | None = None,
-        wants_lock: bool = False,
     ) -> Observed:
         """What the plan starts from. With `lock`, the lock as already observed (and
         perhaps just acquired) in this reconcile is kept: observing it again would lose
-        what the acquisition found (a holder it took over from). `wants_lock`: a new
-        run that passed its checks asks for the lock too."""
+        what the acquisition found (a holder it took over from)."""
         ns, spec = rollout.namespace, rollout.spec
         reads = reads or self.kube
-        me = candidate(body)
-        assert me is not None
-        # Everyone of this lock as the index has them, and this rollout as just read.
-        shared = [c for c in self.index.sharing_lock(ns, spec.lock_key) if c.uid != me.uid]
-        shared.append(me)
         # Only a rollout about to start, or one owing a cleanup, takes the lock. A run in
         # progress never takes it again: if it is not held any more, the run lost it.
-        wants = wants_lock or rollout.status.phase in (Phase.QUEUED, Phase.CLEANING_UP)
-
-        async def still_current() -> bool:
-            # Fresh read, only when about to take a free lock (see LeaseLock.observe).
-            fresh = await self.fresh.get(rollout_path(ns, rollout.name))
-            version = body["metadata"]["resourceVersion"]
-            return fresh is not None and fresh["metadata"]["resourceVersion"] == version
-
+        wants = rollout.status.phase in (Phase.QUEUED, Phase.CLEANING_UP)
         # Independent round trips, issued at once (the route read needs no token).
         observed_lock, (canary, baseline), canary_service, pods, jobs, route = await asyncio.gather(
-            _given(lock)
-            if lock is not None
-            else self.lock.observe(
-                ns, spec.lock_key, me, shared, wants, self._holder_running, still_current
-            ),
+            _given(lock) if lock is not None else self._observe_lock(rollout, body, wants),
             self._role_deployments(ns, spec, reads),
             reads.get(path("", "v1", "services", ns, objects.canary_name(spec))),
             reads.list(path("", "v1", "pods", ns), objects.any_role_selector(spec)),
@@ -677,6 +659,25 @@ class Reconciler:
             measurements={k: v for k, v in answers.items() if isinstance(v, MeasurementStatus)},
             in_flight=running,
             policy_problems=tuple(job_service_account_problems(spec, ns, self.allowed_accounts)),
+        )
+
+    async def _observe_lock(self, rollout: Rollout, body: JsonObj, wants: bool) -> LockView:
+        """The lock, taken if `wants` and this rollout is next and may."""
+        ns, key = rollout.namespace, rollout.spec.lock_key
+        me = candidate(body)
+        assert me is not None
+        # Everyone of this lock as the index has them, and this rollout as just read.
+        shared = [c for c in self.index.sharing_lock(ns, key) if c.uid != me.uid]
+        shared.append(me)
+
+        async def still_current() -> bool:
+            # Fresh read, only when about to take a free lock (see LeaseLock.observe).
+            fresh = await self.fresh.get(rollout_path(ns, rollout.name))
+            version = body["metadata"]["resourceVersion"]
+            return fresh is not None and fresh["metadata"]["resourceVersion"] == version
+
+        return await self.lock.observe(
+            ns, key, me, shared, wants, self._holder_running, still_current
         )
 
     async def _say_retrying(
