@@ -39,7 +39,7 @@ from canary_operator.api.models import (
     ChildStepStatus,
     Phase,
 )
-from canary_operator.engine.machine import parse_time
+from canary_operator.engine.machine import parse_any_time, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -454,7 +454,12 @@ class Metrics:
         if new.lock is None or new.lock.token == old_token:
             return
         since = self._queued_since.pop(key, None)
-        if since is None and old is not None:  # queued before this process started
+        queued_at = parse_any_time(new.queued_at) if new.queued_at else None
+        if since is None and queued_at is not None:
+            # Queued and started in one status write (a free lock taken at once), or
+            # queued before this process started: the run's own record of it.
+            since = queued_at.timestamp()
+        if since is None and old is not None:
             queued = old.condition("Progressing")
             if queued is not None and queued.reason == "Queued":
                 since = parse_time(queued.last_transition_time).timestamp()

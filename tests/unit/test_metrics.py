@@ -4,6 +4,7 @@ handoff, the work queue and lease renewals; one registry per Metrics."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 
@@ -155,6 +156,21 @@ def test_an_idle_lock_taken_later_is_not_a_handoff() -> None:
     text = metrics.render()
     assert sample(text, "canary_operator_lock_wait_seconds_count", namespace="apps") == 1
     assert not has_sample(text, "canary_operator_lock_handoff_seconds_count", namespace="apps")
+
+
+def test_a_run_queued_and_started_in_one_write_records_its_lock_wait() -> None:
+    """A new run at the head of a free lock goes from Pending straight to Progressing:
+    no Queued status is ever written, and its own queuedAt says when it queued."""
+    clock = Clock()
+    metrics = Metrics(clock=clock)
+    pending = status(Phase.PENDING)
+    metrics.record("apps", "b", None, pending)
+    clock.now = T0 + 7
+    queued_at = datetime.fromtimestamp(T0 + 4, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    metrics.record("apps", "b", pending, holding(7, queuedAt=queued_at))
+    text = metrics.render()
+    assert sample(text, "canary_operator_lock_wait_seconds_count", namespace="apps") == 1
+    assert sample(text, "canary_operator_lock_wait_seconds_sum", namespace="apps") == 3
 
 
 def test_work_queue_and_lease_renewal_methods() -> None:
