@@ -5,6 +5,7 @@ list` measured against `kubectl get cro` (bench/bench_plugin_list.py has the fig
 
 from __future__ import annotations
 
+import re
 import shutil
 import statistics
 import subprocess
@@ -40,6 +41,7 @@ def test_status_watch_redraws_the_tree_in_a_terminal(
     namespace: str,
     operator: OperatorProcess,
     tmux: list[str],
+    tmp_path: Path,
 ) -> None:
     kube_cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "seed-pipeline.yaml"))
     command = [
@@ -55,13 +57,23 @@ def test_status_watch_redraws_the_tree_in_a_terminal(
     # The pane outlives the plugin (a shell prints its exit status below the last frame,
     # then waits on the terminal until the fixture kills the server). tmux's own
     # remain-on-exit would not do: marking a pane dead scrolls its screen up a line
-    # (server_destroy_pane), and the last frame would lose its first line.
-    keep_pane = ["sh", "-c", '"$@"; echo "[plugin exit $?]"; read -r _', "sh", *command]
+    # (server_destroy_pane), and the last frame would lose its first line. The plugin
+    # starts on a key press, once everything it writes to the pane is also logged.
+    keep_pane = [
+        "sh",
+        "-c",
+        'read -r _; "$@"; echo "[plugin exit $?]"; read -r _',
+        "sh",
+        *command,
+    ]
     subprocess.run(
         [*tmux, "new-session", "-d", "-x", "160", "-y", "60", "-s", "live", "--", *keep_pane],
         check=True,
         timeout=30,
     )
+    written = tmp_path / "pane.out"
+    subprocess.run([*tmux, "pipe-pane", "-t", "live", f"cat >> {written}"], check=True, timeout=30)
+    subprocess.run([*tmux, "send-keys", "-t", "live", "Enter"], check=True, timeout=30)
     frames: list[str] = []
 
     def capture() -> str:
@@ -82,22 +94,33 @@ def test_status_watch_redraws_the_tree_in_a_terminal(
     assert "Phase:       ✔ Succeeded" in frames[-1], frames[-1]
     # Redrawn in place: every capture of the screen is one frame, never two stacked.
     assert all(frame.count("Name:") == 1 for frame in frames), frames[-1]
-    # The tree moved through the run: the steps' marks, the weight, the ReplicaSets.
-    joined = "\n".join(frames)
-    assert any("▶ Progressing" in f for f in frames), joined[-3000:]
-    assert any("▶ 2. canary tests (parallel (3)) Running" in f for f in frames), joined[-3000:]
-    assert any("▶ smoke (test) Running" in f or "◌ smoke (test)" in f for f in frames)
+
+    # The tree moved through the run. Every frame the plugin drew is in the pane's
+    # output (each starts with cursor-home); the screen, sampled every 0.3 s, may have
+    # skipped a state the rollout passed through in less.
+    def output() -> str:
+        return written.read_text(encoding="utf-8", errors="replace")
+
+    wait_for(lambda: "[plugin exit " in output(), timeout=30, interval=0.1, message="pane log")
+    drawn = [
+        re.sub(r"\x1b\[[0-9;]*[A-Za-z]|\r", "", frame) for frame in output().split("\x1b[H")[1:]
+    ]
+    assert len(drawn) >= 6, f"only {len(drawn)} frames drawn"
+    assert all(frame.count("Name:") == 1 for frame in drawn)
+    joined = "\n".join(drawn)
+    assert any("▶ Progressing" in f for f in drawn), joined[-3000:]
+    assert any("▶ 2. canary tests (parallel (3)) Running" in f for f in drawn), joined[-3000:]
+    assert any("▶ smoke (test) Running" in f or "◌ smoke (test)" in f for f in drawn)
     # The replicas router reaches 25 % for setWeight 10 (1 canary pod beside 3 stable).
-    assert any("Weight:      25% to canary  [#####" in f for f in frames), joined[-3000:]
-    assert any("Weight:      50% to canary  [##########" in f for f in frames), joined[-3000:]
-    assert any("⧉ deployment/web-canary (canary)" in f for f in frames), joined[-3000:]
-    assert any("registry.example.com/web:2.0" in f and "web-canary" in f for f in frames)
+    assert any("Weight:      25% to canary  [#####" in f for f in drawn), joined[-3000:]
+    assert any("Weight:      50% to canary  [##########" in f for f in drawn), joined[-3000:]
+    assert any("⧉ deployment/web-canary (canary)" in f for f in drawn), joined[-3000:]
+    assert any("registry.example.com/web:2.0" in f and "web-canary" in f for f in drawn)
     final = frames[-1]
     assert "⧉ deployment/web (stable)" in final
     assert "web-canary" not in final.split("Workloads", 1)[-1].split("Cleanup", 1)[0]
     assert final.count("✔") >= 7  # the phase and all six steps
-    assert len(frames) >= 6, f"only {len(frames)} distinct frames"
-    print(f"{len(frames)} distinct frames; last:\n{final}")
+    print(f"{len(drawn)} frames drawn, {len(frames)} seen on the screen; last:\n{final}")
 
 
 def _median_seconds(cmd: list[str], env: dict[str, str], runs: int) -> float:
