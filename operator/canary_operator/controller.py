@@ -11,6 +11,7 @@ import contextlib
 import logging
 from typing import Any
 
+from canary_operator.api.models import Phase
 from canary_operator.checks.inflight import CheckRunner
 from canary_operator.kube import cache, objects
 from canary_operator.kube.api import Kube
@@ -203,5 +204,10 @@ class Controller:
     def on_deployment(self, body: dict[str, Any]) -> None:
         self.on_owned(body)
         ns = body["metadata"]["namespace"]
-        for name in self.index.targeting(ns, body["metadata"]["name"]):
-            self.queue.add((ns, name))
+        for c in self.index.targeting(ns, body["metadata"]["name"]):
+            # A run under way (or about to queue) acts on its target's changes at once.
+            # A waiting or ended rollout only shows what the target runs (status.live;
+            # a waiter reads the target afresh when it takes the lock): it catches up
+            # within seconds, coalesced, rather than once per event of a rolling target.
+            urgent = c.owes_cleanup or c.phase == Phase.PENDING
+            self.queue.add((ns, c.name), delay=0.0 if urgent else QUEUE_REFRESH_SECONDS)

@@ -210,10 +210,10 @@ class RolloutIndex:
         names = self._by_lock.get((namespace, lock_key), set())
         return [self._entries[(namespace, n)][0] for n in sorted(names)]
 
-    def targeting(self, namespace: str, deployment: str) -> list[str]:
+    def targeting(self, namespace: str, deployment: str) -> list[Candidate]:
         return [
-            name
-            for (ns, name), (_c, _k, t) in list(self._entries.items())
+            c
+            for (ns, _name), (c, _k, t) in list(self._entries.items())
             if ns == namespace and t == deployment
         ]
 

@@ -122,3 +122,20 @@ async def test_a_watch_event_older_than_the_index_is_ignored(controller: Control
     controller.on_rollout("MODIFIED", rollout("a", "2026-01-01T00:00:00Z", "Progressing", rv=8))
     body = controller.index.body(NS, "a")
     assert body is not None and body["status"]["phase"] == "CleaningUp"
+
+
+async def test_a_target_change_wakes_its_run_now_and_the_others_later(
+    controller: Controller,
+) -> None:
+    """A rolling target sends many events: the run under way acts on each; waiting and
+    ended rollouts of that target (status.live only) catch up once, coalesced."""
+    queue: RecordingQueue = controller.queue  # type: ignore[assignment]
+    controller.on_rollout("ADDED", rollout("old", "2026-01-01T00:00:00Z", "Succeeded"))
+    controller.on_rollout("ADDED", rollout("a", "2026-01-01T00:00:01Z", "Progressing"))
+    controller.on_rollout("ADDED", rollout("b", "2026-01-01T00:00:02Z", "Queued"))
+    controller.on_rollout("ADDED", rollout("new", "2026-01-01T00:00:03Z", "Pending"))
+    queue.clear()
+    target = {"metadata": {"name": "web", "namespace": NS, "labels": {}}}
+    controller.on_deployment(target)
+    assert sorted(queue.now) == ["a", "new"]
+    assert sorted(queue.later) == [("b", QUEUE_REFRESH_SECONDS), ("old", QUEUE_REFRESH_SECONDS)]
