@@ -411,9 +411,61 @@ class Reconciler:
                     await self._fence(rollout, obs)  # a step starts only under the lock
                     self._start_check(ref, rollout, obs, action)
                 continue
+            if isinstance(action, EnsureCanary) and not await self._canary_to_apply(
+                rollout, obs, targets, action.replicas
+            ):
+                continue  # as last applied: nothing to write, nothing to fence
             if isinstance(action, TARGET_EFFECTS):
                 await self._fence(rollout, obs)
             await self._execute(action, rollout, obs, targets, body)
+
+    async def _canary_to_apply(
+        self, rollout: Rollout, obs: Observed, targets: _Targets, replicas: int
+    ) -> list[tuple[str, JsonObj]]:
+        """The canary's objects (Deployment, baseline Deployment, Service) that the cache
+        does not show as last applied: each manifest carries a digest of itself, so a
+        step re-asserting an unchanged canary writes nothing (and needs no fencing
+        read). The cache holds the answer of our last write; someone else's change
+        (a scale, a deletion) shows as a difference, and the object is applied again."""
+        ns, spec = rollout.namespace, rollout.spec
+        if targets.target is None:
+            raise ValueError(f"target Deployment {spec.target.deployment} not found")
+        selector = (targets.service or {}).get("spec", {}).get("selector")
+        # Which of the stable pods' labels the canary's must not carry, so that only the
+        # router sends it traffic (Istio subsets: the stable subset's).
+        drop = await self.router(rollout, obs.lock.token).canary_labels_to_drop(selector or {})
+        wanted = [
+            (
+                path("apps", "v1", "deployments", ns, objects.canary_name(spec)),
+                objects.canary_deployment(
+                    spec, rollout.name, rollout.uid, ns, targets.target, selector, replicas, drop
+                ),
+            )
+        ]
+        if spec.baseline:
+            wanted.append(
+                (
+                    path("apps", "v1", "deployments", ns, objects.baseline_name(spec)),
+                    objects.baseline_deployment(
+                        spec, rollout.name, rollout.uid, ns, targets.target, replicas
+                    ),
+                )
+            )
+        wanted.append(
+            (
+                path("", "v1", "services", ns, objects.canary_name(spec)),
+                objects.canary_service(
+                    spec, rollout.name, rollout.uid, ns, targets.service, targets.target
+                ),
+            )
+        )
+        stale = []
+        for where, manifest in wanted:
+            digest = objects.stamp_digest(manifest)
+            have = await self.kube.get(where)
+            if not objects.applied_as(have, digest, manifest):
+                stale.append((where, manifest))
+        return stale
 
     async def _fence(self, rollout: Rollout, obs: Observed) -> None:
         """Immediately before a write to the target (or the start of a check): a fresh
@@ -765,40 +817,8 @@ class Reconciler:
             case ReleaseLock():
                 await self.lock.release(ns, spec.lock_key, rollout.uid)
             case EnsureCanary(replicas=replicas):
-                if targets.target is None:
-                    raise ValueError(f"target Deployment {spec.target.deployment} not found")
-                selector = (targets.service or {}).get("spec", {}).get("selector")
-                # Which of the stable pods' labels the canary's must not carry, so that
-                # only the router sends it traffic (Istio subsets: the stable subset's).
-                drop = await self.router(rollout, obs.lock.token).canary_labels_to_drop(
-                    selector or {}
-                )
-                await self.kube.apply(
-                    path("apps", "v1", "deployments", ns, objects.canary_name(spec)),
-                    objects.canary_deployment(
-                        spec,
-                        rollout.name,
-                        rollout.uid,
-                        ns,
-                        targets.target,
-                        selector,
-                        replicas,
-                        drop_labels=drop,
-                    ),
-                )
-                if spec.baseline:
-                    await self.kube.apply(
-                        path("apps", "v1", "deployments", ns, objects.baseline_name(spec)),
-                        objects.baseline_deployment(
-                            spec, rollout.name, rollout.uid, ns, targets.target, replicas
-                        ),
-                    )
-                await self.kube.apply(
-                    path("", "v1", "services", ns, objects.canary_name(spec)),
-                    objects.canary_service(
-                        spec, rollout.name, rollout.uid, ns, targets.service, targets.target
-                    ),
-                )
+                for where, manifest in await self._canary_to_apply(rollout, obs, targets, replicas):
+                    await self.kube.apply(where, manifest)
             case ScaleStable(replicas=replicas, original=original, floor=floor):
                 await scale_stable(
                     self.kube,

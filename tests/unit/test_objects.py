@@ -11,11 +11,14 @@ import pytest
 from canary_operator.api.models import CanaryRolloutSpec, JobTemplate
 from canary_operator.kube import objects
 from canary_operator.kube.objects import (
+    APPLIED_DIGEST_ANNOTATION,
     MANAGED_BY,
     PURPOSE_LABEL,
     ROLE_LABEL,
     ROLLOUT_LABEL,
     TARGET_LABEL,
+    applied_as,
+    stamp_digest,
 )
 
 NS = "shop"
@@ -301,3 +304,23 @@ def test_job_labels_annotations_and_owner(cleanup: bool, purpose: str) -> None:
     }
     assert meta["annotations"] == {**SPINNAKER, "canary-operator.dev/step": "step 2"}
     assert meta["ownerReferences"] == [objects.owner_reference("web-v2", UID)]
+
+
+def test_a_manifest_carries_a_digest_of_itself_and_is_known_as_applied() -> None:
+    manifest = {"metadata": {"name": "web-canary", "labels": {"a": "1"}}, "spec": {"replicas": 2}}
+    digest = stamp_digest(manifest)
+    assert manifest["metadata"]["annotations"][APPLIED_DIGEST_ANNOTATION] == digest
+    assert stamp_digest(manifest) == digest, "stamping again gives the same digest"
+    applied = {
+        "metadata": {"name": "web-canary", "annotations": {APPLIED_DIGEST_ANNOTATION: digest}},
+        "spec": {"replicas": 2},
+    }
+    assert applied_as(applied, digest, manifest)
+    # Anything else: applied again.
+    assert not applied_as(None, digest, manifest)
+    scaled = {**applied, "spec": {"replicas": 5}}
+    assert not applied_as(scaled, digest, manifest), "scaled by someone else"
+    going = {**applied, "metadata": {**applied["metadata"], "deletionTimestamp": "now"}}
+    assert not applied_as(going, digest, manifest)
+    changed = {"metadata": {"name": "web-canary", "labels": {"a": "2"}}, "spec": {"replicas": 2}}
+    assert stamp_digest(changed) != digest

@@ -7,6 +7,7 @@ by a later rollout that took the lock over) finds them by label, not by memory.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -375,3 +376,31 @@ def job_manifest(
         },
         "spec": job_spec,
     }
+
+
+# What the operator last applied to an object it owns, as a digest of the manifest.
+APPLIED_DIGEST_ANNOTATION = "canary-operator.dev/applied-digest"
+
+
+def stamp_digest(manifest: JsonObj) -> str:
+    """Put into the manifest a digest of itself (its annotations included, this one
+    left out), and return it."""
+    annotations = manifest.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations.pop(APPLIED_DIGEST_ANNOTATION, None)
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:20]
+    annotations[APPLIED_DIGEST_ANNOTATION] = digest
+    return digest
+
+
+def applied_as(current: JsonObj | None, digest: str, manifest: JsonObj) -> bool:
+    """Whether `current` (as read) is what the manifest with this digest made it: the
+    same digest, not being deleted, and the replicas it asked for (a scale by someone
+    else leaves the annotation as it was)."""
+    if current is None or current["metadata"].get("deletionTimestamp"):
+        return False
+    annotations = current["metadata"].get("annotations") or {}
+    if annotations.get(APPLIED_DIGEST_ANNOTATION) != digest:
+        return False
+    wanted = (manifest.get("spec") or {}).get("replicas")
+    return wanted is None or (current.get("spec") or {}).get("replicas") == wanted
