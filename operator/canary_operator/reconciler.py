@@ -411,10 +411,15 @@ class Reconciler:
                     await self._fence(rollout, obs)  # a step starts only under the lock
                     self._start_check(ref, rollout, obs, action)
                 continue
-            if isinstance(action, EnsureCanary) and not await self._canary_to_apply(
-                rollout, obs, targets, action.replicas
-            ):
-                continue  # as last applied: nothing to write, nothing to fence
+            if isinstance(action, EnsureCanary):
+                # Only what the cache does not show as last applied: re-asserting an
+                # unchanged canary costs no write and no fencing read.
+                stale = await self._canary_to_apply(rollout, obs, targets, action.replicas)
+                if stale:
+                    await self._fence(rollout, obs)
+                for where, manifest in stale:
+                    await self.kube.apply(where, manifest)
+                continue
             if isinstance(action, TARGET_EFFECTS):
                 await self._fence(rollout, obs)
             await self._execute(action, rollout, obs, targets, body)
@@ -816,9 +821,6 @@ class Reconciler:
                 )
             case ReleaseLock():
                 await self.lock.release(ns, spec.lock_key, rollout.uid)
-            case EnsureCanary(replicas=replicas):
-                for where, manifest in await self._canary_to_apply(rollout, obs, targets, replicas):
-                    await self.kube.apply(where, manifest)
             case ScaleStable(replicas=replicas, original=original, floor=floor):
                 await scale_stable(
                     self.kube,
