@@ -80,7 +80,7 @@ from canary_operator.engine.types import (
     WorkloadView,
 )
 from canary_operator.kube import objects
-from canary_operator.kube.api import Conflict, JsonObj, Kube, ResourceKind, path
+from canary_operator.kube.api import Conflict, JsonObj, Kube, ReadOnce, ResourceKind, path
 from canary_operator.kube.cache import newer_or_same, strip
 from canary_operator.kube.events import EventRecorder
 from canary_operator.lock.lease import LeaseLock
@@ -222,6 +222,7 @@ class RolloutIndex:
 class _Targets:
     target: JsonObj | None
     service: JsonObj | None
+    fresh: bool = False  # the target as the API server gave it in this reconcile
 
 
 StatusHook = Callable[[str, str, CanaryRolloutStatus | None, CanaryRolloutStatus], None]
@@ -334,8 +335,18 @@ class Reconciler:
     ) -> Observed:
         # A run is about to start: whether the target is clean (a previous run's canary
         # left behind is removed first) is judged by the API server, not by caches that
-        # may not have seen the last cleanup's deletions yet.
-        return await self._observe(rollout, body, targets, ref, reads=self.fresh, lock=lock)
+        # may not have seen the last cleanup's deletions yet. Read after the lock is held
+        # (nobody else writes the target from then on), each object once.
+        once = ReadOnce(self.fresh)
+        target_path = path(
+            "apps", "v1", "deployments", rollout.namespace, rollout.spec.target.deployment
+        )
+        target, obs = await asyncio.gather(
+            once.get(target_path),
+            self._observe(rollout, body, targets, ref, reads=once, lock=lock),
+        )
+        targets.target, targets.fresh = target, True
+        return replace(obs, target=_workload(target))
 
     async def _new_run_asks_for_lock(
         self, rollout: Rollout, body: JsonObj, targets: _Targets, ref: RunRef, obs: Observed
@@ -366,7 +377,8 @@ class Reconciler:
             # About to declare the cleanup verified: that promise (100 % stable, no canary
             # object left) is checked against the API server, not against caches that
             # may not have seen a pod created a moment ago.
-            obs = await self._observe(rollout, body, targets, ref, reads=self.fresh, lock=obs.lock)
+            reads = ReadOnce(self.fresh)  # the router reads the target and canary too
+            obs = await self._observe(rollout, body, targets, ref, reads=reads, lock=obs.lock)
             result = machine.plan(rollout, obs)
         acting: list[Action] = []  # the actions tried so far; the last one failed
         try:
@@ -756,9 +768,19 @@ class Reconciler:
         if machine.wants_validation(rollout, obs.lock.held) and targets.target is not None:
             # A run may start: its canary is built from, and its "older than live" check
             # made against, the target as it is now, not as the cache last saw it (a
-            # promotion a moment ago must not be missed).
-            fresh = await self.fresh.get(
-                path("apps", "v1", "deployments", rollout.namespace, rollout.spec.target.deployment)
+            # promotion a moment ago must not be missed). Read once per reconcile.
+            fresh = (
+                targets.target
+                if targets.fresh
+                else await self.fresh.get(
+                    path(
+                        "apps",
+                        "v1",
+                        "deployments",
+                        rollout.namespace,
+                        rollout.spec.target.deployment,
+                    )
+                )
             )
             targets.target = fresh
             obs = replace(obs, target=_workload(fresh))

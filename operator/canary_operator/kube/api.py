@@ -7,6 +7,7 @@ resourceVersion precondition.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import json
@@ -276,3 +277,49 @@ class Kube:
             if exc.status == 404:
                 return False
             raise
+
+
+class ReadOnce(Kube):
+    """A Kube for one fresh observation: each GET and LIST goes to the API server once,
+    however many readers of that observation ask for it (the reconciler and the traffic
+    router both read the target and the canary), and the answers live no longer than
+    the observation. Writes pass through. Callers treat the answers as read-only."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.api_client = kube.api_client
+        self.field_manager = kube.field_manager
+        self.on_request = None  # the direct client counts the requests
+        self.direct = kube
+        self._reads: dict[tuple[str, str | None, str | None], asyncio.Future[Any]] = {}
+
+    async def _once(self, key: tuple[str, str | None, str | None], read: Any) -> Any:
+        pending = self._reads.get(key)
+        if pending is None:
+            pending = self._reads[key] = asyncio.ensure_future(read())
+        # Shielded: one reader cancelled (its gather failed) leaves the read to the others.
+        return await asyncio.shield(pending)
+
+    async def get(self, resource_path: str) -> JsonObj | None:
+        found: JsonObj | None = await self._once(
+            ("get", resource_path, None), lambda: self.direct.get(resource_path)
+        )
+        return found
+
+    async def list(
+        self, resource_path: str, label_selector: str | None = None
+    ) -> builtins.list[JsonObj]:
+        items: builtins.list[JsonObj] = await self._once(
+            ("list", resource_path, label_selector),
+            lambda: self.direct.list(resource_path, label_selector),
+        )
+        return items
+
+    async def request(
+        self,
+        method: str,
+        resource_path: str,
+        body: Any = None,
+        query: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        return await self.direct.request(method, resource_path, body, query, content_type)
