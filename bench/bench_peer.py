@@ -668,13 +668,13 @@ class Handoff:
     seconds: float  # apply of the whole queue -> the last one Succeeded
     requests: float  # canary-operator's API requests for the whole queue
     # Per handoff (the previous holder -> the next), in milliseconds, three ways:
-    events_ms: list[float]  # its CleanupFinished Event -> the next one's step 1 StepStarted
+    events_ms: list[float]  # its CleanupFinished Event -> the next one's Progressing Event
     lease_ms: list[float]  # Lease history: released -> acquired (the lock alone)
     watched_ms: list[float]  # seen by this benchmark's watch: CleanupVerified=True ->
     #                          the next one's status.steps[0].startedAt
     # Where the Events' figure goes, on the operator's clock: before the release (its
     # CleanupFinished -> its Lease release), and after the acquire (the next one's Lease
-    # acquire -> its step 1 StepStarted); the Lease's figure is the part in between.
+    # acquire -> its Progressing); the Lease's figure is the part in between.
     to_release_ms: list[float] = field(default_factory=list)
     from_acquire_ms: list[float] = field(default_factory=list)
 
@@ -743,7 +743,9 @@ def run_queue(ctl: CanaryOperator, target: str, count: int) -> Handoff:
             continue
         if event["reason"] == "CleanupFinished":
             cleanup_finished[who] = micro(at)
-        elif event["reason"] == "StepStarted" and event["message"].startswith("step 1/"):
+        elif event["reason"] == "Progressing":
+            # The run's start: the plan that enters Progressing starts step 1 (a canary
+            # step, which records its end only).
             step_one[who] = micro(at)
     by_event = sorted(step_one, key=step_one.__getitem__)
     events_ms = [

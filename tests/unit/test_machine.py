@@ -714,14 +714,17 @@ def test_recovery_cleans_leftovers_before_the_first_step(
 
 def test_a_new_run_holding_its_lock_at_once_starts_in_the_same_plan() -> None:
     """The reconciler asks for the lock in a new run's first round once the plan
-    queues it; holding it, Pending -> Queued -> Progressing and step 1 in one plan."""
+    queues it; holding it, Pending -> Queued -> Progressing and step 1 in one plan. It
+    never waited, so no Queued Event says it does (status.queuedAt records the moment);
+    step 1 (the canary) moves a level, so only its end will be an Event."""
     sim = Sim(make_spec(CANARY, job_test()), has_finalizer=False)
     result = checked_plan(sim.rollout, sim.world.observe(True))
     status = result.status
     assert status.phase == Phase.PROGRESSING and status.started_at is not None
     assert status.lock is not None and status.lock.token == 1
+    assert status.queued_at is not None
     assert (status.steps or [])[0].phase == StepPhase.RUNNING
-    assert reasons(result.actions) == ["Queued", "LockAcquired", "Progressing", "StepStarted"]
+    assert reasons(result.actions) == ["LockAcquired", "Progressing"]
     # The finalizer first, then step 1's canary: nothing else touches anything.
     assert [type(a) for a in result.actions if not isinstance(a, Emit)] == [
         AddFinalizer,
@@ -773,7 +776,8 @@ def test_queued_to_progressing_records_lock_start_and_deadline() -> None:
     assert status.queue_label == "holding"
     assert condition(status, "Progressing").reason == "Started"
     events = of_type(result.actions, Emit)
-    assert [e.reason for e in events] == ["LockAcquired", "Progressing", "StepStarted"]
+    # Step 1 (the canary) moves a level: its start is in status, its end will be an Event.
+    assert [e.reason for e in events] == ["LockAcquired", "Progressing"]
     assert "token 7" in events[0].message
     assert effects(result.actions) == [EnsureCanary(2)]
 
@@ -837,7 +841,8 @@ def test_canary_step_waits_for_the_requested_ready_pods() -> None:
     result = sim.tick()
     assert effects(result.actions) == [EnsureCanary(2)]
     assert _step(sim, 0).phase == StepPhase.RUNNING and sim.status.current_step == 0
-    assert "StepStarted" in reasons(result.actions)
+    assert _step(sim, 0).started_at is not None
+    assert "StepStarted" not in reasons(result.actions)  # a level step: its end only
     assert result.requeue_after == machine.POLL_RUNNING
     sim.world.canary = 1  # someone scaled it: the wrong size is not done either
     sim.world.canary_ready = True
@@ -1464,6 +1469,12 @@ def test_full_rollout_passes_every_phase_and_emits_events() -> None:
         assert reason in events
     assert events[-4:] == ["CleanupStepSucceeded", "CleanupFinished", "LockReleased", "Succeeded"]
     assert events.count("StepSucceeded") == 6
+    # The holder's phase in its own queue record is the phase the plan leaves it in (the
+    # lock as observed before the plan would make the next reconcile write it again).
+    holding = [p.status for p in sim.plans if p.status.queue and p.status.queue.position == 0]
+    assert {s.phase for s in holding} >= {Phase.PROGRESSING, Phase.PAUSED, Phase.CLEANING_UP}
+    for status in holding:
+        assert status.queue is not None and status.queue.holder_phase == status.phase.value
     assert sim.world.clean and sim.world.holder is None and not sim.rollout.has_finalizer
     assert sim.world.promoted_by == f"{UID}/1"
 
@@ -1535,6 +1546,25 @@ def test_a_finished_step_is_followed_by_the_next_in_the_same_plan() -> None:
     result = sim.tick()
     assert _step(sim, 1).phase == StepPhase.SUCCEEDED and sim.phase() == Phase.PAUSED
     assert reasons(result.actions)[-3:] == ["StepSucceeded", "StepStarted", "Paused"]
+
+
+def test_steps_that_run_something_record_their_start_and_level_steps_only_their_end() -> None:
+    """StepStarted for a pause, a test, a parallel step; a canary, weight or promote
+    step's Events are its end alone (its start is status.steps[].startedAt)."""
+    sim = started(CANARY, weight(30), job_test(), parallel(pause("1s")), PROMOTE,
+                  router="gatewayAPI")  # fmt: skip
+    sim.world.results["s3"] = True
+    started_steps: list[str] = []
+    for _ in range(40):
+        result = sim.tick(seconds=1)
+        started_steps += [e.message for e in of_type(result.actions, Emit)
+                          if e.reason == "StepStarted"]  # fmt: skip
+        if sim.phase().terminal:
+            break
+    assert sim.phase() == Phase.SUCCEEDED
+    assert [m.split()[1] for m in started_steps] == ["3/5", "4/5"]
+    assert sim.events().count("StepSucceeded") == 5
+    assert all(s.started_at for s in sim.status.steps or [])
 
 
 def test_a_level_set_anew_by_the_next_step_is_not_written_twice() -> None:

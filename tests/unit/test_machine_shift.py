@@ -398,3 +398,32 @@ def test_promotion_rolls_the_shifted_stable_then_restores_it_before_the_canary_g
     assert resets[0] == (5, shifted.stable_replicas, shifted.canary_replicas)
     assert resets[-1] == (5, 5, 0)
     assert_restored(run, 5)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_a_step_seeing_its_own_writes_land_has_nothing_new_to_write(n: int) -> None:
+    """What a step in progress says is what it asked for, not what each side has at the
+    moment: seeing its own scaling land (pods not ready yet) changes neither the message
+    nor the queue (each change would be one more status write per step)."""
+    steps = [{"canary": {"replicas": 1}}, {"setWeight": 30}, {"setWeight": 80}, {"promote": {}}]
+    run = start(shift_spec(*steps, floor=1), n, 1)
+    replans = 0
+    for tick in range(1, 200):
+        result = checked_plan(run.rollout, run.world.observe(tick))
+        run.world.apply(list(result.actions))
+        run.rollout = replace(run.rollout, status=result.status)
+        if result.status.phase.terminal:
+            break
+        # The same moment, once the writes landed: the reconcile their watch events wake.
+        again = checked_plan(run.rollout, run.world.observe(tick)).status
+        same_step = (again.phase, again.current_step) == (
+            Phase.PROGRESSING,
+            result.status.current_step,
+        )
+        if same_step and result.status.phase == Phase.PROGRESSING:
+            replans += 1
+            assert again.message == result.status.message, (tick, result.actions)
+            assert again.queue == result.status.queue
+        run.world.settle()
+    assert run.rollout.status.phase == Phase.SUCCEEDED
+    assert replans >= 2  # the check above ran

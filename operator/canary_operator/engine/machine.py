@@ -178,8 +178,10 @@ class _Context:
         )
         self.status.conditions = [c for c in conditions if c.type != type_] + [changed]
 
-    def enter(self, phase: Phase, message: str) -> None:
-        if self.status.phase != phase:
+    def enter(self, phase: Phase, message: str, announce: bool = True) -> None:
+        """`announce`: record the new phase as an Event (unless another Event of the
+        same plan says it better)."""
+        if self.status.phase != phase and announce:
             self.event(phase.value, message)
         self.status.phase = phase
         self.status.message = message
@@ -204,6 +206,10 @@ def plan(rollout: Rollout, obs: Observed, last_step: int | None = None) -> Plan:
         _cleaning_up(ctx)
     status = ctx.status  # a new run replaces the status object
     status.observed_generation = rollout.generation  # this status answers this generation
+    if obs.lock.held and status.queue is not None and status.queue.holder == obs.lock.holder:
+        # The holder's phase as this plan leaves it, not as the lock was observed before
+        # it: otherwise the next reconcile writes the status again just to catch up.
+        status.queue.holder_phase = status.phase.value
     _renewal_condition(ctx)
     _finalizer(ctx)
     if obs.lock.held and status.phase in (Phase.PROGRESSING, Phase.PAUSED, Phase.CLEANING_UP):
@@ -388,7 +394,9 @@ def _pending(ctx: _Context, holding: bool = False) -> None:
         _end_without_run(ctx, Result.OLDER_THAN_LIVE, older, holding)
         return
     status.queued_at = ctx.now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    ctx.enter(Phase.QUEUED, f"waiting for lock {obs.lock.name}")
+    # A run that holds its lock already never waits: no Queued Event to say it does
+    # (LockAcquired follows in this plan; status.queuedAt still records the moment).
+    ctx.enter(Phase.QUEUED, f"waiting for lock {obs.lock.name}", announce=not holding)
     ctx.set_condition("Progressing", True, "Queued", status.message or "")
     if holding:  # it goes on as a queued run holding its lock: it starts now
         _queued(ctx)
@@ -570,6 +578,13 @@ def _drop_superseded(ctx: _Context) -> None:
     ctx.plan.actions = kept
 
 
+# Steps that run something for a while (a pause, Jobs, queries) record their start as
+# an Event as well as their end; a step that moves a level (the canary's size, the
+# weight, the promotion) records its end only, with what it read back: its start is in
+# status.steps[].startedAt. One Event per step less is most of a rollout's Events.
+STEPS_THAT_RUN = frozenset({"pause", "test", "parallel", "analysis"})
+
+
 def _run_current_step(ctx: _Context, paused_for: timedelta) -> bool:
     """Run the current step; True when it succeeded (the next one may start)."""
     status, spec = ctx.status, ctx.rollout.spec
@@ -585,7 +600,8 @@ def _run_current_step(ctx: _Context, paused_for: timedelta) -> bool:
     if step_status.phase == StepPhase.PENDING:
         step_status.phase = StepPhase.RUNNING
         step_status.started_at = iso(ctx.now)
-        ctx.event("StepStarted", f"step {index + 1}/{len(spec.steps)} {step.kind} started")
+        if step.kind in STEPS_THAT_RUN:
+            ctx.event("StepStarted", f"step {index + 1}/{len(spec.steps)} {step.kind} started")
     status.message = f"running step {index + 1}: {step.name or step.kind}"  # a step may refine
     asked = len(ctx.plan.actions)
     result = _run_step(ctx, index, step, step_status)
@@ -962,17 +978,16 @@ def _shift_to(ctx: _Context, canary: int, stable: int) -> bool:
         ctx.act(EnsureCanary(grow[0]))
         if grow[1] != target.replicas:
             ctx.act(ScaleStable(grow[1], original, floor))
-        ctx.status.message = (
-            f"scaling: canary {have_canary} -> {grow[0]}, stable {target.replicas} -> {grow[1]}"
-        )
+        # What is asked, not what each side has now: the message then changes with the
+        # phase of the move, not with each of this reconcile's own writes landing (each
+        # change is one more status write).
+        ctx.status.message = f"scaling: canary to {grow[0]}, stable to {grow[1]}"
         return False
     ctx.act(EnsureCanary(canary))
     if stable != target.replicas:
         ctx.act(ScaleStable(stable, original, floor))
     if (canary, stable) != (have_canary, target.replicas):
-        ctx.status.message = (
-            f"scaling: canary {have_canary} -> {canary}, stable {target.replicas} -> {stable}"
-        )
+        ctx.status.message = f"scaling: canary to {canary}, stable to {stable}"
         return False
     return True
 
@@ -1027,10 +1042,16 @@ def _shift_weight(ctx: _Context, weight: int) -> StepResult:
     return None
 
 
+PROMOTING = "promoting: the stable takes the new version, then all traffic"
+
+
 def _promote(ctx: _Context) -> StepResult:
     target = ctx.obs.target
     assert target is not None
     rid = run_id(ctx.rollout)
+    # One message for the whole step, not a count of pods (each change of it would be
+    # one more status write): the pods are in the status tree and on the Deployment.
+    ctx.status.message = PROMOTING
     # Mode Shift: the stable takes the new version at its shifted size (the canary
     # serves beside it meanwhile); the ResetRoute below then scales it back to its
     # original replicas and waits for them before the canary goes.
@@ -1039,9 +1060,6 @@ def _promote(ctx: _Context) -> StepResult:
         ctx.plan.requeue(POLL_RUNNING)
         return None
     if not target.rolled_out:
-        ctx.status.message = (
-            f"promoting: {target.available}/{target.replicas} stable pods on the new version"
-        )
         ctx.plan.requeue(POLL_RUNNING)
         return None
     if not ctx.obs.route.reset:
@@ -1235,7 +1253,9 @@ def _decide(ctx: _Context, result: Result, message: str) -> None:
     status.outcome = Outcome(result=result, message=message, decided_at=iso(ctx.now))
     status.cleanup = CleanupStatus(started_at=iso(ctx.now))
     status.paused_at = None
-    ctx.enter(Phase.CLEANING_UP, f"{result.value}: {message}; cleaning up")
+    # Announced by CleanupStarted below (a Warning unless the run succeeded), not also
+    # by an Event named after the phase.
+    ctx.enter(Phase.CLEANING_UP, f"{result.value}: {message}; cleaning up", announce=False)
     ctx.set_condition("Paused", False, "CleaningUp", "")
     ctx.set_condition("Progressing", True, "CleaningUp", message)
     ctx.set_condition("CleanupVerified", False, "CleanupRunning", "cleanup in progress")
