@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -81,7 +80,7 @@ from canary_operator.engine.types import (
 )
 from canary_operator.kube import objects
 from canary_operator.kube.api import Conflict, JsonObj, Kube, ReadOnce, ResourceKind, path
-from canary_operator.kube.cache import newer_or_same, strip
+from canary_operator.kube.cache import copy_json, newer_or_same, strip
 from canary_operator.kube.events import EventRecorder
 from canary_operator.lock.lease import LeaseLock
 from canary_operator.lock.queue import Candidate
@@ -124,7 +123,26 @@ def rollout_path(namespace: str, name: str | None = None) -> str:
 
 
 def parse_spec(body: JsonObj) -> CanaryRolloutSpec:
-    return CanaryRolloutSpec.model_validate(body.get("spec") or {})
+    """The spec, parsed once per generation of a rollout: every watch event and every
+    reconcile asks for it, and the API server bumps metadata.generation on each change
+    of a custom resource's spec (status and metadata writes leave it). Callers do not
+    change the model they get."""
+    meta = body.get("metadata") or {}
+    uid, generation = meta.get("uid"), meta.get("generation")
+    if uid is None or generation is None:
+        return CanaryRolloutSpec.model_validate(body.get("spec") or {})
+    key = (str(uid), int(generation))
+    spec = _parsed_specs.get(key)
+    if spec is None:
+        spec = CanaryRolloutSpec.model_validate(body.get("spec") or {})
+        if len(_parsed_specs) >= PARSED_SPECS:
+            del _parsed_specs[next(iter(_parsed_specs))]  # the oldest parsed
+        _parsed_specs[key] = spec
+    return spec
+
+
+PARSED_SPECS = 4096
+_parsed_specs: dict[tuple[str, int], CanaryRolloutSpec] = {}
 
 
 def candidate(body: JsonObj) -> Candidate | None:
@@ -195,7 +213,7 @@ class RolloutIndex:
     def body(self, namespace: str, name: str) -> JsonObj | None:
         """The rollout as last seen (a copy: the reconcile may change it)."""
         found = self._bodies.get((namespace, name))
-        return copy.deepcopy(found) if found is not None else None
+        return copy_json(found) if found is not None else None
 
     def candidate(self, namespace: str, name: str) -> Candidate | None:
         entry = self._entries.get((namespace, name))

@@ -421,3 +421,13 @@ def test_informers_per_watched_namespace() -> None:
 def test_resource_kind_paths() -> None:
     assert ResourceKind("", "v1", "pods").path("ns", "p") == "/api/v1/namespaces/ns/pods/p"
     assert cache.JOBS.path() == "/apis/batch/v1/jobs"
+
+
+def test_copy_json_is_a_deep_copy_readers_cannot_share() -> None:
+    obj = {"metadata": {"labels": {"a": "1"}}, "spec": {"ports": [{"port": 80}]}, "n": 1}
+    copied = cache.copy_json(obj)
+    assert copied == obj
+    copied["metadata"]["labels"]["a"] = "2"
+    copied["spec"]["ports"][0]["port"] = 81
+    copied["spec"]["ports"].append({})
+    assert obj == {"metadata": {"labels": {"a": "1"}}, "spec": {"ports": [{"port": 80}]}, "n": 1}
