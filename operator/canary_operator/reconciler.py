@@ -447,8 +447,8 @@ class Reconciler:
                 stale = await self._canary_to_apply(rollout, obs, targets, action.replicas)
                 if stale:
                     await self._fence(rollout, obs)
-                for where, manifest in stale:
-                    await self.kube.apply(where, manifest)
+                # Independent objects (Deployment(s), Service): applied at once.
+                await asyncio.gather(*(self.kube.apply(w, m) for w, m in stale))
                 continue
             if isinstance(action, TARGET_EFFECTS):
                 await self._fence(rollout, obs)
