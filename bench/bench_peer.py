@@ -602,9 +602,9 @@ class Idle:
     prepare_seconds: float  # creating and finishing the rollouts (not a measurement)
 
 
-# Rollouts started at once while preparing the idle ones. On this 2-core machine 60 at
-# once finished in 92 s, 300 at once about 5 a minute (every reconcile re-reads everything
-# and each held Lease is renewed): waves keep the preparation of 1,000 within the hour.
+# Rollouts started at once while preparing the idle ones: waves keep the number of
+# rollouts in flight (and of Leases held and renewed) bounded. On this 2-core machine
+# 1,000 took 619 s (canary-operator) and 473 s (Argo Rollouts) in 2026-12.
 IDLE_WAVE = 60
 
 
