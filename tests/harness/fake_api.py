@@ -5,6 +5,8 @@ protocols rely on (the real API server is exercised by the e2e suite)."""
 from __future__ import annotations
 
 import copy
+import json
+from types import TracebackType
 from typing import Any
 
 from canary_operator.kube.api import Conflict
@@ -63,3 +65,24 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class RawResponse:
+    """What kubernetes_asyncio's ApiClient.call_api returns to Kube.request: a status
+    and a JSON body (for tests of the client layer without a server)."""
+
+    def __init__(self, status: int = 200, body: Any = None) -> None:
+        self.status = status
+        self.reason = "OK" if status < 400 else "Error"
+        self._body = json.dumps({} if body is None else body).encode()
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def __aenter__(self) -> RawResponse:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None

@@ -6,7 +6,6 @@ the operator's fields from anyone else's."""
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -14,22 +13,7 @@ import pytest
 from canary_operator import __version__
 from canary_operator.cli.client import CLI_FIELD_MANAGER
 from canary_operator.kube.api import FIELD_MANAGER, Kube
-
-
-class _Response:
-    status = 200
-    reason = "OK"
-
-    async def read(self) -> bytes:
-        return b"{}"
-
-    async def __aenter__(self) -> _Response:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
+from tests.harness.fake_api import RawResponse
 
 
 class FakeApiClient:
@@ -37,11 +21,11 @@ class FakeApiClient:
         self.calls: list[tuple[str, str, dict[str, str], dict[str, str]]] = []
         self.user_agent = "OpenAPI-Generator/x/python"
 
-    async def call_api(self, resource_path: str, method: str, **kw: Any) -> _Response:
+    async def call_api(self, resource_path: str, method: str, **kw: Any) -> RawResponse:
         self.calls.append(
             (method, resource_path, dict(kw["query_params"]), dict(kw["header_params"]))
         )
-        return _Response()
+        return RawResponse()
 
 
 @pytest.mark.parametrize("manager", [FIELD_MANAGER, CLI_FIELD_MANAGER])

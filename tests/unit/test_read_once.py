@@ -6,32 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from types import TracebackType
 from typing import Any
 
 from canary_operator.kube.api import Kube, ReadOnce
+from tests.harness.fake_api import RawResponse
 
 TARGET = "/apis/apps/v1/namespaces/ns/deployments/web"
 PODS = "/api/v1/namespaces/ns/pods"
-
-
-class _Response:
-    def __init__(self, status: int, body: Any) -> None:
-        self.status = status
-        self.reason = "OK" if status < 400 else "Not Found"
-        self._body = json.dumps(body).encode()
-
-    async def read(self) -> bytes:
-        return self._body
-
-    async def __aenter__(self) -> _Response:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
 
 
 class SlowApiClient:
@@ -42,15 +23,15 @@ class SlowApiClient:
         self.user_agent = ""
         self.release = asyncio.Event()
 
-    async def call_api(self, resource_path: str, method: str, **kw: Any) -> _Response:
+    async def call_api(self, resource_path: str, method: str, **kw: Any) -> RawResponse:
         query = dict(kw["query_params"])
         self.calls.append((method, resource_path, query))
         await self.release.wait()
         if resource_path.endswith("/missing"):
-            return _Response(404, {"kind": "Status", "code": 404})
+            return RawResponse(404, {"kind": "Status", "code": 404})
         if resource_path == PODS:
-            return _Response(200, {"items": [{"metadata": {"name": query.get("labelSelector")}}]})
-        return _Response(200, {"metadata": {"name": "web", "resourceVersion": "7"}})
+            return RawResponse(200, {"items": [{"metadata": {"name": query.get("labelSelector")}}]})
+        return RawResponse(200, {"metadata": {"name": "web", "resourceVersion": "7"}})
 
 
 def reads() -> tuple[SlowApiClient, ReadOnce]:

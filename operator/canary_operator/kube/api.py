@@ -279,17 +279,40 @@ class Kube:
             raise
 
 
-class ReadOnce(Kube):
-    """A Kube for one fresh observation: each GET and LIST goes to the API server once,
-    however many readers of that observation ask for it (the reconciler and the traffic
-    router both read the target and the canary), and the answers live no longer than
-    the observation. Writes pass through. Callers treat the answers as read-only."""
+class WrappedKube(Kube):
+    """A Kube in front of another: the same client and field manager (its User-Agent
+    already set), requests sent (and counted) by the one behind."""
 
     def __init__(self, kube: Kube) -> None:
         self.api_client = kube.api_client
         self.field_manager = kube.field_manager
         self.on_request = None  # the direct client counts the requests
         self.direct = kube
+
+    async def request(
+        self,
+        method: str,
+        resource_path: str,
+        body: Any = None,
+        query: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        result = await self.direct.request(method, resource_path, body, query, content_type)
+        self.answered(method, resource_path, query, result)
+        return result
+
+    def answered(self, method: str, resource_path: str, query: Any, result: Any) -> None:
+        """Told of each answer (a cache keeps what this process wrote)."""
+
+
+class ReadOnce(WrappedKube):
+    """A Kube for one fresh observation: each GET and LIST goes to the API server once,
+    however many readers of that observation ask for it (the reconciler and the traffic
+    router both read the target and the canary), and the answers live no longer than
+    the observation. Writes pass through. Callers treat the answers as read-only."""
+
+    def __init__(self, kube: Kube) -> None:
+        super().__init__(kube)
         self._reads: dict[tuple[str, str | None, str | None], asyncio.Future[Any]] = {}
 
     async def _once(self, key: tuple[str, str | None, str | None], read: Any) -> Any:
@@ -313,13 +336,3 @@ class ReadOnce(Kube):
             lambda: self.direct.list(resource_path, label_selector),
         )
         return items
-
-    async def request(
-        self,
-        method: str,
-        resource_path: str,
-        body: Any = None,
-        query: Any = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        return await self.direct.request(method, resource_path, body, query, content_type)

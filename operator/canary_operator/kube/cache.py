@@ -27,7 +27,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from canary_operator.kube.api import JsonObj, Kube, ResourceKind, parse_path
+from canary_operator.kube.api import JsonObj, Kube, ResourceKind, WrappedKube, parse_path
 
 log = logging.getLogger(__name__)
 
@@ -362,15 +362,11 @@ class Cache:
             informer.put(obj)
 
 
-class CachedKube(Kube):
+class CachedKube(WrappedKube):
     """A Kube that reads cached resources from their stores and writes through."""
 
     def __init__(self, kube: Kube, cache: Cache) -> None:
-        # The same client and field manager (its User-Agent is already set).
-        self.api_client = kube.api_client
-        self.field_manager = kube.field_manager
-        self.on_request = None  # the direct client counts the requests
-        self.direct = kube
+        super().__init__(kube)
         self.cache = cache
         self.hits = 0  # reads answered from a store (tests count them)
 
@@ -404,18 +400,9 @@ class CachedKube(Kube):
                 return informer.list(namespace, label_selector)
         return await self.direct.list(resource_path, label_selector)
 
-    async def request(
-        self,
-        method: str,
-        resource_path: str,
-        body: Any = None,
-        query: Any = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        result = await self.direct.request(method, resource_path, body, query, content_type)
+    def answered(self, method: str, resource_path: str, query: Any, result: Any) -> None:
         if method in ("POST", "PUT", "PATCH") and isinstance(result, dict):
             where = parse_path(resource_path)
             dry_run = bool(query and dict(query).get("dryRun"))
             if where is not None and not where[3] and not dry_run and "metadata" in result:
-                self.cache.put(where[0], result)
-        return result
+                self.cache.put(where[0], result)  # seen before the watch brings it
