@@ -40,6 +40,7 @@ from e2e.realnode_manifests import dump, ready_endpoints, real_example
 from tests.harness import traefik as traefik_harness
 from tests.harness.cluster import Cluster, wait_for
 from tests.harness.realnode import Measurement, RealNode, binomial_tolerance, measure
+from tests.harness.realnode_fixtures import warn_real_node_skipped
 from tests.harness.traefik import Traefik
 
 REQUESTS = 2000
@@ -103,7 +104,7 @@ def _rbac(namespace: str, name: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def traefik_gateway(
-    real_node: RealNode, crd_installed: Cluster, namespace: str
+    real_node: RealNode, crd_installed: Cluster, namespace: str, request: pytest.FixtureRequest
 ) -> Iterator[Gateway]:
     """A GatewayClass of Traefik's, a Traefik process watching the test's namespace
     with a ServiceAccount token, and a Gateway whose HTTP listener is Traefik's
@@ -112,6 +113,12 @@ def traefik_gateway(
     real_node.assert_guarded()
     binary = traefik_harness.binary_path()
     if not binary.exists():  # normally built before the session (realnode_fixtures)
+        if shutil.which("go") is None:
+            # The real node's own parts may come from a cache (realnode.unavailable_reason);
+            # Traefik then needs its cache too. Said as loudly as the node's own skip.
+            warn_real_node_skipped(
+                request, f"Traefik is not built ({binary} missing) and go is not installed"
+            )
         binary = traefik_harness.build()
     name = f"canary-traefik-{namespace}"[:63]
     rbac = _rbac(namespace, name)

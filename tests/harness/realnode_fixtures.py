@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
 
@@ -22,6 +23,17 @@ class RealNodeSkipped(UserWarning):
     """The real-node suite did not run."""
 
 
+def warn_real_node_skipped(request: pytest.FixtureRequest, reason: str) -> NoReturn:
+    """Skip, in red in the terminal summary and as a warning: never a silent skip."""
+    message = f"REAL-NODE SUITE SKIPPED (no real pods, no real traffic tested): {reason}"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(message, red=True, bold=True)
+    warnings.warn(RealNodeSkipped(message), stacklevel=2)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def real_node(kube_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[RealNode]:
     reason = unavailable_reason()
@@ -31,13 +43,7 @@ def real_node(kube_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator
             "the local control plane (hack/cluster/up.sh)"
         )
     if reason is not None:
-        message = f"REAL-NODE SUITE SKIPPED (no real pods, no real traffic tested): {reason}"
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("")
-            reporter.write_line(message, red=True, bold=True)
-        warnings.warn(RealNodeSkipped(message), stacklevel=1)
-        pytest.skip(message)
+        warn_real_node_skipped(request, reason)
     # One real node per host: another session's node is waited for, not fought over.
     wait_for(
         lambda: not OWNER_FILE.exists(),
