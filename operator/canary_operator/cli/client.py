@@ -17,7 +17,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from canary_operator.api import models
-from canary_operator.kube.api import Conflict, JsonObj, Kube, path
+from canary_operator.kube.api import Conflict, JsonObj, Kube, api_client, path
 from canary_operator.rollout_view import settled
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ async def connect(kubeconfig: str | None, context: str | None, namespace: str | 
             raise CliError(f"in-cluster configuration failed: {exc}") from exc
         default_ns = _read_file(SA_NAMESPACE_FILE) or "default"
         return Session(
-            Kube(client.ApiClient(cfg), CLI_FIELD_MANAGER), namespace or default_ns, str(cfg.host)
+            Kube(api_client(cfg), CLI_FIELD_MANAGER), namespace or default_ns, str(cfg.host)
         )
     cfg = client.Configuration()
     try:
@@ -67,9 +67,7 @@ async def connect(kubeconfig: str | None, context: str | None, namespace: str | 
         raise CliError(f"no usable cluster configuration ({where}): {exc}") from exc
     current = getattr(loader, "current_context", None) or {}
     default_ns = (current.get("context") or {}).get("namespace") or "default"
-    return Session(
-        Kube(client.ApiClient(cfg), CLI_FIELD_MANAGER), namespace or default_ns, str(cfg.host)
-    )
+    return Session(Kube(api_client(cfg), CLI_FIELD_MANAGER), namespace or default_ns, str(cfg.host))
 
 
 def _read_file(file: Path) -> str | None:

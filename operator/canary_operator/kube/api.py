@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+from yarl import URL
 
 from canary_operator import __version__
 
@@ -57,12 +59,44 @@ async def load_config(
     if kubeconfig is None and context is None:
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return client.ApiClient()
+            return api_client()
         except config.ConfigException:
             pass
     cfg = client.Configuration()
     await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
-    return client.ApiClient(configuration=cfg)
+    return api_client(cfg)
+
+
+# As kubernetes_asyncio sizes it: a watch event of a large object exceeds aiohttp's default.
+READ_BUFSIZE = 2**21
+
+
+def api_client(configuration: client.Configuration | None = None) -> client.ApiClient:
+    """An ApiClient whose HTTP session does not look in the environment on each request.
+
+    kubernetes_asyncio's session trusts the environment, and aiohttp then reads the proxy
+    variables and ~/.netrc for every request, each in a worker thread: measured here,
+    1.1 ms of CPU and 1.5 ms of wall time a GET (a GET's own CPU is 0.4 ms). The proxy is
+    worked out once instead, from the same variables (HTTPS_PROXY, NO_PROXY, ...), unless
+    the kubeconfig names one; netrc is no way to authenticate to the Kubernetes API."""
+    api = client.ApiClient(configuration=configuration)
+    rest = api.rest_client
+    if not rest.proxy:
+        with contextlib.suppress(LookupError, ValueError):
+            proxy, auth = get_env_proxy_for_url(URL(api.configuration.host or ""))
+            rest.proxy = str(proxy)
+            if auth is not None:
+                rest.proxy_headers = {
+                    **(rest.proxy_headers or {}),
+                    "Proxy-Authorization": auth.encode(),
+                }
+    trusting = rest.pool_manager
+    connector = trusting.connector
+    trusting.detach()  # the connector (its pool, its TLS context) goes to the new session
+    rest.pool_manager = aiohttp.ClientSession(
+        connector=connector, trust_env=False, read_bufsize=READ_BUFSIZE
+    )
+    return api
 
 
 def path(
