@@ -122,6 +122,10 @@ def rollout_path(namespace: str, name: str | None = None) -> str:
     return path(models.GROUP, models.VERSION, models.PLURAL, namespace, name)
 
 
+def _target_path(rollout: Rollout) -> str:
+    return path("apps", "v1", "deployments", rollout.namespace, rollout.spec.target.deployment)
+
+
 def parse_spec(body: JsonObj) -> CanaryRolloutSpec:
     """The spec, parsed once per generation of a rollout: every watch event and every
     reconcile asks for it, and the API server bumps metadata.generation on each change
@@ -356,11 +360,8 @@ class Reconciler:
         # may not have seen the last cleanup's deletions yet. Read after the lock is held
         # (nobody else writes the target from then on), each object once.
         once = ReadOnce(self.fresh)
-        target_path = path(
-            "apps", "v1", "deployments", rollout.namespace, rollout.spec.target.deployment
-        )
         target, obs = await asyncio.gather(
-            once.get(target_path),
+            once.get(_target_path(rollout)),
             self._observe(rollout, body, targets, ref, reads=once, lock=lock),
         )
         targets.target, targets.fresh = target, True
@@ -639,7 +640,7 @@ class Reconciler:
         ns, spec = rollout.namespace, rollout.spec
         service_name = spec.target.service
         target, service = await asyncio.gather(
-            self.kube.get(path("apps", "v1", "deployments", ns, spec.target.deployment)),
+            self.kube.get(_target_path(rollout)),
             self.kube.get(path("", "v1", "services", ns, service_name))
             if service_name
             else _nothing(),
@@ -787,19 +788,7 @@ class Reconciler:
             # A run may start: its canary is built from, and its "older than live" check
             # made against, the target as it is now, not as the cache last saw it (a
             # promotion a moment ago must not be missed). Read once per reconcile.
-            fresh = (
-                targets.target
-                if targets.fresh
-                else await self.fresh.get(
-                    path(
-                        "apps",
-                        "v1",
-                        "deployments",
-                        rollout.namespace,
-                        rollout.spec.target.deployment,
-                    )
-                )
-            )
+            fresh = targets.target if targets.fresh else await self.fresh.get(_target_path(rollout))
             targets.target = fresh
             obs = replace(obs, target=_workload(fresh))
             if fresh is not None:
@@ -909,8 +898,8 @@ class Reconciler:
         changes (the images, or the template it was given) and its record: a later
         `kubectl apply --server-side` (or any applier) of an older manifest then meets
         a conflict on those fields instead of reverting them unnoticed."""
-        ns, spec = rollout.namespace, rollout.spec
-        target_path = path("apps", "v1", "deployments", ns, spec.target.deployment)
+        spec = rollout.spec
+        target_path = _target_path(rollout)
         # Fresh: the apply is conditional on the target's resourceVersion.
         target = await self.fresh.get(target_path)
         if target is None:

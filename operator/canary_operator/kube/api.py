@@ -12,7 +12,7 @@ import builtins
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -349,7 +349,9 @@ class ReadOnce(WrappedKube):
         super().__init__(kube)
         self._reads: dict[tuple[str, str | None, str | None], asyncio.Future[Any]] = {}
 
-    async def _once(self, key: tuple[str, str | None, str | None], read: Any) -> Any:
+    async def _once(
+        self, key: tuple[str, str | None, str | None], read: Callable[[], Awaitable[Any]]
+    ) -> Any:
         pending = self._reads.get(key)
         if pending is None:
             pending = self._reads[key] = asyncio.ensure_future(read())

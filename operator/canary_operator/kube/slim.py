@@ -45,14 +45,8 @@ _VERSION = re.compile(r"^__version__\s*=\s*[\"']([^\"']+)[\"']", re.M)
 class LazyPackage(types.ModuleType):
     """A package whose names are imported when first asked for."""
 
-    def __init__(self, name: str, directory: Path, exports: dict[str, tuple[str, str | None]]):
-        super().__init__(name)
-        self.__path__ = [str(directory)]
-        self.__file__ = str(directory / "__init__.py")
-        self.__package__ = name
-        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        spec.submodule_search_locations = [str(directory)]
-        self.__spec__ = spec
+    def __init__(self, name: str, exports: dict[str, tuple[str, str | None]]):
+        super().__init__(name)  # __spec__, __path__, __file__: set by the import system
         self._exports = exports
 
     def __getattr__(self, attr: str) -> Any:
@@ -101,12 +95,13 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return None  # not there, or not a package as expected: the usual import
         spec = importlib.machinery.ModuleSpec(fullname, self, origin=real.origin, is_package=True)
         spec.submodule_search_locations = list(real.submodule_search_locations)
+        spec.has_location = True  # __file__ is the real __init__.py
         return spec
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         assert spec.origin is not None
         init = Path(spec.origin).read_text()
-        package = LazyPackage(spec.name, Path(spec.origin).parent, _exports(init))
+        package = LazyPackage(spec.name, _exports(init))
         version = _VERSION.search(init)
         if version:
             package.__version__ = version.group(1)  # type: ignore[attr-defined]
