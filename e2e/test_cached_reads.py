@@ -1,6 +1,7 @@
 """Reads come from watch-fed caches: with warm caches, a reconcile of a running (or
 waiting, or ended) rollout asks the API server nothing; only its writes, and the
-documented fresh reads (fencing before a write to the target, the takeover check,
+documented fresh reads (fencing before a write to the target, except the first after
+the lock was taken in the same reconcile, which the acquisition confirms; the takeover check,
 cleanup verification, promotion, the target read before a run starts), go out.
 
 Requests are counted by the operator's client (`canary_operator_api_requests_total`,
@@ -25,6 +26,7 @@ from tests.harness.cluster import Cluster, wait_for
 pytestmark = pytest.mark.cluster
 
 CANARY = {"name": "start canary", "canary": {"replicas": 1}}
+WEIGHT = {"setWeight": 50}
 HOLD = {"name": "hold", "pause": {}}
 PROMOTE = {"promote": {}}
 
@@ -77,14 +79,15 @@ def test_warm_reconciles_of_a_running_and_a_waiting_rollout_read_nothing(
 ) -> None:
     kube_cluster.apply(m.app(), namespace)
     base = serving_operator(kube_cluster, namespace, operators, tmp_path / "op.log")
-    kube_cluster.apply(m.rollout("web-v001", [CANARY, HOLD, PROMOTE]), namespace)
+    # The weight step writes to the target after the run's start: a fenced write.
+    kube_cluster.apply(m.rollout("web-v001", [CANARY, WEIGHT, HOLD, PROMOTE]), namespace)
     wait_phase(kube_cluster, namespace, "web-v001", "Paused")
     kube_cluster.apply(m.rollout("web-v002", [CANARY, PROMOTE]), namespace)
     wait_phase(kube_cluster, namespace, "web-v002", "Queued")
 
     start = requests_by_verb(scrape(base))
-    # The counter counts: the caches listed and watched, and the run's writes to the
-    # target were fenced by fresh reads of its Lease.
+    # The counter counts: the caches listed and watched, and the run's write to the
+    # target after its start was fenced by a fresh read of its Lease.
     assert start[("list", "deployments")] >= 1 and start[("watch", "deployments")] >= 1
     assert start[("get", "leases")] >= 1, start
 

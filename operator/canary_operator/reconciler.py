@@ -79,7 +79,15 @@ from canary_operator.engine.types import (
     WorkloadView,
 )
 from canary_operator.kube import objects
-from canary_operator.kube.api import Conflict, JsonObj, Kube, ReadOnce, ResourceKind, path
+from canary_operator.kube.api import (
+    Conflict,
+    FencedWrites,
+    JsonObj,
+    Kube,
+    ReadOnce,
+    ResourceKind,
+    path,
+)
 from canary_operator.kube.cache import copy_json, newer_or_same, strip
 from canary_operator.kube.events import EventRecorder
 from canary_operator.lock.lease import LeaseLock
@@ -433,13 +441,23 @@ class Reconciler:
         ref: RunRef,
         acting: list[Action],
     ) -> None:
+        # A lock taken in this reconcile confirms the first fenced action (see
+        # LockView.acquired); every later one reads the Lease again.
+        acquisition = [obs.lock.acquired]
+
+        async def fence() -> None:
+            if acquisition[0]:
+                acquisition[0] = False
+                return
+            await self._fence(rollout, obs)
+
         for action in result.actions:
             if isinstance(action, Emit) or _after_status(action):
                 continue
             acting.append(action)
             if isinstance(action, CHECK_ACTIONS):
                 if not self.checks.known(ref, action.key):
-                    await self._fence(rollout, obs)  # a step starts only under the lock
+                    await fence()  # a step starts only under the lock
                     self._start_check(ref, rollout, obs, action)
                 continue
             if isinstance(action, EnsureCanary):
@@ -447,12 +465,17 @@ class Reconciler:
                 # unchanged canary costs no write and no fencing read.
                 stale = await self._canary_to_apply(rollout, obs, targets, action.replicas)
                 if stale:
-                    await self._fence(rollout, obs)
+                    await fence()
                 # Independent objects (Deployment(s), Service): applied at once.
                 await asyncio.gather(*(self.kube.apply(w, m) for w, m in stale))
                 continue
             if isinstance(action, TARGET_EFFECTS):
-                await self._fence(rollout, obs)
+                # Confirmed right before its first write; an action that finds its work
+                # done (a reset already written, objects already going) writes nothing
+                # and needs no confirmation.
+                fenced = FencedWrites(self.kube, fence)
+                await self._execute(action, rollout, obs, targets, body, fenced)
+                continue
             await self._execute(action, rollout, obs, targets, body)
 
     async def _canary_to_apply(
@@ -824,9 +847,18 @@ class Reconciler:
     # ---------------------------------------------------------------- execute
 
     async def _execute(
-        self, action: Action, rollout: Rollout, obs: Observed, targets: _Targets, body: JsonObj
+        self,
+        action: Action,
+        rollout: Rollout,
+        obs: Observed,
+        targets: _Targets,
+        body: JsonObj,
+        writes: Kube | None = None,
     ) -> None:
+        """Carry out one action; `writes` is the Kube its reads and writes go through
+        (for a write to the target: one that confirms the lock first)."""
         ns, spec = rollout.namespace, rollout.spec
+        kube = writes or self.kube
         match action:
             case Emit():
                 self._announce(rollout, action)
@@ -852,7 +884,7 @@ class Reconciler:
                 await self.lock.release(ns, spec.lock_key, rollout.uid)
             case ScaleStable(replicas=replicas, original=original, floor=floor):
                 await scale_stable(
-                    self.kube,
+                    kube,
                     ns,
                     spec.target.deployment,
                     replicas,
@@ -862,11 +894,11 @@ class Reconciler:
                     fresh=self.fresh,
                 )
             case SetRouteWeight(weight=weight):
-                await self.router(rollout, obs.lock.token).set_weight(weight)
+                await self.router(rollout, obs.lock.token, kube).set_weight(weight)
             case ResetRoute():
-                await self.router(rollout, obs.lock.token).reset()
+                await self.router(rollout, obs.lock.token, kube).reset()
             case DeleteCanaryObjects(keep_jobs=keep):
-                await self._delete_canary_objects(rollout, frozenset(keep))
+                await self._delete_canary_objects(rollout, frozenset(keep), kube)
             case EnsureJob():
                 if targets.target is None:
                     raise ValueError(f"target Deployment {spec.target.deployment} not found")
@@ -887,13 +919,15 @@ class Reconciler:
                     service_port=port,
                 )
                 with contextlib.suppress(Conflict):  # created by an earlier reconcile
-                    await self.kube.create(path("batch", "v1", "jobs", ns), manifest)
+                    await kube.create(path("batch", "v1", "jobs", ns), manifest)
             case DeleteJob(name=job):
-                await self.kube.delete(path("batch", "v1", "jobs", ns, job))
+                await kube.delete(path("batch", "v1", "jobs", ns, job))
             case PromoteStable():
-                await self._promote(rollout, obs, action)
+                await self._promote(rollout, obs, action, kube)
 
-    async def _promote(self, rollout: Rollout, obs: Observed, action: PromoteStable) -> None:
+    async def _promote(
+        self, rollout: Rollout, obs: Observed, action: PromoteStable, kube: Kube
+    ) -> None:
         """Server-side apply with the operator's field manager, of only what promotion
         changes (the images, or the template it was given) and its record: a later
         `kubectl apply --server-side` (or any applier) of an older manifest then meets
@@ -922,22 +956,29 @@ class Reconciler:
                 objects.PROMOTION: json.dumps(record, sort_keys=True),
             },
         )
-        await self.kube.apply(target_path, body)  # resourceVersion precondition
+        await kube.apply(target_path, body)  # resourceVersion precondition
 
-    async def _delete_canary_objects(self, rollout: Rollout, keep: frozenset[str]) -> None:
+    async def _delete_canary_objects(
+        self, rollout: Rollout, keep: frozenset[str], kube: Kube
+    ) -> None:
         ns, spec = rollout.namespace, rollout.spec
         target = objects.target_selector(spec)
-        for deployment in await self.kube.list(
+        # An object already being deleted (a Foreground deletion waits for its pods) is
+        # not deleted again: cleanup asks for this until every canary object is gone.
+        for deployment in await kube.list(
             path("apps", "v1", "deployments", ns), f"{target},{objects.ROLE_LABEL}"
         ):
-            await self.kube.delete(
-                path("apps", "v1", "deployments", ns, deployment["metadata"]["name"]), "Foreground"
-            )
-        for service in await self.kube.list(
+            if not deployment["metadata"].get("deletionTimestamp"):
+                await kube.delete(
+                    path("apps", "v1", "deployments", ns, deployment["metadata"]["name"]),
+                    "Foreground",
+                )
+        for service in await kube.list(
             path("", "v1", "services", ns), f"{target},{objects.ROLE_LABEL}"
         ):
-            await self.kube.delete(path("", "v1", "services", ns, service["metadata"]["name"]))
-        for job in await self.kube.list(
+            if not service["metadata"].get("deletionTimestamp"):
+                await kube.delete(path("", "v1", "services", ns, service["metadata"]["name"]))
+        for job in await kube.list(
             path("batch", "v1", "jobs", ns),
             f"{objects.operator_jobs_selector(spec)},{objects.PURPOSE_LABEL}=test",
         ):
@@ -945,18 +986,17 @@ class Reconciler:
             if job["metadata"]["name"] in keep and _owned_by(job, rollout.uid):
                 # Kept for its logs (keepFailedJobs): relabelled so that no cleanup,
                 # of this rollout or a later one, deletes it; it goes with its owner.
-                await self.kube.merge_patch(
+                await kube.merge_patch(
                     job_path, {"metadata": {"labels": {objects.PURPOSE_LABEL: EVIDENCE}}}
                 )
                 continue
-            await self.kube.delete(job_path)
+            if not job["metadata"].get("deletionTimestamp"):
+                await kube.delete(job_path)
         # Pods of a deleted ReplicaSet go through the garbage collector; delete them
         # directly too, so verification does not wait on it.
-        for pod in await self.kube.list(
-            path("", "v1", "pods", ns), objects.any_role_selector(spec)
-        ):
+        for pod in await kube.list(path("", "v1", "pods", ns), objects.any_role_selector(spec)):
             if not pod["metadata"].get("deletionTimestamp"):
-                await self.kube.delete(path("", "v1", "pods", ns, pod["metadata"]["name"]))
+                await kube.delete(path("", "v1", "pods", ns, pod["metadata"]["name"]))
 
     # ----------------------------------------------------------------- status
 

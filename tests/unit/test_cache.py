@@ -431,3 +431,44 @@ def test_copy_json_is_a_deep_copy_readers_cannot_share() -> None:
     copied["spec"]["ports"][0]["port"] = 81
     copied["spec"]["ports"].append({})
     assert obj == {"metadata": {"labels": {"a": "1"}}, "spec": {"ports": [{"port": 80}]}, "n": 1}
+
+
+async def test_an_answer_the_watch_has_already_gone_past_does_not_bring_back_a_deleted_object() -> (
+    None
+):
+    """A write's (or a DELETE's) answer handled after the watch delivered a later
+    deletion of that object must not put it back: cleanup would wait on a phantom."""
+    api = ScriptedApi([obj("a", 3)], rv=10)
+    api.watches = [[{"type": "DELETED", "object": obj("a", 12)}]]
+    informer, _ = informer_of(api)
+    await run_until(informer, lambda: informer.events == 1, "deletion seen")
+    assert informer.get(NS, "a") is None
+    informer.put(obj("a", 11))  # the answer, handled late
+    assert informer.get(NS, "a") is None
+    informer.put(obj("b", 13))  # newer than anything the watch saw: kept
+    assert informer.get(NS, "b") is not None
+
+
+async def test_a_delete_answered_with_the_object_being_deleted_is_kept() -> None:
+    """A Foreground deletion answers with the object, deletionTimestamp set: the next
+    reconcile reads it as being deleted (and does not delete it again); a DELETE
+    answered with a Status changes nothing."""
+    api = ScriptedApi([obj("web-canary", 3)], rv=10)
+    api.watches = [[]]
+    store = Cache(cast(Kube, api), namespaces=(NS,))
+    (deployments,) = store.add(cache.DEPLOYMENTS)
+    kube = CachedKube(cast(Kube, api), store)
+    where = "/apis/apps/v1/namespaces/ns/deployments"
+    store.start()
+    try:
+        await wait_for_async(lambda: deployments.synced.is_set(), 5, message="synced")
+        deleting = obj("web-canary", 11)
+        deleting["metadata"]["deletionTimestamp"] = "2026-12-07T00:00:00Z"
+        kube.answered("DELETE", f"{where}/web-canary", None, deleting)
+        got = await kube.get(f"{where}/web-canary")
+        assert got is not None and got["metadata"]["deletionTimestamp"]
+        kube.answered("DELETE", f"{where}/web-canary", None, {"kind": "Status", "code": 200})
+        still = await kube.get(f"{where}/web-canary")
+        assert still is not None and still["metadata"]["resourceVersion"] == "11"
+    finally:
+        await store.stop()

@@ -275,3 +275,87 @@ async def test_a_stale_view_of_the_would_be_holder_does_not_take_a_free_lock(
         NS, "web", a, [a], True, alive, as_read
     )
     assert view.held and view.token == 1
+
+
+class CountingApi(FakeApi):
+    """Counts the reads of the Lease that reach the API."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        self.gets += 1
+        return await super().get(path)
+
+
+async def test_the_holder_releases_against_the_version_it_wrote_without_reading_it() -> None:
+    api = CountingApi()
+    a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
+    lock = LeaseLock(api, Clock())  # type: ignore[arg-type]
+    assert (await lock.observe(NS, "web", a, [a], True, alive)).held
+    reads = api.gets
+    assert await lock.release(NS, "web", "uid-a")
+    assert api.gets == reads  # the renewer's version (its acquisition) was current
+    body = lease_of(api)
+    assert body["spec"]["holderIdentity"] is None
+    history = json.loads(body["metadata"]["annotations"]["canary-operator.dev/history"])
+    assert history[-1]["holder"] == "a" and "released" in history[-1]
+    assert not lock.renewer.holds(NS, lease_name("web"))
+
+
+async def test_a_write_the_holder_did_not_see_costs_one_fresh_read_then_the_release() -> None:
+    """Another operator process renewed the lease (same holder, same token) after our
+    last view: the conditional release meets a 409, reads the Lease once and releases."""
+    api = CountingApi()
+    a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
+    lock = LeaseLock(api, Clock())  # type: ignore[arg-type]
+    await lock.observe(NS, "web", a, [a], True, alive)
+    where = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{lease_name('web')}"
+    renewed = await api.get(where)
+    assert renewed is not None
+    renewed["spec"]["renewTime"] = "2026-01-01T00:00:09.000000Z"
+    await api.replace(where, renewed)
+    reads = api.gets
+    assert await lock.release(NS, "web", "uid-a")
+    assert api.gets == reads + 1
+    assert lease_of(api)["spec"]["holderIdentity"] is None
+
+
+async def test_a_lease_taken_by_another_since_our_last_view_is_left_to_it() -> None:
+    """A force release and a new holder we did not see: our release is refused (409),
+    the fresh read shows someone else holds it, and it stays theirs."""
+    api = CountingApi()
+    a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
+    lock = LeaseLock(api, Clock())  # type: ignore[arg-type]
+    await lock.observe(NS, "web", a, [a], True, alive)
+    where = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{lease_name('web')}"
+    taken = await api.get(where)
+    assert taken is not None
+    taken["spec"]["holderIdentity"] = "uid-b"
+    taken["spec"]["leaseTransitions"] = 2
+    await api.replace(where, taken)
+    assert not await lock.release(NS, "web", "uid-a")
+    assert lease_of(api)["spec"]["holderIdentity"] == "uid-b"
+
+
+async def test_a_release_without_a_view_of_its_own_reads_the_lease_first() -> None:
+    """A restarted process that never saw the lease held: the fresh read decides."""
+    api = CountingApi()
+    a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
+    await LeaseLock(api, Clock()).observe(NS, "web", a, [a], True, alive)  # type: ignore[arg-type]
+    restarted = LeaseLock(api, Clock())  # type: ignore[arg-type]
+    reads = api.gets
+    assert await restarted.release(NS, "web", "uid-a")
+    assert api.gets == reads + 1
+    assert lease_of(api)["spec"]["holderIdentity"] is None
+
+
+async def test_taking_the_lock_says_so_once_and_a_held_view_does_not() -> None:
+    api = CountingApi()
+    a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
+    lock = LeaseLock(api, Clock())  # type: ignore[arg-type]
+    taken = await lock.observe(NS, "web", a, [a], True, alive)
+    assert taken.held and taken.acquired
+    again = await lock.observe(NS, "web", a, [a], True, alive)
+    assert again.held and not again.acquired

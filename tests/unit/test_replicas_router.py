@@ -148,6 +148,10 @@ async def test_reset_restores_the_stable_then_waits_for_its_pods_then_removes_th
     assert [n for n, _ in cluster.patches] == ["web", "web", "web-canary"]
     assert STABLE_REPLICAS not in cluster.bodies["web"]["metadata"]["annotations"]
     assert cluster.bodies["web-canary"]["spec"]["replicas"] == 0
+    # Asked again while the canary's pods go (each reconcile of the cleanup): the
+    # canary already reads 0 replicas, so nothing more is written (nor fenced).
+    await router.reset()
+    assert [n for n, _ in cluster.patches] == ["web", "web", "web-canary"]
     cluster.bodies["web-canary"]["status"]["readyReplicas"] = 0
     assert (await router.read()).reset
 

@@ -52,6 +52,10 @@ class LockView:
     superseded_by: str | None = None  # a newer waiting rollout replaces this one
     recovered_from: str | None = None  # taken over from a stale holder
     renew_error: str | None = None  # the last renewal of a held lease failed (and why)
+    # Taken in this very reconcile: the acquisition (a write conditional on the version
+    # read, which the API server answered) confirms the holder and token as freshly as a
+    # fencing read would, so the reconcile's first write needs no other.
+    acquired: bool = False
 
 
 @dataclass(frozen=True)

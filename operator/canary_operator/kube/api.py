@@ -372,3 +372,39 @@ class ReadOnce(WrappedKube):
             lambda: self.direct.list(resource_path, label_selector),
         )
         return items
+
+
+class FencedWrites(WrappedKube):
+    """Reads as the Kube behind it; the first write waits for `confirm` (the fencing
+    check that the run still holds its lock), every later one shares that answer. An
+    action that finds nothing to write (a reset already done, objects already being
+    deleted) then costs no fencing read, and one that writes confirms right before."""
+
+    def __init__(self, kube: Kube, confirm: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(kube)
+        self._confirm = confirm
+        self._confirmed: asyncio.Future[None] | None = None
+
+    async def get(self, resource_path: str) -> JsonObj | None:
+        return await self.direct.get(resource_path)
+
+    async def list(
+        self, resource_path: str, label_selector: str | None = None
+    ) -> builtins.list[JsonObj]:
+        return await self.direct.list(resource_path, label_selector)
+
+    async def request(
+        self,
+        method: str,
+        resource_path: str,
+        body: Any = None,
+        query: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        dry_run = bool(query and dict(query).get("dryRun"))
+        if method != "GET" and not dry_run:
+            if self._confirmed is None:
+                self._confirmed = asyncio.ensure_future(self._confirm())
+            # Shielded: concurrent writes of one action share one check.
+            await asyncio.shield(self._confirmed)
+        return await self.direct.request(method, resource_path, body, query, content_type)

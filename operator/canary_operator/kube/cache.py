@@ -179,7 +179,16 @@ class Informer:
             return
         if self.namespace is not None and meta.get("namespace") != self.namespace:
             return
+        key = (meta.get("namespace") or "", meta["name"])
+        if key not in self._store and not newer_or_same(obj, self._watched()):
+            # The watch is already past this version and the object is not here: it
+            # was deleted since (the answer came in after the DELETED event).
+            return
         self._apply("MODIFIED", obj, notify=False)
+
+    def _watched(self) -> JsonObj:
+        """The version the list+watch has reached, shaped for newer_or_same."""
+        return {"metadata": {"resourceVersion": self._resource_version or ""}}
 
     def _apply(self, event_type: str, obj: JsonObj, notify: bool = True) -> None:
         meta = obj["metadata"]
@@ -401,7 +410,15 @@ class CachedKube(WrappedKube):
         return await self.direct.list(resource_path, label_selector)
 
     def answered(self, method: str, resource_path: str, query: Any, result: Any) -> None:
-        if method in ("POST", "PUT", "PATCH") and isinstance(result, dict):
+        # A DELETE answered with the object means it is still there, being deleted
+        # (finalizers, a Foreground deletion waiting for its dependents): keep that
+        # version too, so the next reconcile does not ask to delete it again.
+        deleting = (
+            method == "DELETE"
+            and isinstance(result, dict)
+            and bool((result.get("metadata") or {}).get("deletionTimestamp"))
+        )
+        if (method in ("POST", "PUT", "PATCH") or deleting) and isinstance(result, dict):
             where = parse_path(resource_path)
             dry_run = bool(query and dict(query).get("dryRun"))
             if where is not None and not where[3] and not dry_run and "metadata" in result:

@@ -188,6 +188,7 @@ class LeaseLock:
             holder_phase=me.phase.value,
             waiting=max(0, qv.waiting - 1),
             recovered_from=stale_holder,
+            acquired=True,
         )
 
     async def _may_take_over(
@@ -276,21 +277,41 @@ class LeaseLock:
     async def release(self, namespace: str, lock_key: str, uid: str) -> bool:
         """Give the lock up if `uid` holds it. Returns whether a release was written."""
         name = lease_name(lock_key)
-        self.renewer.drop(namespace, name)  # no renewal may race the release
+        where = lease_path(namespace, name)
+        # No renewal may race the release. The renewer's version (its own last write,
+        # or newer as seen) is what the conditional release is written against.
+        known = self.renewer.drop(namespace, name)
+        if known is not None and _holder_uid(known) == uid:
+            try:
+                await self.kube.replace(where, _released(known, uid))
+                return True
+            except Conflict:
+                pass  # a write we had not seen (a renewal in flight): read it, once
         # Fresh: the release is conditional, and a renewal the cache has not seen yet
         # would make it fail and hold up the next rollout by a retry.
-        lease = await self.fresh.get(lease_path(namespace, name))
-        if lease is None or lease.get("spec", {}).get("holderIdentity") != uid:
+        lease = await self.fresh.get(where)
+        if lease is None or _holder_uid(lease) != uid:
             return False
-        body = json.loads(json.dumps(lease))
-        body["spec"]["holderIdentity"] = None
-        body["spec"]["renewTime"] = micro_time()
-        annotations = body["metadata"].get("annotations") or {}
-        history = json.loads(annotations.get(HISTORY_ANNOTATION) or "[]")
-        if history and history[-1].get("uid") == uid:
-            history[-1]["released"] = body["spec"]["renewTime"]
-        annotations[HISTORY_ANNOTATION] = json.dumps(history[-HISTORY_LENGTH:])
-        annotations.pop(HOLDER_ANNOTATION, None)
-        body["metadata"]["annotations"] = annotations
-        await self.kube.replace(lease_path(namespace, name), body)  # Conflict: caller retries
+        await self.kube.replace(where, _released(lease, uid))  # Conflict: caller retries
         return True
+
+
+def _holder_uid(lease: JsonObj) -> str | None:
+    holder: str | None = (lease.get("spec") or {}).get("holderIdentity")
+    return holder
+
+
+def _released(lease: JsonObj, uid: str) -> JsonObj:
+    """`lease` with no holder, its history closing `uid`'s entry; conditional on the
+    version it was read as."""
+    body: JsonObj = json.loads(json.dumps(lease))
+    body["spec"]["holderIdentity"] = None
+    body["spec"]["renewTime"] = micro_time()
+    annotations = body["metadata"].get("annotations") or {}
+    history = json.loads(annotations.get(HISTORY_ANNOTATION) or "[]")
+    if history and history[-1].get("uid") == uid:
+        history[-1]["released"] = body["spec"]["renewTime"]
+    annotations[HISTORY_ANNOTATION] = json.dumps(history[-HISTORY_LENGTH:])
+    annotations.pop(HOLDER_ANNOTATION, None)
+    body["metadata"]["annotations"] = annotations
+    return body

@@ -113,11 +113,14 @@ class LeaseRenewer:
             namespace, key[1], uid, holder_name, token, lease, renewed_at=self.clock()
         )
 
-    def drop(self, namespace: str, name: str) -> None:
-        self._held.pop((namespace, name), None)
+    def drop(self, namespace: str, name: str) -> JsonObj | None:
+        """Stop renewing; returns the newest version of the Lease this process wrote or
+        saw while it held it (None if it held none)."""
+        held = self._held.pop((namespace, name), None)
         task = self._renewing.pop((namespace, name), None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+        return held.lease if held is not None else None
 
     def seen(self, lease: JsonObj) -> None:
         """A watch event of a Lease: keep the newest version; notice a lost lock."""

@@ -54,7 +54,10 @@ class ReplicasRouter:
         """Nothing to write: the canary's size carries the weight."""
 
     async def reset(self) -> None:
-        if await self.kube.get(self._deployment(self.canary)) is not None:
+        # Asked again until the canary's pods are gone: written once (the cache holds
+        # the answer of that write), then nothing is left to write.
+        canary = await self.kube.get(self._deployment(self.canary))
+        if canary is not None and _replicas(canary) != 0:
             await self.kube.merge_patch(self._deployment(self.canary), {"spec": {"replicas": 0}})
 
     async def canary_labels_to_drop(self, service_selector: dict[str, str]) -> set[str]:
