@@ -18,6 +18,8 @@
 #   CLUSTER_OWNER_PID    if set, a watchdog runs down.sh DIR once that process
 #                        is gone (a backstop for test sessions that are killed)
 #   CLUSTER_KEEP_ON_FAILURE=1  keep DIR (logs) when startup fails
+#   CLUSTER_APISERVER_ARGS  extra kube-apiserver flags, split on spaces (e.g. an
+#                        audit policy and log, to see which requests each client makes)
 set -euo pipefail
 
 [ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
@@ -286,7 +288,8 @@ start kube-apiserver "$bin/kube-apiserver" \
   --allow-privileged=true \
   --endpoint-reconciler-type=none \
   --kubelet-preferred-address-types=InternalIP,Hostname \
-  --profiling=false
+  --profiling=false \
+  ${CLUSTER_APISERVER_ARGS:-} # split on purpose: several flags
 
 # kube-controller-manager gives up after 10 s if /healthz is still forbidden to
 # it, i.e. before the RBAC bootstrap roles exist; on a loaded machine that is
