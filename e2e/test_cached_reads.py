@@ -49,6 +49,14 @@ def requests_by_verb(text: str) -> Counter[tuple[str, str]]:
     return counts
 
 
+def requests_by_code(text: str) -> Counter[tuple[str, str, str]]:
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for labels, value in SERIES.findall(text):
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        counts[(fields["verb"], fields["resource"], fields["code"])] += int(float(value))
+    return counts
+
+
 def reconciles(text: str) -> int:
     found = RECONCILES.search(text)
     return int(float(found.group(1))) if found else 0
@@ -137,3 +145,23 @@ def test_a_restart_with_ended_rollouts_only_lists_and_watches(
     assert sum(v for (verb, _), v in counts.items() if verb == "get") == 0, counts
     writes = {k: v for k, v in counts.items() if k[0] not in ("get", "list", "watch")}
     assert writes == {}, f"writes for rollouts that had ended: {writes}"
+
+
+def test_a_run_that_finds_its_lock_free_reads_its_target_once_and_not_itself(
+    kube_cluster: Cluster, namespace: str, operators: list[OperatorProcess], tmp_path: Path
+) -> None:
+    """The spec's checks read the target fresh; the Lease stood free at one version from
+    before that read until the run took it, so the start plans from that read instead of
+    reading the target again. The finalizer, written conditional on the version of the
+    rollout read, shows that version current: no fresh read of the rollout either."""
+    kube_cluster.apply(m.app(), namespace)
+    base = serving_operator(kube_cluster, namespace, operators, tmp_path / "op.log")
+    kube_cluster.apply(m.rollout("web-v001", [CANARY, HOLD, PROMOTE]), namespace)
+    wait_phase(kube_cluster, namespace, "web-v001", "Paused")
+    counts = requests_by_code(scrape(base))
+    assert counts[("get", "deployments", "200")] == 1, counts  # the target, once
+    assert counts[("get", "canaryrollouts", "200")] == 0, counts
+    assert counts[("patch", "canaryrollouts", "200")] == 1, counts  # the finalizer
+    body = get_rollout(kube_cluster, namespace, "web-v001")
+    assert "canary-operator.dev/cleanup" in body["metadata"]["finalizers"]
+    assert body["status"]["lock"]["token"] == 1

@@ -253,6 +253,10 @@ class _Targets:
     target: JsonObj | None
     service: JsonObj | None
     fresh: bool = False  # the target as the API server gave it in this reconcile
+    # Read fresh before this reconcile took the lock: the Lease's version (watch-fed
+    # view) just before that read. If the acquisition was conditional on that very
+    # version, nobody held the lock from before the read until now, and the read stands.
+    read_under_lease: str | None = None
 
 
 StatusHook = Callable[[str, str, CanaryRolloutStatus | None, CanaryRolloutStatus], None]
@@ -368,6 +372,14 @@ class Reconciler:
         # may not have seen the last cleanup's deletions yet. Read after the lock is held
         # (nobody else writes the target from then on), each object once.
         once = ReadOnce(self.fresh)
+        if (
+            targets.read_under_lease is not None
+            and lock.acquired_over is not None
+            and targets.read_under_lease == lock.acquired_over
+        ):
+            # The target was read fresh this reconcile, and the Lease stood free at one
+            # version from before that read until we took it: as good as reading it now.
+            once.known(_target_path(rollout), targets.target)
         target, obs = await asyncio.gather(
             once.get(_target_path(rollout)),
             self._observe(rollout, body, targets, ref, reads=once, lock=lock),
@@ -782,10 +794,37 @@ class Reconciler:
         shared.append(me)
 
         async def still_current() -> bool:
-            # Fresh read, only when about to take a free lock (see LeaseLock.observe).
+            # Only when about to take a free lock (see LeaseLock.observe).
+            meta = body["metadata"]
+            finalizers = list(meta.get("finalizers") or [])
+            if FINALIZER not in finalizers and not meta.get("deletionTimestamp"):
+                # The finalizer, which a run must have before its first side effect, is
+                # written now, conditional on the version read: its success shows that
+                # version current as a fresh read would, in a write the run makes anyway.
+                try:
+                    patched = await self.kube.merge_patch(
+                        rollout_path(ns, rollout.name),
+                        {
+                            "metadata": {
+                                "finalizers": [*finalizers, FINALIZER],
+                                "resourceVersion": meta["resourceVersion"],
+                            }
+                        },
+                    )
+                except Conflict:
+                    return False
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return False
+                    raise
+                body["metadata"] = patched["metadata"]
+                return True
+            # Fresh read: a stale view of this rollout must never take the lock.
             fresh = await self.fresh.get(rollout_path(ns, rollout.name))
-            version = body["metadata"]["resourceVersion"]
-            return fresh is not None and fresh["metadata"]["resourceVersion"] == version
+            return (
+                fresh is not None
+                and fresh["metadata"]["resourceVersion"] == meta["resourceVersion"]
+            )
 
         return await self.lock.observe(
             ns, key, me, shared, wants, self._holder_running, still_current
@@ -811,6 +850,10 @@ class Reconciler:
             # A run may start: its canary is built from, and its "older than live" check
             # made against, the target as it is now, not as the cache last saw it (a
             # promotion a moment ago must not be missed). Read once per reconcile.
+            if not targets.fresh and not obs.lock.held:
+                targets.read_under_lease = await self.lock.cached_version(
+                    rollout.namespace, rollout.spec.lock_key
+                )
             fresh = targets.target if targets.fresh else await self.fresh.get(_target_path(rollout))
             targets.target = fresh
             obs = replace(obs, target=_workload(fresh))

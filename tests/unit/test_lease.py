@@ -304,18 +304,28 @@ async def test_the_holder_releases_against_the_version_it_wrote_without_reading_
     assert not lock.renewer.holds(NS, lease_name("web"))
 
 
-async def test_a_write_the_holder_did_not_see_costs_one_fresh_read_then_the_release() -> None:
-    """Another operator process renewed the lease (same holder, same token) after our
-    last view: the conditional release meets a 409, reads the Lease once and releases."""
+async def held_by_a() -> tuple[CountingApi, LeaseLock]:
     api = CountingApi()
     a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
     lock = LeaseLock(api, Clock())  # type: ignore[arg-type]
-    await lock.observe(NS, "web", a, [a], True, alive)
+    assert (await lock.observe(NS, "web", a, [a], True, alive)).held
+    return api, lock
+
+
+async def written_behind_our_back(api: CountingApi, **spec: Any) -> None:
+    """The Lease's spec changed by another writer (this process never sees it)."""
     where = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{lease_name('web')}"
-    renewed = await api.get(where)
-    assert renewed is not None
-    renewed["spec"]["renewTime"] = "2026-01-01T00:00:09.000000Z"
-    await api.replace(where, renewed)
+    lease = await api.get(where)
+    assert lease is not None
+    lease["spec"].update(spec)
+    await api.replace(where, lease)
+
+
+async def test_a_write_the_holder_did_not_see_costs_one_fresh_read_then_the_release() -> None:
+    """Another operator process renewed the lease (same holder, same token) after our
+    last view: the conditional release meets a 409, reads the Lease once and releases."""
+    api, lock = await held_by_a()
+    await written_behind_our_back(api, renewTime="2026-01-01T00:00:09.000000Z")
     reads = api.gets
     assert await lock.release(NS, "web", "uid-a")
     assert api.gets == reads + 1
@@ -325,16 +335,8 @@ async def test_a_write_the_holder_did_not_see_costs_one_fresh_read_then_the_rele
 async def test_a_lease_taken_by_another_since_our_last_view_is_left_to_it() -> None:
     """A force release and a new holder we did not see: our release is refused (409),
     the fresh read shows someone else holds it, and it stays theirs."""
-    api = CountingApi()
-    a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
-    lock = LeaseLock(api, Clock())  # type: ignore[arg-type]
-    await lock.observe(NS, "web", a, [a], True, alive)
-    where = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{lease_name('web')}"
-    taken = await api.get(where)
-    assert taken is not None
-    taken["spec"]["holderIdentity"] = "uid-b"
-    taken["spec"]["leaseTransitions"] = 2
-    await api.replace(where, taken)
+    api, lock = await held_by_a()
+    await written_behind_our_back(api, holderIdentity="uid-b", leaseTransitions=2)
     assert not await lock.release(NS, "web", "uid-a")
     assert lease_of(api)["spec"]["holderIdentity"] == "uid-b"
 
@@ -359,3 +361,28 @@ async def test_taking_the_lock_says_so_once_and_a_held_view_does_not() -> None:
     assert taken.held and taken.acquired
     again = await lock.observe(NS, "web", a, [a], True, alive)
     assert again.held and not again.acquired
+
+
+async def test_an_acquisition_says_which_free_version_it_was_conditional_on() -> None:
+    """ "" when it created the Lease, the free Lease's version when it took that, and
+    nothing after a takeover (the Lease was held, by an ended holder, until then)."""
+    api = CountingApi()
+    clock = Clock()
+    a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
+    b = rollout("b", "2026-01-01T00:00:01Z", Phase.PROGRESSING)
+    lock = LeaseLock(api, clock)  # type: ignore[arg-type]
+    assert (await lock.observe(NS, "web", a, [a], True, alive)).acquired_over == ""
+    await lock.release(NS, "web", "uid-a")
+    free = lease_of(api)["metadata"]["resourceVersion"]
+    assert await lock.cached_version(NS, "web") == free
+    taken = await lock.observe(NS, "web", b, [b], True, alive)
+    assert taken.held and taken.acquired_over == free
+
+    async def gone(namespace: str, name: str, uid: str) -> bool:
+        return False
+
+    c = rollout("c", "2026-01-01T00:00:02Z")
+    assert not (await lock.observe(NS, "web", c, [c], True, gone)).held  # b not in the index
+    clock.now += TAKEOVER_GRACE_SECONDS
+    over = await lock.observe(NS, "web", c, [c], True, gone)
+    assert over.held and over.recovered_from == "b" and over.acquired_over is None

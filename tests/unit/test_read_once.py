@@ -99,3 +99,18 @@ async def test_writes_pass_through_every_time() -> None:
     await once.merge_patch(TARGET, {"spec": {"replicas": 2}})
     await once.merge_patch(TARGET, {"spec": {"replicas": 2}})
     assert [c[0] for c in api.calls] == ["PATCH", "PATCH"]
+
+
+async def test_a_known_answer_stands_for_the_read() -> None:
+    """A read made moments ago that is as good as a new one (the target read for the
+    spec's checks, the Lease unchanged and free since) answers without a request."""
+    api, once = reads()
+    api.release.set()
+    known = {"metadata": {"name": "web", "resourceVersion": "5"}}
+    once.known(TARGET, known)
+    once.known(TARGET.replace("web", "gone"), None)
+    assert await once.get(TARGET) == known
+    assert await once.get(TARGET.replace("web", "gone")) is None
+    assert api.calls == []
+    await once.get(TARGET.replace("web", "other"))
+    assert len(api.calls) == 1

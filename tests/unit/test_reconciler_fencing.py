@@ -45,14 +45,7 @@ class Api(Kube):
         self.log = log
         self.objects = objects
 
-    async def request(
-        self,
-        method: str,
-        resource_path: str,
-        body: Any = None,
-        query: Any = None,
-        content_type: str = "application/json",
-    ) -> Any:
+    async def request(self, method: str, resource_path: str, *args: Any, **kw: Any) -> Any:
         self.log.append(f"{method} {resource_path.rsplit('/', 1)[-1]}")
         return {"metadata": {"name": resource_path.rsplit("/", 1)[-1]}}
 

@@ -56,6 +56,10 @@ class LockView:
     # read, which the API server answered) confirms the holder and token as freshly as a
     # fencing read would, so the reconcile's first write needs no other.
     acquired: bool = False
+    # The version of the free Lease that acquisition was conditional on ("" when it
+    # created the Lease; None after a takeover): it stood unchanged and free from when
+    # it was read until the acquisition.
+    acquired_over: str | None = None
 
 
 @dataclass(frozen=True)

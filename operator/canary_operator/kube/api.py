@@ -331,9 +331,13 @@ class WrappedKube(Kube):
         query: Any = None,
         content_type: str = "application/json",
     ) -> Any:
+        await self.sending(method, query)
         result = await self.direct.request(method, resource_path, body, query, content_type)
         self.answered(method, resource_path, query, result)
         return result
+
+    async def sending(self, method: str, query: Any) -> None:
+        """Awaited before each request goes out (a write may have to wait for a check)."""
 
     def answered(self, method: str, resource_path: str, query: Any, result: Any) -> None:
         """Told of each answer (a cache keeps what this process wrote)."""
@@ -357,6 +361,13 @@ class ReadOnce(WrappedKube):
             pending = self._reads[key] = asyncio.ensure_future(read())
         # Shielded: one reader cancelled (its gather failed) leaves the read to the others.
         return await asyncio.shield(pending)
+
+    def known(self, resource_path: str, answer: JsonObj | None) -> None:
+        """`answer` stands for this observation's GET of `resource_path` (a read made
+        moments ago that is known to be as good as a new one)."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(answer)
+        self._reads[("get", resource_path, None)] = done
 
     async def get(self, resource_path: str) -> JsonObj | None:
         found: JsonObj | None = await self._once(
@@ -393,18 +404,10 @@ class FencedWrites(WrappedKube):
     ) -> builtins.list[JsonObj]:
         return await self.direct.list(resource_path, label_selector)
 
-    async def request(
-        self,
-        method: str,
-        resource_path: str,
-        body: Any = None,
-        query: Any = None,
-        content_type: str = "application/json",
-    ) -> Any:
+    async def sending(self, method: str, query: Any) -> None:
         dry_run = bool(query and dict(query).get("dryRun"))
         if method != "GET" and not dry_run:
             if self._confirmed is None:
                 self._confirmed = asyncio.ensure_future(self._confirm())
             # Shielded: concurrent writes of one action share one check.
             await asyncio.shield(self._confirmed)
-        return await self.direct.request(method, resource_path, body, query, content_type)

@@ -118,7 +118,8 @@ class LeaseLock:
         `still_current` is asked right before taking a free lock: another operator
         process may have ended this rollout's run (and released the lock) after we
         read the rollout. A run writes its terminal status before releasing, so a
-        fresh read after seeing the lock free tells; a stale view never takes it."""
+        fresh read (or a write conditional on the version read) after seeing the lock
+        free tells; a stale view never takes it."""
         name = lease_name(lock_key)
         # The watch-fed view: acting on it is safe, because taking the lock is a write
         # conditional on the version read, and writes to the target are fenced.
@@ -189,6 +190,7 @@ class LeaseLock:
             waiting=max(0, qv.waiting - 1),
             recovered_from=stale_holder,
             acquired=True,
+            acquired_over=_free_version(lease) if stale_holder is None else None,
         )
 
     async def _may_take_over(
@@ -209,6 +211,11 @@ class LeaseLock:
         # A holder that names no rollout: only expiry tells that it is abandoned.
         duration = float(lease["spec"].get("leaseDurationSeconds") or LEASE_DURATION_SECONDS)
         return unchanged >= duration
+
+    async def cached_version(self, namespace: str, lock_key: str) -> str:
+        """The version of the lock's Lease in the watch-fed view ("" when it has none)."""
+        lease = await self.kube.get(lease_path(namespace, lease_name(lock_key)))
+        return str(lease["metadata"]["resourceVersion"]) if lease is not None else ""
 
     async def confirm(self, namespace: str, lock_key: str, uid: str, token: int | None) -> bool:
         """Fencing: does `uid` still hold the lock with `token`? A fresh read of the
@@ -315,3 +322,8 @@ def _released(lease: JsonObj, uid: str) -> JsonObj:
     annotations.pop(HOLDER_ANNOTATION, None)
     body["metadata"]["annotations"] = annotations
     return body
+
+
+def _free_version(lease: JsonObj | None) -> str:
+    """The version of a Lease that names no holder ("" for no Lease at all)."""
+    return str(lease["metadata"]["resourceVersion"]) if lease is not None else ""
