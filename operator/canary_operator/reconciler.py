@@ -920,9 +920,12 @@ class Reconciler:
                     body["metadata"] = patched["metadata"]
             case RemoveFinalizer():
                 finalizers = [f for f in body["metadata"].get("finalizers") or [] if f != FINALIZER]
-                await self.kube.merge_patch(
+                patched = await self.kube.merge_patch(
                     rollout_path(ns, rollout.name), {"metadata": {"finalizers": finalizers}}
                 )
+                # Known at once: a reconcile woken by the terminal status write's event
+                # would otherwise see the finalizer still there and remove it again.
+                self.index.update(patched)
             case ReleaseLock():
                 await self.lock.release(ns, spec.lock_key, rollout.uid)
             case ScaleStable(replicas=replicas, original=original, floor=floor):

@@ -19,10 +19,11 @@ from canary_operator.engine.types import (
     LockView,
     Observed,
     Plan,
+    RemoveFinalizer,
     Rollout,
 )
 from canary_operator.kube.api import Kube
-from canary_operator.reconciler import LockLost, Reconciler, _Targets
+from canary_operator.reconciler import FINALIZER, LockLost, Reconciler, RolloutIndex, _Targets
 
 NS = "ns"
 SPEC = CanaryRolloutSpec.model_validate(
@@ -113,3 +114,28 @@ async def test_objects_already_being_deleted_are_not_deleted_again_nor_fenced() 
         objects={"deployments": [going], "services": [standing]},
     )
     assert log == ["confirm", "DELETE web-canary"]
+
+
+async def test_the_finalizer_removed_is_known_at_once() -> None:
+    """After the terminal status, the finalizer's removal goes into the index, so the
+    reconcile the status write's own event wakes does not send it again."""
+    log: list[str] = []
+    index = RolloutIndex()
+    meta = {"name": ROLLOUT.name, "namespace": NS, "uid": ROLLOUT.uid}
+    written = {"metadata": {**meta, "resourceVersion": "5", "finalizers": [FINALIZER]}}
+    index.update(written)
+
+    class Answers(Api):
+        async def request(self, method: str, resource_path: str, *args: Any, **kw: Any) -> Any:
+            self.log.append(method)
+            return {"metadata": {**meta, "resourceVersion": "6", "finalizers": []}}
+
+    reconciler = Reconciler(Answers(log, {}), Lock(log), index, None, None)  # type: ignore[arg-type]
+    obs = Observed(now=datetime.now(UTC), lock=LockView(name="cro-lock-web"), target=None)
+    await reconciler._execute(RemoveFinalizer(), ROLLOUT, obs, _Targets(None, None), written)
+    assert log == ["PATCH"]
+    body = index.body(NS, ROLLOUT.name)
+    assert body is not None and not body["metadata"].get("finalizers")
+    index.update(written)  # the status write's own event, older: does not undo it
+    body = index.body(NS, ROLLOUT.name)
+    assert body is not None and not body["metadata"].get("finalizers")
