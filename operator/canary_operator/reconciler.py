@@ -455,11 +455,12 @@ class Reconciler:
     ) -> None:
         # A lock taken in this reconcile confirms the first fenced action (see
         # LockView.acquired); every later one reads the Lease again.
-        acquisition = [obs.lock.acquired]
+        confirmed_by_acquisition = obs.lock.acquired
 
         async def fence() -> None:
-            if acquisition[0]:
-                acquisition[0] = False
+            nonlocal confirmed_by_acquisition
+            if confirmed_by_acquisition:
+                confirmed_by_acquisition = False
                 return
             await self._fence(rollout, obs)
 
@@ -472,23 +473,20 @@ class Reconciler:
                     await fence()  # a step starts only under the lock
                     self._start_check(ref, rollout, obs, action)
                 continue
+            if not isinstance(action, TARGET_EFFECTS):
+                await self._execute(action, rollout, obs, targets, body)
+                continue
+            # Confirmed right before its first write; an action that finds its work done
+            # (an unchanged canary, a reset already written, objects already going)
+            # writes nothing and needs no confirmation.
+            fenced = FencedWrites(self.kube, fence)
             if isinstance(action, EnsureCanary):
-                # Only what the cache does not show as last applied: re-asserting an
-                # unchanged canary costs no write and no fencing read.
+                # Only what the cache does not show as last applied.
                 stale = await self._canary_to_apply(rollout, obs, targets, action.replicas)
-                if stale:
-                    await fence()
                 # Independent objects (Deployment(s), Service): applied at once.
-                await asyncio.gather(*(self.kube.apply(w, m) for w, m in stale))
+                await asyncio.gather(*(fenced.apply(w, m) for w, m in stale))
                 continue
-            if isinstance(action, TARGET_EFFECTS):
-                # Confirmed right before its first write; an action that finds its work
-                # done (a reset already written, objects already going) writes nothing
-                # and needs no confirmation.
-                fenced = FencedWrites(self.kube, fence)
-                await self._execute(action, rollout, obs, targets, body, fenced)
-                continue
-            await self._execute(action, rollout, obs, targets, body)
+            await self._execute(action, rollout, obs, targets, body, fenced)
 
     async def _canary_to_apply(
         self, rollout: Rollout, obs: Observed, targets: _Targets, replicas: int
@@ -796,28 +794,20 @@ class Reconciler:
         async def still_current() -> bool:
             # Only when about to take a free lock (see LeaseLock.observe).
             meta = body["metadata"]
-            finalizers = list(meta.get("finalizers") or [])
-            if FINALIZER not in finalizers and not meta.get("deletionTimestamp"):
+            if FINALIZER not in (meta.get("finalizers") or []) and not meta.get(
+                "deletionTimestamp"
+            ):
                 # The finalizer, which a run must have before its first side effect, is
                 # written now, conditional on the version read: its success shows that
                 # version current as a fresh read would, in a write the run makes anyway.
                 try:
-                    patched = await self.kube.merge_patch(
-                        rollout_path(ns, rollout.name),
-                        {
-                            "metadata": {
-                                "finalizers": [*finalizers, FINALIZER],
-                                "resourceVersion": meta["resourceVersion"],
-                            }
-                        },
-                    )
+                    await self._add_finalizer(body)
                 except Conflict:
                     return False
                 except ApiException as exc:
                     if exc.status == 404:
                         return False
                     raise
-                body["metadata"] = patched["metadata"]
                 return True
             # Fresh read: a stale view of this rollout must never take the lock.
             fresh = await self.fresh.get(rollout_path(ns, rollout.name))
@@ -887,6 +877,21 @@ class Reconciler:
             return False
         return not Phase((body.get("status") or {}).get("phase") or "Pending").terminal
 
+    async def _add_finalizer(self, body: JsonObj) -> None:
+        """Add the finalizer, conditional on the version of `body` (Conflict if it is
+        not current); `body` takes the answer's metadata."""
+        meta = body["metadata"]
+        patched = await self.kube.merge_patch(
+            rollout_path(meta["namespace"], meta["name"]),
+            {
+                "metadata": {
+                    "finalizers": [*(meta.get("finalizers") or []), FINALIZER],
+                    "resourceVersion": meta["resourceVersion"],
+                }
+            },
+        )
+        body["metadata"] = patched["metadata"]
+
     # ---------------------------------------------------------------- execute
 
     async def _execute(
@@ -906,18 +911,8 @@ class Reconciler:
             case Emit():
                 self._announce(rollout, action)
             case AddFinalizer():
-                finalizers = list(body["metadata"].get("finalizers") or [])
-                if FINALIZER not in finalizers:
-                    patched = await self.kube.merge_patch(
-                        rollout_path(ns, rollout.name),
-                        {
-                            "metadata": {
-                                "finalizers": [*finalizers, FINALIZER],
-                                "resourceVersion": body["metadata"]["resourceVersion"],
-                            }
-                        },
-                    )
-                    body["metadata"] = patched["metadata"]
+                if FINALIZER not in (body["metadata"].get("finalizers") or []):
+                    await self._add_finalizer(body)
             case RemoveFinalizer():
                 finalizers = [f for f in body["metadata"].get("finalizers") or [] if f != FINALIZER]
                 patched = await self.kube.merge_patch(

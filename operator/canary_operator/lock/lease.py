@@ -190,7 +190,7 @@ class LeaseLock:
             waiting=max(0, qv.waiting - 1),
             recovered_from=stale_holder,
             acquired=True,
-            acquired_over=_free_version(lease) if stale_holder is None else None,
+            acquired_over=_version(lease) if stale_holder is None else None,
         )
 
     async def _may_take_over(
@@ -214,8 +214,7 @@ class LeaseLock:
 
     async def cached_version(self, namespace: str, lock_key: str) -> str:
         """The version of the lock's Lease in the watch-fed view ("" when it has none)."""
-        lease = await self.kube.get(lease_path(namespace, lease_name(lock_key)))
-        return str(lease["metadata"]["resourceVersion"]) if lease is not None else ""
+        return _version(await self.kube.get(lease_path(namespace, lease_name(lock_key))))
 
     async def confirm(self, namespace: str, lock_key: str, uid: str, token: int | None) -> bool:
         """Fencing: does `uid` still hold the lock with `token`? A fresh read of the
@@ -324,6 +323,6 @@ def _released(lease: JsonObj, uid: str) -> JsonObj:
     return body
 
 
-def _free_version(lease: JsonObj | None) -> str:
-    """The version of a Lease that names no holder ("" for no Lease at all)."""
+def _version(lease: JsonObj | None) -> str:
+    """The resourceVersion of a Lease ("" for no Lease at all)."""
     return str(lease["metadata"]["resourceVersion"]) if lease is not None else ""
