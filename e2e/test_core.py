@@ -336,6 +336,56 @@ def test_blocked_cleanup_keeps_the_lock_until_force_released(
     assert_clean(kube_cluster, namespace)
 
 
+def test_a_run_whose_lock_is_taken_does_nothing_more_to_the_target(
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """A foreign writer takes the Lease from a paused run (a human's edit, another
+    controller): the run ends LockLost, writes nothing more to the target, and its
+    cleanup waits for the lock; given the lock back, it cleans up."""
+    kube_cluster.apply(m.app("web"), namespace)
+    kube_cluster.apply(
+        m.rollout("robbed", [{"canary": {"replicas": 1}}, {"pause": {}}, {"setWeight": 90}]),
+        namespace,
+    )
+    wait_phase(kube_cluster, namespace, "robbed", "Paused", timeout=60)
+    held = lease(kube_cluster, namespace)
+    held["spec"]["holderIdentity"] = "someone-else"
+    held["spec"]["leaseTransitions"] = int(held["spec"].get("leaseTransitions") or 0) + 1
+    kube_cluster.kubectl("replace", "-f", "-", input=json.dumps(held))  # conditional (its RV)
+
+    def lost() -> dict[str, Any] | None:
+        body = get_rollout(kube_cluster, namespace, "robbed")
+        outcome = (body.get("status") or {}).get("outcome") or {}
+        return body if outcome.get("result") == "LockLost" else None
+
+    body = wait_for(lost, 30, message="the run to end LockLost")
+    assert body["status"]["phase"] == "CleaningUp"
+    wait_for(
+        lambda: (
+            "cleanup waiting for lock"
+            in (get_rollout(kube_cluster, namespace, "robbed")["status"].get("message") or "")
+        ),
+        30,
+        message="the cleanup to wait for the lock",
+    )
+    # Nothing more was done to the target: the canary is as the run left it (its
+    # cleanup may not touch it either), the stable as it was.
+    canary = kube_cluster.get_json("deployment", "web-canary", "-n", namespace)
+    assert canary["spec"]["replicas"] == 1
+    assert "deletionTimestamp" not in canary["metadata"]
+    stable = kube_cluster.get_json("deployment", "web", "-n", namespace)
+    assert stable["spec"]["replicas"] == 3
+    assert lease(kube_cluster, namespace)["spec"]["holderIdentity"] == "someone-else"
+
+    taken = lease(kube_cluster, namespace)
+    taken["spec"]["holderIdentity"] = None  # the foreign holder lets go
+    kube_cluster.kubectl("replace", "-f", "-", input=json.dumps(taken))
+    ended = wait_phase(kube_cluster, namespace, "robbed", TERMINAL, timeout=60)
+    assert ended["status"]["phase"] == "Failed"
+    assert ended["status"]["outcome"]["result"] == "LockLost"
+    assert_clean(kube_cluster, namespace)
+
+
 # -------------------------------------------------------------- crash safety
 
 
