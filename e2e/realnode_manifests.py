@@ -190,6 +190,23 @@ def wait_serving(cluster: Cluster, namespace: str, replicas: int, service: str =
     )
 
 
+def wait_routed(
+    real_node: RealNode, cluster: Cluster, namespace: str, pods: int, service: str = "web"
+) -> None:
+    """Until each of `pods` pods has answered through the Service's ClusterIP: ready
+    endpoints are in the EndpointSlice a moment before kube-proxy's rules send them
+    traffic, and a measurement started in between undercounts the newest pods."""
+    real_node.assert_guarded()
+    ip, port = service_cluster_ip(cluster, namespace, service)
+    answered: set[str] = set()
+
+    def all_answered() -> bool:
+        answered.update(p for p in measure(ip, port, 50).by_pod if p)
+        return len(answered) >= pods
+
+    wait_for(all_answered, 60, interval=0.2, message=f"{pods} pods answering via {service}")
+
+
 def measure_service(
     real_node: RealNode, cluster: Cluster, namespace: str, label: str, requests: int
 ) -> Measurement:

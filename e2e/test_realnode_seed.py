@@ -23,6 +23,7 @@ from e2e.realnode_manifests import (
     dump,
     measure_service,
     real_example,
+    wait_routed,
     wait_serving,
 )
 from tests.harness.cluster import Cluster, wait_for
@@ -198,6 +199,7 @@ def test_replicas_router_split_measured_by_requests(
             at_pause, ROLLOUT_TIMEOUT, interval=0.5, message=f"the pause after {weight} %"
         )
         _wait_serving(cluster, namespace, 9 + canary_pods)
+        wait_routed(real_node, cluster, namespace, 9 + canary_pods)
         p = canary_pods / (9 + canary_pods)
         m = _measure_service(real_node, cluster, namespace, f"setWeight {weight}")
         tol = binomial_tolerance(p, REQUESTS)
