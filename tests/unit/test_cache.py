@@ -445,6 +445,10 @@ async def test_an_answer_the_watch_has_already_gone_past_does_not_bring_back_a_d
     assert informer.get(NS, "a") is None
     informer.put(obj("a", 11))  # the answer, handled late
     assert informer.get(NS, "a") is None
+    # An immediate deletion (a pod no node runs) answers with the object at the
+    # deletion's own version, the version of the DELETED event the watch delivered.
+    informer.put(obj("a", 12))
+    assert informer.get(NS, "a") is None
     informer.put(obj("b", 13))  # newer than anything the watch saw: kept
     assert informer.get(NS, "b") is not None
 

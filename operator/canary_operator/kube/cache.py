@@ -180,15 +180,19 @@ class Informer:
         if self.namespace is not None and meta.get("namespace") != self.namespace:
             return
         key = (meta.get("namespace") or "", meta["name"])
-        if key not in self._store and not newer_or_same(obj, self._watched()):
-            # The watch is already past this version and the object is not here: it
-            # was deleted since (the answer came in after the DELETED event).
+        if key not in self._store and self._watch_reached(obj):
+            # The watch has delivered this version or a later one and the object is not
+            # here: it was deleted since, or by this very version (an immediate DELETE
+            # answers with the object at the deletion's own resourceVersion).
             return
         self._apply("MODIFIED", obj, notify=False)
 
-    def _watched(self) -> JsonObj:
-        """The version the list+watch has reached, shaped for newer_or_same."""
-        return {"metadata": {"resourceVersion": self._resource_version or ""}}
+    def _watch_reached(self, obj: JsonObj) -> bool:
+        """Whether the list+watch has already delivered `obj`'s resourceVersion (only
+        integer versions compare, as in newer_or_same; otherwise: not known to)."""
+        version = str(obj["metadata"].get("resourceVersion") or "")
+        watched = self._resource_version or ""
+        return version.isdigit() and watched.isdigit() and int(watched) >= int(version)
 
     def _apply(self, event_type: str, obj: JsonObj, notify: bool = True) -> None:
         meta = obj["metadata"]
