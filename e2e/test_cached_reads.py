@@ -41,19 +41,18 @@ def scrape(base: str) -> str:
         return str(response.read().decode())
 
 
-def requests_by_verb(text: str) -> Counter[tuple[str, str]]:
-    counts: Counter[tuple[str, str]] = Counter()
-    for labels, value in SERIES.findall(text):
-        fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        counts[(fields["verb"], fields["resource"])] += int(float(value))
-    return counts
-
-
 def requests_by_code(text: str) -> Counter[tuple[str, str, str]]:
     counts: Counter[tuple[str, str, str]] = Counter()
     for labels, value in SERIES.findall(text):
         fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         counts[(fields["verb"], fields["resource"], fields["code"])] += int(float(value))
+    return counts
+
+
+def requests_by_verb(text: str) -> Counter[tuple[str, str]]:
+    counts: Counter[tuple[str, str]] = Counter()
+    for (verb, resource, _), value in requests_by_code(text).items():
+        counts[(verb, resource)] += value
     return counts
 
 

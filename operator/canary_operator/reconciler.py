@@ -1004,40 +1004,31 @@ class Reconciler:
     ) -> None:
         ns, spec = rollout.namespace, rollout.spec
         target = objects.target_selector(spec)
-        # An object already being deleted (a Foreground deletion waits for its pods) is
-        # not deleted again: cleanup asks for this until every canary object is gone.
-        for deployment in await kube.list(
-            path("apps", "v1", "deployments", ns), f"{target},{objects.ROLE_LABEL}"
-        ):
-            if not deployment["metadata"].get("deletionTimestamp"):
-                await kube.delete(
-                    path("apps", "v1", "deployments", ns, deployment["metadata"]["name"]),
-                    "Foreground",
-                )
-        for service in await kube.list(
-            path("", "v1", "services", ns), f"{target},{objects.ROLE_LABEL}"
-        ):
-            if not service["metadata"].get("deletionTimestamp"):
-                await kube.delete(path("", "v1", "services", ns, service["metadata"]["name"]))
+        deployments = path("apps", "v1", "deployments", ns)
+        for deployment in await kube.list(deployments, f"{target},{objects.ROLE_LABEL}"):
+            await _delete_unless_going(kube, deployments, deployment, "Foreground")
+        services = path("", "v1", "services", ns)
+        for service in await kube.list(services, f"{target},{objects.ROLE_LABEL}"):
+            await _delete_unless_going(kube, services, service)
+        jobs = path("batch", "v1", "jobs", ns)
         for job in await kube.list(
-            path("batch", "v1", "jobs", ns),
+            jobs,
             f"{objects.operator_jobs_selector(spec)},{objects.PURPOSE_LABEL}=test",
         ):
-            job_path = path("batch", "v1", "jobs", ns, job["metadata"]["name"])
-            if job["metadata"]["name"] in keep and _owned_by(job, rollout.uid):
+            name = job["metadata"]["name"]
+            if name in keep and _owned_by(job, rollout.uid):
                 # Kept for its logs (keepFailedJobs): relabelled so that no cleanup,
                 # of this rollout or a later one, deletes it; it goes with its owner.
                 await kube.merge_patch(
-                    job_path, {"metadata": {"labels": {objects.PURPOSE_LABEL: EVIDENCE}}}
+                    f"{jobs}/{name}", {"metadata": {"labels": {objects.PURPOSE_LABEL: EVIDENCE}}}
                 )
                 continue
-            if not job["metadata"].get("deletionTimestamp"):
-                await kube.delete(job_path)
+            await _delete_unless_going(kube, jobs, job)
         # Pods of a deleted ReplicaSet go through the garbage collector; delete them
         # directly too, so verification does not wait on it.
-        for pod in await kube.list(path("", "v1", "pods", ns), objects.any_role_selector(spec)):
-            if not pod["metadata"].get("deletionTimestamp"):
-                await kube.delete(path("", "v1", "pods", ns, pod["metadata"]["name"]))
+        pods = path("", "v1", "pods", ns)
+        for pod in await kube.list(pods, objects.any_role_selector(spec)):
+            await _delete_unless_going(kube, pods, pod)
 
     # ----------------------------------------------------------------- status
 
@@ -1235,6 +1226,16 @@ def _job(body: JsonObj) -> JobView:
 
 def _purpose(body: JsonObj) -> str:
     return str((body["metadata"].get("labels") or {}).get(objects.PURPOSE_LABEL, ""))
+
+
+async def _delete_unless_going(
+    kube: Kube, collection: str, obj: JsonObj, propagation: str = "Background"
+) -> None:
+    """Delete `obj` (listed from `collection`) unless it is already being deleted (a
+    Foreground deletion waits for its pods): cleanup asks for this on every reconcile
+    until every canary object is gone, and each repeat would cost a fencing read."""
+    if not obj["metadata"].get("deletionTimestamp"):
+        await kube.delete(f"{collection}/{obj['metadata']['name']}", propagation)
 
 
 def _owned_by(body: JsonObj, uid: str) -> bool:

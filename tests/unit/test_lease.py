@@ -289,11 +289,16 @@ class CountingApi(FakeApi):
         return await super().get(path)
 
 
-async def test_the_holder_releases_against_the_version_it_wrote_without_reading_it() -> None:
+async def held_by_a() -> tuple[CountingApi, LeaseLock]:
     api = CountingApi()
     a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
     lock = LeaseLock(api, Clock())  # type: ignore[arg-type]
     assert (await lock.observe(NS, "web", a, [a], True, alive)).held
+    return api, lock
+
+
+async def test_the_holder_releases_against_the_version_it_wrote_without_reading_it() -> None:
+    api, lock = await held_by_a()
     reads = api.gets
     assert await lock.release(NS, "web", "uid-a")
     assert api.gets == reads  # the renewer's version (its acquisition) was current
@@ -302,14 +307,6 @@ async def test_the_holder_releases_against_the_version_it_wrote_without_reading_
     history = json.loads(body["metadata"]["annotations"]["canary-operator.dev/history"])
     assert history[-1]["holder"] == "a" and "released" in history[-1]
     assert not lock.renewer.holds(NS, lease_name("web"))
-
-
-async def held_by_a() -> tuple[CountingApi, LeaseLock]:
-    api = CountingApi()
-    a = rollout("a", "2026-01-01T00:00:00Z", Phase.PROGRESSING)
-    lock = LeaseLock(api, Clock())  # type: ignore[arg-type]
-    assert (await lock.observe(NS, "web", a, [a], True, alive)).held
-    return api, lock
 
 
 async def written_behind_our_back(api: CountingApi, **spec: Any) -> None:

@@ -313,6 +313,11 @@ class Kube:
             raise
 
 
+def is_dry_run(query: Any) -> bool:
+    """Whether a request's query asks for a dry run (no side effect, nothing stored)."""
+    return bool(query and dict(query).get("dryRun"))
+
+
 class WrappedKube(Kube):
     """A Kube in front of another: the same client and field manager (its User-Agent
     already set), requests sent (and counted) by the one behind."""
@@ -405,8 +410,7 @@ class FencedWrites(WrappedKube):
         return await self.direct.list(resource_path, label_selector)
 
     async def sending(self, method: str, query: Any) -> None:
-        dry_run = bool(query and dict(query).get("dryRun"))
-        if method != "GET" and not dry_run:
+        if method != "GET" and not is_dry_run(query):
             if self._confirmed is None:
                 self._confirmed = asyncio.ensure_future(self._confirm())
             # Shielded: concurrent writes of one action share one check.

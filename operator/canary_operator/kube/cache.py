@@ -27,7 +27,14 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from canary_operator.kube.api import JsonObj, Kube, ResourceKind, WrappedKube, parse_path
+from canary_operator.kube.api import (
+    JsonObj,
+    Kube,
+    ResourceKind,
+    WrappedKube,
+    is_dry_run,
+    parse_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -414,16 +421,13 @@ class CachedKube(WrappedKube):
         return await self.direct.list(resource_path, label_selector)
 
     def answered(self, method: str, resource_path: str, query: Any, result: Any) -> None:
+        if not isinstance(result, dict) or "metadata" not in result or is_dry_run(query):
+            return
         # A DELETE answered with the object means it is still there, being deleted
         # (finalizers, a Foreground deletion waiting for its dependents): keep that
         # version too, so the next reconcile does not ask to delete it again.
-        deleting = (
-            method == "DELETE"
-            and isinstance(result, dict)
-            and bool((result.get("metadata") or {}).get("deletionTimestamp"))
-        )
-        if (method in ("POST", "PUT", "PATCH") or deleting) and isinstance(result, dict):
+        deleting = method == "DELETE" and bool(result["metadata"].get("deletionTimestamp"))
+        if method in ("POST", "PUT", "PATCH") or deleting:
             where = parse_path(resource_path)
-            dry_run = bool(query and dict(query).get("dryRun"))
-            if where is not None and not where[3] and not dry_run and "metadata" in result:
+            if where is not None and not where[3]:
                 self.cache.put(where[0], result)  # seen before the watch brings it

@@ -38,7 +38,7 @@ from canary_operator.engine.types import LockView
 from canary_operator.kube.api import Conflict, JsonObj, Kube
 from canary_operator.lock import queue
 from canary_operator.lock.queue import Candidate
-from canary_operator.lock.renewer import LeaseRenewer, lease_path, micro_time
+from canary_operator.lock.renewer import LeaseRenewer, holder_of, lease_path, micro_time
 
 __all__ = [
     "HISTORY_ANNOTATION",
@@ -287,7 +287,7 @@ class LeaseLock:
         # No renewal may race the release. The renewer's version (its own last write,
         # or newer as seen) is what the conditional release is written against.
         known = self.renewer.drop(namespace, name)
-        if known is not None and _holder_uid(known) == uid:
+        if known is not None and holder_of(known)[0] == uid:
             try:
                 await self.kube.replace(where, _released(known, uid))
                 return True
@@ -296,15 +296,10 @@ class LeaseLock:
         # Fresh: the release is conditional, and a renewal the cache has not seen yet
         # would make it fail and hold up the next rollout by a retry.
         lease = await self.fresh.get(where)
-        if lease is None or _holder_uid(lease) != uid:
+        if lease is None or holder_of(lease)[0] != uid:
             return False
         await self.kube.replace(where, _released(lease, uid))  # Conflict: caller retries
         return True
-
-
-def _holder_uid(lease: JsonObj) -> str | None:
-    holder: str | None = (lease.get("spec") or {}).get("holderIdentity")
-    return holder
 
 
 def _released(lease: JsonObj, uid: str) -> JsonObj:

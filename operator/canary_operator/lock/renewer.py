@@ -67,7 +67,8 @@ def _version(lease: JsonObj) -> int:
         return 0
 
 
-def _holder(lease: JsonObj) -> tuple[str | None, int]:
+def holder_of(lease: JsonObj) -> tuple[str | None, int]:
+    """A Lease's holder (uid) and token (its transitions)."""
     spec = lease.get("spec") or {}
     return spec.get("holderIdentity") or None, int(spec.get("leaseTransitions") or 0)
 
@@ -100,7 +101,7 @@ class LeaseRenewer:
 
     def hold(self, namespace: str, lease: JsonObj, holder_name: str) -> None:
         """`lease` names one of our rollouts as holder: renew it from now on."""
-        uid, token = _holder(lease)
+        uid, token = holder_of(lease)
         if uid is None:
             return
         key = (namespace, lease["metadata"]["name"])
@@ -128,7 +129,7 @@ class LeaseRenewer:
         held = self._held.get((meta.get("namespace", ""), meta["name"]))
         if held is None or _version(lease) <= _version(held.lease):
             return
-        if _holder(lease) != (held.holder_uid, held.token):
+        if holder_of(lease) != (held.holder_uid, held.token):
             self._lost(held, lease)
             return
         held.lease, held.renewed_at = lease, self.clock()  # a newer version: renewed
@@ -141,7 +142,7 @@ class LeaseRenewer:
         return (namespace, name) in self._held
 
     def _lost(self, held: HeldLease, lease: JsonObj | None) -> None:
-        now_holder = _holder(lease)[0] if lease is not None else None
+        now_holder = holder_of(lease)[0] if lease is not None else None
         log.warning(
             "lock %s/%s of %s is no longer ours (holder now %s)",
             held.namespace,
@@ -205,7 +206,7 @@ class LeaseRenewer:
                 written = await asyncio.wait_for(self.kube.replace(where, body), self.write_timeout)
             except Conflict:
                 fresh = await asyncio.wait_for(self.fresh.get(where), self.write_timeout)
-                if fresh is None or _holder(fresh) != (held.holder_uid, held.token):
+                if fresh is None or holder_of(fresh) != (held.holder_uid, held.token):
                     self._lost(held, fresh)
                     return
                 written = fresh  # renewed by someone else (another operator process)
