@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from canary_operator.cli.kubectl_canary import build_parser, render_status
+from canary_operator.cli.kubectl_canary import build_parser
+from canary_operator.cli.status_view import render_status
 from canary_operator.cli.wait import properties, rollout_name
 from canary_operator.rollout_view import effective_phase, settled
 

@@ -22,6 +22,8 @@ from canary_operator.api.models import CanaryRolloutSpec, Phase
 from canary_operator.checks.evidence import LIMIT_BYTES, job_log_tails
 from canary_operator.cli import client, listing, live, wait
 from canary_operator.cli.client import CliError, Session
+from canary_operator.cli.status_view import recorded_phase, render_status
+from canary_operator.cli.steps import raw_steps
 from canary_operator.engine.machine import ALLOW_OLDER_ANNOTATION
 from canary_operator.kube.api import JsonObj, path
 from canary_operator.lock import queue
@@ -37,9 +39,6 @@ from canary_operator.rollout_view import (
     settled,
 )
 
-MARKS = {"Succeeded": "[x]", "Running": "[>]", "Failed": "[!]", "Cancelled": "[-]"}
-PENDING_MARK = "[ ]"
-LEGEND = "[x] done  [>] running  [ ] pending  [!] failed  [-] cancelled"
 Command = Callable[[Session, argparse.Namespace], Awaitable[int]]
 
 
@@ -53,43 +52,8 @@ def _spec(body: JsonObj) -> CanaryRolloutSpec | None:
         return None
 
 
-def _phase(body: JsonObj) -> str:
-    return str((body.get("status") or {}).get("phase") or "Pending")
-
-
-STEP_KINDS = ("canary", "setWeight", "pause", "test", "parallel", "analysis", "promote")
-
-
-def step_kind(step: JsonObj) -> str:
-    return next((k for k in STEP_KINDS if k in step), "?")
-
-
-def describe_step(step: JsonObj) -> str:
-    """A short text for one spec step (its kind and main parameter), from the raw spec
-    so that a plugin older or newer than the operator still shows every step."""
-    kind = step_kind(step)
-    if kind == "canary":
-        replicas = int((step["canary"] or {}).get("replicas", 1))
-        return f"canary {replicas} pod{'s' if replicas != 1 else ''}"
-    if kind == "setWeight":
-        return f"setWeight {step['setWeight']}%"
-    if kind == "pause":
-        duration = (step["pause"] or {}).get("duration")
-        return f"pause {duration}" if duration else "pause (until resumed)"
-    if kind == "parallel":
-        return f"parallel ({len(step['parallel'] or [])})"
-    if kind == "test":
-        return "test job" if (step["test"] or {}).get("job") else "test webhook"
-    return kind
-
-
-def _raw_steps(body: JsonObj) -> list[JsonObj]:
-    steps: list[JsonObj] = (body.get("spec") or {}).get("steps") or []
-    return steps
-
-
 def _indefinite_pause(body: JsonObj, index: int | None) -> bool:
-    steps = _raw_steps(body)
+    steps = raw_steps(body)
     if index is None or index >= len(steps):
         return False
     items = [steps[index], *(steps[index].get("parallel") or [])]
@@ -133,197 +97,6 @@ async def _patch_read(
     the rollout has not changed since it was read (409 otherwise)."""
     meta = {"annotations": annotations, "resourceVersion": body["metadata"]["resourceVersion"]}
     return await _patch(session, body, {"metadata": meta, "spec": spec})
-
-
-# --------------------------------------------------------------------- status
-
-
-def render_status(
-    body: JsonObj,
-    events: list[JsonObj] | None = None,
-    max_events: int = 10,
-    events_unavailable: str | None = None,
-) -> str:
-    """The `status` screen: summary, steps with marks, queue, outcome, events.
-
-    `events_unavailable`: why the Events could not be read (shown instead of them)."""
-    meta, status = body["metadata"], body.get("status") or {}
-    spec: JsonObj = body.get("spec") or {}
-    lines: list[str] = []
-
-    def field(label: str, value: object) -> None:
-        lines.append(f"{label + ':':<13}{value}")
-
-    field("Name", f"{meta['name']}  (namespace {meta['namespace']})")
-    target = (spec.get("target") or {}).get("deployment", "?")
-    routing = spec.get("trafficRouting") or {}
-    router = next((k for k in ("gatewayAPI", "nginx", "istio") if routing.get(k)), "replicas")
-    lock = spec.get("lockGroup") or target
-    field("Target", f"deployment/{target}  router {router}  lock {lock}")
-    phase = effective_phase(body)
-    shown_phase = phase if phase == _phase(body) else f"{phase} (operator has not seen the spec)"
-    field("Phase", f"{shown_phase}  run {status.get('run', 0)}")
-    if status.get("message"):
-        field("Message", status["message"])
-    if status.get("stepLabel"):
-        field("Step", status["stepLabel"])
-    field("Weight", f"{status['weight']}% to canary" if status.get("weight") is not None else "-")
-    lines.append(_queue_line(status))
-    field("Live", live_text(status))
-    if spec.get("paused"):
-        field("Paused", "yes (spec.paused); resume with: kubectl canary resume " + meta["name"])
-    outcome = status.get("outcome")
-    if outcome:
-        failed = f", failed step {outcome['failedStep']}" if outcome.get("failedStep") else ""
-        field("Outcome", f"{outcome['result']}{failed}: {outcome.get('message', '')}")
-    lines.append("")
-    lines.append(f"Steps  {LEGEND}")
-    lines.extend(_step_lines(_raw_steps(body), status))
-    cleanup = status.get("cleanup")
-    if cleanup:
-        lines.append("")
-        text = f"stage {cleanup.get('stage', '-')}, attempts {cleanup.get('attempts', 0)}"
-        if cleanup.get("lastError"):
-            text += f", last error: {cleanup['lastError']}"
-        if cleanup.get("finishedAt"):
-            text += f", finished {cleanup['finishedAt']}"
-        field("Cleanup", text)
-        for failed in cleanup.get("failedSteps") or []:
-            field(
-                "",
-                f"best-effort step {failed['step']} {failed['name']} failed: {failed['message']}",
-            )
-    lines.extend(_analysis_lines(status))
-    conditions = status.get("conditions") or []
-    if conditions:
-        lines.append("")
-        field(
-            "Conditions",
-            "  ".join(f"{c['type']}={c['status']} ({c.get('reason', '')})" for c in conditions),
-        )
-    if events_unavailable is not None:
-        lines.append("")
-        lines.append(f"Events:      unavailable ({events_unavailable})")
-    elif events is not None:
-        lines.append("")
-        lines.append(f"Events (last {min(len(events), max_events)} of {len(events)}):")
-        for event in events[-max_events:]:
-            stamp = (event.get("lastTimestamp") or event.get("eventTime") or "")[11:19]
-            times = int(event.get("count") or 1)  # an aggregated Event: seen that often
-            lines.append(
-                f"  {stamp:<8}  {event.get('type', ''):<7}  {event.get('reason', ''):<20}  "
-                f"{event.get('message', '')}" + (f" (x{times})" if times > 1 else "")
-            )
-        if not events:
-            lines.append("  <none>")
-    return "\n".join(lines)
-
-
-def live_text(status: JsonObj) -> str:
-    """What the target runs (status.live), and who promoted it."""
-    live = status.get("live")
-    if not live:
-        return "- (no promotion by canary-operator recorded on the target)"
-    who = "this rollout" if live.get("thisRollout") else live.get("rollout", "?")
-    text = f"{live.get('version', '?')}  promoted by {who} run {live.get('run', '?')}"
-    if live.get("promotedAt"):
-        text += f" at {live['promotedAt']}"
-    if live.get("drifted"):
-        text += f"; DRIFTED: the target now runs {live['drifted']}"
-    return text
-
-
-def _queue_line(status: JsonObj) -> str:
-    q = status.get("queue")
-    label = "Queue:       "
-    if not q:
-        return label + ("-" if _terminal(status) else "not queued yet")
-    lock = q.get("lock", "?")
-    waiting = int(q.get("waiting") or 0)
-    if int(q.get("position") or 0) == 0 and q.get("holder"):
-        return f"{label}holding {lock} ({waiting} waiting)"
-    holder = q.get("holder")
-    held = f"held by {holder} ({q.get('holderPhase') or '?'})" if holder else "free"
-    return f"{label}position {q.get('position')} of {waiting} for {lock}, {held}"
-
-
-def _terminal(status: JsonObj) -> bool:
-    return status.get("phase") in TERMINAL
-
-
-def _step_lines(spec_steps: list[JsonObj], status: JsonObj) -> list[str]:
-    recorded: list[JsonObj] = status.get("steps") or []
-    lines = []
-    for i in range(max(len(spec_steps), len(recorded))):
-        st = recorded[i] if i < len(recorded) else {}
-        step = spec_steps[i] if i < len(spec_steps) else {}
-        name = step.get("name") or st.get("name") or step_kind(step)
-        what = describe_step(step) if step else st.get("kind", "")
-        phase = st.get("phase", "Pending")
-        mark = MARKS.get(phase, PENDING_MARK)
-        message = st.get("message") or ""
-        lines.append(f"  {mark} {i + 1:>2}. {name:<22} {what:<22} {phase:<10} {message}".rstrip())
-        children = st.get("children") or []
-        items: list[JsonObj] = step.get("parallel") or []
-        for n in range(max(len(children), len(items))):
-            child = children[n] if n < len(children) else {}
-            item = items[n] if n < len(items) else {}
-            cname = child.get("name") or item.get("name") or f"item {n + 1}"
-            ckind = child.get("kind") or step_kind(item)
-            cphase = child.get("phase", "Pending")
-            cmark = MARKS.get(cphase, PENDING_MARK)
-            cmsg = child.get("message") or ""
-            lines.append(f"        {cmark} {cname:<20} {ckind:<20} {cphase:<10} {cmsg}".rstrip())
-    return lines
-
-
-def _analysis_lines(status: JsonObj) -> list[str]:
-    """Analysis verdicts of the steps (and parallel items) that ran an analysis."""
-    found: list[tuple[str, JsonObj]] = []
-    for i, step in enumerate(status.get("steps") or []):
-        for holder in [step, *(step.get("children") or [])]:
-            if isinstance(holder.get("analysis"), dict):
-                found.append((f"step {i + 1} {holder.get('name', '')}", holder["analysis"]))
-    if not found:
-        return []
-    lines = ["", "Analysis:"]
-    for where, analysis in found:
-        head = f"  {where}: {analysis.get('phase', '?')}"
-        if analysis.get("score") is not None:
-            head += f"  score {analysis['score']:g}"
-        if analysis.get("classification"):
-            head += f" ({analysis['classification']})"
-        if analysis.get("message"):
-            head += f"  {analysis['message']}"
-        lines.append(head)
-        lines.extend(f"      {_metric_verdict(m)}" for m in analysis.get("metrics") or [])
-    return lines
-
-
-def _metric_verdict(metric: JsonObj) -> str:
-    """One metric: its verdict, then counts (thresholds) or ratio and CI (statistical)."""
-    parts = [f"{metric.get('name', '?'):<20}", f"{metric.get('verdict', '?'):<12}"]
-    counts = [
-        f"{metric[k]} {label}"
-        for k, label in (
-            ("successful", "ok"),
-            ("failed", "failed"),
-            ("inconclusive", "inconclusive"),
-            ("noData", "no data"),
-        )
-        if metric.get(k) is not None
-    ]
-    if counts:
-        parts.append(", ".join(counts))
-    if metric.get("lastValue") is not None:
-        parts.append(f"last {metric['lastValue']:g}")
-    if metric.get("ratio") is not None:
-        parts.append(f"ratio {metric['ratio']:g}")
-    if metric.get("lowerCI") is not None and metric.get("upperCI") is not None:
-        parts.append(f"CI [{metric['lowerCI']:g}, {metric['upperCI']:g}]")
-    if metric.get("message"):
-        parts.append(str(metric["message"]))
-    return "  ".join(parts)
 
 
 # -------------------------------------------------------------------- commands
@@ -493,8 +266,10 @@ async def cmd_watch(session: Session, args: argparse.Namespace) -> int:
 
 async def cmd_abort(session: Session, args: argparse.Namespace) -> int:
     body = await client.get_rollout(session, args.name)
-    if _phase(body) in TERMINAL:
-        print(f"canaryrollout/{args.name} already finished ({_phase(body)}); nothing to abort")
+    if recorded_phase(body) in TERMINAL:
+        print(
+            f"canaryrollout/{args.name} already finished ({recorded_phase(body)}); nothing to abort"
+        )
         return 0
     await _patch(session, body, {"spec": {"abort": True}})
     print(f"canaryrollout/{args.name} abort requested; its cleanup runs next")
@@ -504,8 +279,10 @@ async def cmd_abort(session: Session, args: argparse.Namespace) -> int:
 async def _unfinished(session: Session, name: str, verb: str) -> JsonObj:
     """The rollout, or a CliError when it has ended (nothing to `verb`)."""
     body = await client.get_rollout(session, name)
-    if _phase(body) in TERMINAL:
-        raise CliError(f"canaryrollout/{name} is {_phase(body)}; there is nothing to {verb}")
+    if recorded_phase(body) in TERMINAL:
+        raise CliError(
+            f"canaryrollout/{name} is {recorded_phase(body)}; there is nothing to {verb}"
+        )
     return body
 
 
@@ -533,7 +310,7 @@ async def cmd_resume(session: Session, args: argparse.Namespace) -> int:
 
 async def cmd_promote(session: Session, args: argparse.Namespace) -> int:
     body = await client.get_rollout(session, args.name)
-    phase = _phase(body)
+    phase = recorded_phase(body)
     if phase in TERMINAL or phase == Phase.CLEANING_UP:
         raise CliError(f"canaryrollout/{args.name} is {phase}; only a running rollout is promoted")
     run = (body.get("status") or {}).get("run") or 1
@@ -544,7 +321,7 @@ async def cmd_promote(session: Session, args: argparse.Namespace) -> int:
 
 async def cmd_retry(session: Session, args: argparse.Namespace) -> int:
     body = await client.get_rollout(session, args.name)
-    phase = _phase(body)
+    phase = recorded_phase(body)
     if phase not in TERMINAL:
         raise CliError(
             f"canaryrollout/{args.name} is {phase}; retry starts a new run of a finished one"
@@ -577,7 +354,7 @@ def _candidates(items: list[JsonObj], lock_key: str) -> list[tuple[Candidate, Js
                     name=meta["name"],
                     uid=meta["uid"],
                     created=meta.get("creationTimestamp", ""),
-                    phase=Phase(_phase(body)),
+                    phase=Phase(recorded_phase(body)),
                     policy=spec.policy,
                     deleting=bool(meta.get("deletionTimestamp")),
                 ),

@@ -22,6 +22,7 @@ import yaml
 
 from canary_operator.cli import client, listing
 from canary_operator.cli.client import Session
+from canary_operator.cli.steps import describe_step, step_kind
 from canary_operator.kube.api import JsonObj, path
 from canary_operator.rollout_view import effective_phase, settled
 
@@ -47,18 +48,6 @@ PHASE_ICONS = {
 
 
 # ------------------------------------------------------------------ the tree
-
-
-def _step_text(step: JsonObj) -> str:
-    from canary_operator.cli.kubectl_canary import describe_step
-
-    return describe_step(step)
-
-
-def _kind(step: JsonObj) -> str:
-    from canary_operator.cli.kubectl_canary import step_kind
-
-    return step_kind(step)
 
 
 def workload_names(body: JsonObj) -> dict[str, str]:
@@ -121,8 +110,8 @@ def render_tree(body: JsonObj, replicasets: list[JsonObj] | None = None) -> str:
         last = i == count - 1
         branch, cont = ("└── ", "    ") if last else ("├── ", "│   ")
         sphase = str(st.get("phase", "Pending"))
-        name = step.get("name") or st.get("name") or _kind(step)
-        what = _step_text(step) if step else str(st.get("kind", ""))
+        name = step.get("name") or st.get("name") or step_kind(step)
+        what = describe_step(step) if step else str(st.get("kind", ""))
         current = " ◀" if status.get("currentStep") == i and phase not in listing_terminal() else ""
         message = f"  {st['message']}" if st.get("message") else ""
         step_lines.append(
@@ -135,7 +124,7 @@ def render_tree(body: JsonObj, replicasets: list[JsonObj] | None = None) -> str:
             item = items[n] if n < len(items) else {}
             clast = n == max(len(children), len(items)) - 1
             cname = child.get("name") or item.get("name") or f"item {n + 1}"
-            ckind = child.get("kind") or _kind(item)
+            ckind = child.get("kind") or step_kind(item)
             cphase = str(child.get("phase", "Pending"))
             cmsg = f"  {child['message']}" if child.get("message") else ""
             step_lines.append(
