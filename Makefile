@@ -83,10 +83,11 @@ test: deps $(VENV)/.installed ## run the whole suite (tests/ and e2e/)
 	@if [ -z "$${CANARY_TEST_KUBECONFIG:-}" ]; then hack/cluster/build.sh >/dev/null; fi
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed ## ruff check, ruff format --check, mypy
+lint: $(VENV)/.installed ## ruff check, ruff format --check, mypy, the layering test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_layering.py
 
 # --- benchmarks (by hand; they print figures, they assert nothing) -------------------
 
