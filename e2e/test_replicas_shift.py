@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from canary_operator.engine.weights import plan_shift, plan_shift_canary, plan_weight
 from canary_operator.kube.objects import STABLE_REPLICAS
-from canary_operator.traffic.base import plan_shift, plan_shift_canary, plan_weight
 from e2e import manifests as m
 from e2e.conftest import (
     TERMINAL,

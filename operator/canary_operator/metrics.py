@@ -39,7 +39,7 @@ from canary_operator.api.models import (
     ChildStepStatus,
     Phase,
 )
-from canary_operator.engine.machine import parse_any_time, parse_time
+from canary_operator.api.timestamps import parse_any_time, parse_time
 
 log = logging.getLogger(__name__)
 

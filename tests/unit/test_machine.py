@@ -63,7 +63,7 @@ from canary_operator.engine.types import (
     SetRouteWeight,
     WorkloadView,
 )
-from canary_operator.traffic.base import replicas_weight
+from canary_operator.engine.weights import replicas_weight
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 ME = "web-v2"

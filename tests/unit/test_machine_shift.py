@@ -37,7 +37,7 @@ from canary_operator.engine.types import (
     StableRecord,
     WorkloadView,
 )
-from canary_operator.traffic.base import (
+from canary_operator.engine.weights import (
     original_replicas,
     plan_shift,
     plan_shift_canary,

@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import pytest
 
-from canary_operator.traffic.base import (
+from canary_operator.engine.weights import (
     ShiftPlan,
     original_replicas,
     plan_shift,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from canary_operator.traffic.base import WeightPlan, plan_weight, replicas_weight
+from canary_operator.engine.weights import WeightPlan, plan_weight, replicas_weight
 
 # ---------------------------------------------------------------- replicas_weight
 

@@ -13,7 +13,7 @@ cleanup has been verified.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from canary_operator.api.models import (
     TERMINAL_PHASES,
@@ -38,6 +38,12 @@ from canary_operator.api.models import (
     WebhookSpec,
     parse_duration,
 )
+
+# Re-exported for code that still imports them from here (their home is api/timestamps).
+from canary_operator.api.timestamps import iso as iso
+from canary_operator.api.timestamps import parse_any_time as parse_any_time
+from canary_operator.api.timestamps import parse_time as parse_time
+from canary_operator.api.timestamps import precise as precise
 from canary_operator.checks.render import template_problems
 from canary_operator.engine import analysis
 from canary_operator.engine.types import (
@@ -62,7 +68,7 @@ from canary_operator.engine.types import (
     SetRouteWeight,
     WorkloadView,
 )
-from canary_operator.traffic.base import (
+from canary_operator.engine.weights import (
     original_replicas,
     plan_shift,
     plan_shift_canary,
@@ -83,28 +89,6 @@ ALLOW_OLDER_ANNOTATION = "canary-operator.dev/allow-older"
 # its Deployments, Jobs and the Lease. These bound how stale a missed event can leave us.
 POLL_RUNNING = 5.0
 POLL_WAITING = 15.0
-
-
-def iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-def precise(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_any_time(text: str) -> datetime | None:
-    """A timestamp in seconds (the API's) or microseconds (the operator's own)."""
-    for form in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return datetime.strptime(text, form).replace(tzinfo=UTC)
-        except ValueError:
-            continue
-    return None
 
 
 def image_label(images: dict[str, str] | Mapping[str, str]) -> str:
@@ -393,7 +377,7 @@ def _pending(ctx: _Context, holding: bool = False) -> None:
     if older:
         _end_without_run(ctx, Result.OLDER_THAN_LIVE, older, holding)
         return
-    status.queued_at = ctx.now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    status.queued_at = precise(ctx.now)
     # A run that holds its lock already never waits: no Queued Event to say it does
     # (LockAcquired follows in this plan; status.queuedAt still records the moment).
     ctx.enter(Phase.QUEUED, f"waiting for lock {obs.lock.name}", announce=not holding)

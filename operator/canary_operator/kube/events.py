@@ -35,6 +35,7 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from canary_operator.api import models
+from canary_operator.api.timestamps import iso, precise
 from canary_operator.kube.api import Kube, path
 
 log = logging.getLogger(__name__)
@@ -302,11 +303,11 @@ class EventRecorder:
             "reportingComponent": self.component,
             # Microseconds: several events often fall in one second, and timestamps in
             # seconds would leave their order to chance (`kubectl events` sorts on this).
-            "eventTime": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "eventTime": precise(moment),
             "reportingInstance": self.instance,
             "action": reason,
         }
 
 
 def _seconds(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(moment)

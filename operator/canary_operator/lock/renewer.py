@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from canary_operator.api.timestamps import precise
 from canary_operator.kube.api import Conflict, JsonObj, Kube, path
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def lease_path(namespace: str, name: str | None = None) -> str:
 
 def micro_time(now: datetime | None = None) -> str:
     """A Lease's MicroTime (renewTime, acquireTime)."""
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return precise(now or datetime.now(UTC))
 
 
 @dataclass

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from canary_operator.api.models import CanaryRolloutStatus
+from canary_operator.api.timestamps import iso
 from canary_operator.kube.api import JsonObj
 from canary_operator.notifications.config import Service, Subscription, Template
 from canary_operator.notifications.templating import render
@@ -63,7 +64,7 @@ def context(body: JsonObj, trigger: str, extra: dict[str, Any] | None = None) ->
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(datetime.now(UTC))
 
 
 def payload(

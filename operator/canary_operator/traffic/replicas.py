@@ -22,9 +22,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from canary_operator.engine.types import RouteView, StableRecord
+from canary_operator.engine.weights import original_replicas, replicas_weight
 from canary_operator.kube.api import Conflict, JsonObj, Kube, path
 from canary_operator.kube.objects import STABLE_REPLICAS
-from canary_operator.traffic.base import TrafficRouter, original_replicas, replicas_weight
+from canary_operator.traffic.base import TrafficRouter
 
 
 class ReplicasRouter:
