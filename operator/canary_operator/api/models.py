@@ -308,6 +308,16 @@ class IstioRouting(ApiModel):
     )
 
 
+# The router kinds: the keys of spec.trafficRouting, as TrafficRouting.kind and
+# CanaryRolloutSpec.router_kind name them. traffic/factory.py builds a router for each
+# (and checks it covers exactly these); the layers below traffic/ compare with them.
+ROUTER_REPLICAS = "replicas"  # the default: weight by pod count, no router object
+ROUTER_GATEWAY_API = "gatewayAPI"
+ROUTER_NGINX = "nginx"
+ROUTER_ISTIO = "istio"
+ROUTER_KINDS = (ROUTER_REPLICAS, ROUTER_GATEWAY_API, ROUTER_NGINX, ROUTER_ISTIO)
+
+
 class TrafficRouting(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -335,13 +345,15 @@ class TrafficRouting(ApiModel):
 
     @property
     def kind(self) -> str:
-        if self.gateway_api:
-            return "gatewayAPI"
+        # With several set (the CRD refuses it; a spec built in code may not), the one
+        # the operator has always routed with: nginx, then istio, then gatewayAPI.
         if self.nginx:
-            return "nginx"
+            return ROUTER_NGINX
         if self.istio:
-            return "istio"
-        return "replicas"
+            return ROUTER_ISTIO
+        if self.gateway_api:
+            return ROUTER_GATEWAY_API
+        return ROUTER_REPLICAS
 
 
 class CanaryStepSpec(ApiModel):
@@ -769,7 +781,7 @@ class CanaryRolloutSpec(ApiModel):
 
     @property
     def router_kind(self) -> str:
-        return self.traffic_routing.kind if self.traffic_routing else "replicas"
+        return self.traffic_routing.kind if self.traffic_routing else ROUTER_REPLICAS
 
     @property
     def shift(self) -> ReplicasRouting | None:

@@ -3,6 +3,7 @@ analysis verdicts and Events, as text (cli/kubectl_canary.py reads and prints it
 
 from __future__ import annotations
 
+from canary_operator.api.models import ROUTER_KINDS, ROUTER_REPLICAS
 from canary_operator.cli.steps import describe_step, raw_steps, step_kind
 from canary_operator.kube.api import JsonObj
 from canary_operator.rollout_view import TERMINAL, effective_phase
@@ -36,7 +37,11 @@ def render_status(
     field("Name", f"{meta['name']}  (namespace {meta['namespace']})")
     target = (spec.get("target") or {}).get("deployment", "?")
     routing = spec.get("trafficRouting") or {}
-    router = next((k for k in ("gatewayAPI", "nginx", "istio") if routing.get(k)), "replicas")
+    # The raw spec (the plugin may be older or newer than the operator): the first
+    # router set, else the default.
+    router = next(
+        (k for k in ROUTER_KINDS if k != ROUTER_REPLICAS and routing.get(k)), ROUTER_REPLICAS
+    )
     lock = spec.get("lockGroup") or target
     field("Target", f"deployment/{target}  router {router}  lock {lock}")
     phase = effective_phase(body)

@@ -247,7 +247,7 @@ def canary_deployment(
     if drop_labels is not None:
         drop: Iterable[str] = drop_labels
     else:
-        drop = (service_selector or {}) if spec.router_kind != "replicas" else {}
+        drop = (service_selector or {}) if spec.router_kind != models.ROUTER_REPLICAS else {}
     return _role_deployment(
         spec,
         "canary",
