@@ -20,7 +20,7 @@ import pytest
 
 from canary_operator.api.models import IstioRouting
 from canary_operator.kube.objects import FENCING
-from canary_operator.traffic.gateway_api import PermanentRouteError
+from canary_operator.traffic.base import PermanentRouteError
 from canary_operator.traffic.istio import (
     ORIGINAL_WEIGHTS,
     IstioRouter,

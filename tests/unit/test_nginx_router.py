@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from canary_operator.api.models import NginxRouting
 from canary_operator.kube.api import Conflict
 from canary_operator.kube.objects import FENCING
-from canary_operator.traffic.gateway_api import PermanentRouteError
+from canary_operator.traffic.base import PermanentRouteError
 from canary_operator.traffic.nginx import (
     NginxRouter,
     canary_annotations,

@@ -7,6 +7,11 @@ from typing import Protocol
 from canary_operator.engine.types import RouteView
 
 
+class PermanentRouteError(Exception):
+    """The router's object is missing, or not as the router needs it (no rule to the
+    stable Service, ...): the rollout's configuration is at fault, not a transient error."""
+
+
 class TrafficRouter(Protocol):
     """Moves traffic between the stable and canary Services of one rollout.
 

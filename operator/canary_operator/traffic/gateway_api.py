@@ -16,11 +16,10 @@ from canary_operator.engine.types import RouteView
 from canary_operator.kube.api import JsonObj, Kube, path
 from canary_operator.kube.objects import FENCING
 
+# Importable from here until reconciler.py imports it from traffic/base.py.
+from canary_operator.traffic.base import PermanentRouteError as PermanentRouteError
+
 ORIGINAL_WEIGHTS = "canary-operator.dev/original-weights"
-
-
-class PermanentRouteError(Exception):
-    pass
 
 
 def is_service_ref(ref: JsonObj, name: str) -> bool:

@@ -29,7 +29,7 @@ from canary_operator.api.models import IstioRouting, IstioVirtualService
 from canary_operator.engine.types import RouteView
 from canary_operator.kube.api import JsonObj, Kube, path
 from canary_operator.kube.objects import FENCING
-from canary_operator.traffic.gateway_api import PermanentRouteError
+from canary_operator.traffic.base import PermanentRouteError
 
 ORIGINAL_WEIGHTS = "canary-operator.dev/original-weights"
 GROUP, VERSION = "networking.istio.io", "v1"

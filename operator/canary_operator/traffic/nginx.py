@@ -24,7 +24,7 @@ from canary_operator.api.models import NginxRouting
 from canary_operator.engine.types import RouteView
 from canary_operator.kube.api import JsonObj, Kube, path
 from canary_operator.kube.objects import FENCING, MANAGED_BY, OPERATOR
-from canary_operator.traffic.gateway_api import PermanentRouteError
+from canary_operator.traffic.base import PermanentRouteError
 
 # Copied from the stable Ingress: the controller picks Ingresses by class.
 CLASS_ANNOTATION = "kubernetes.io/ingress.class"
