@@ -1,0 +1,133 @@
+"""The one place a router kind becomes a router.
+
+ROUTERS maps each kind of `api.models.ROUTER_KINDS` (the kind
+`CanaryRolloutSpec.router_kind` names) to the builder of its router. A new router adds
+its module here in traffic/, one entry in ROUTERS and its kind in api/models.py (and,
+when it writes a new kind of object, the operator's RBAC rules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from canary_operator.api.models import (
+    ROUTER_GATEWAY_API,
+    ROUTER_ISTIO,
+    ROUTER_KINDS,
+    ROUTER_NGINX,
+    ROUTER_REPLICAS,
+    CanaryRolloutSpec,
+    TrafficRouting,
+)
+from canary_operator.engine.types import Rollout
+from canary_operator.kube import objects
+from canary_operator.kube.api import Kube
+from canary_operator.traffic.base import TrafficRouter
+from canary_operator.traffic.gateway_api import GatewayAPIRouter
+from canary_operator.traffic.istio import IstioRouter
+from canary_operator.traffic.nginx import NginxRouter
+from canary_operator.traffic.replicas import ReplicasRouter, RestoresStable
+
+# (the rollout, what its writes are fenced with: "NAME/TOKEN", the client it reads with)
+Builder = Callable[[Rollout, str, Kube], TrafficRouter]
+
+
+def _stable_service(spec: CanaryRolloutSpec) -> str:
+    return spec.target.service or spec.target.deployment
+
+
+def _routing(spec: CanaryRolloutSpec) -> TrafficRouting:
+    assert spec.traffic_routing is not None  # its kind is not the default
+    return spec.traffic_routing
+
+
+def _replicas(rollout: Rollout, by: str, reads: Kube) -> TrafficRouter:
+    spec = rollout.spec
+    return ReplicasRouter(
+        reads, rollout.namespace, spec.target.deployment, objects.canary_name(spec)
+    )
+
+
+def _gateway_api(rollout: Rollout, by: str, reads: Kube) -> TrafficRouter:
+    spec = rollout.spec
+    config = _routing(spec).gateway_api
+    assert config is not None
+    return GatewayAPIRouter(
+        reads,
+        rollout.namespace,
+        config.http_route,
+        _stable_service(spec),
+        objects.canary_name(spec),
+        by,
+    )
+
+
+def _nginx(rollout: Rollout, by: str, reads: Kube) -> TrafficRouter:
+    spec = rollout.spec
+    config = _routing(spec).nginx
+    assert config is not None
+    canary = objects.canary_name(spec)
+    return NginxRouter(
+        reads,
+        rollout.namespace,
+        config,
+        _stable_service(spec),
+        canary,
+        # The canary Ingress is the operator's: labelled and owned like its other objects.
+        objects.owned_metadata(
+            spec, "canary", canary, rollout.namespace, rollout.name, rollout.uid
+        ),
+        by,
+    )
+
+
+def _istio(rollout: Rollout, by: str, reads: Kube) -> TrafficRouter:
+    spec = rollout.spec
+    config = _routing(spec).istio
+    assert config is not None
+    return IstioRouter(
+        reads,
+        rollout.namespace,
+        config,
+        _stable_service(spec),
+        objects.canary_name(spec),
+        by,
+        objects.selector_labels(spec, "canary"),
+    )
+
+
+ROUTERS: Mapping[str, Builder] = MappingProxyType(
+    {
+        ROUTER_REPLICAS: _replicas,
+        ROUTER_GATEWAY_API: _gateway_api,
+        ROUTER_NGINX: _nginx,
+        ROUTER_ISTIO: _istio,
+    }
+)
+# Not an `assert` (python -O drops those): a kind without a router must never load.
+if tuple(ROUTERS) != ROUTER_KINDS:
+    raise ImportError(f"routers for {tuple(ROUTERS)}, but the API's kinds are {ROUTER_KINDS}")
+
+
+def route_router_for(rollout: Rollout, token: int | None, reads: Kube) -> TrafficRouter:
+    """The router of the rollout's kind, alone: it moves traffic, and that is all."""
+    kind = rollout.spec.router_kind
+    build = ROUTERS.get(kind)
+    if build is None:
+        raise ValueError(f"no router of kind {kind!r} (known: {', '.join(ROUTERS)})")
+    return build(rollout, f"{rollout.name}/{token}", reads)
+
+
+def router_for(rollout: Rollout, token: int | None, reads: Kube, fresh: Kube) -> TrafficRouter:
+    """The rollout's router; whichever it is, its reset first restores a stable
+    Deployment that a Shift run scaled down (traffic/replicas.py). `reads` serves the
+    router's reads (and its writes), `fresh` the restore's reads that must be current."""
+    return RestoresStable(
+        route_router_for(rollout, token, reads),
+        reads,
+        rollout.namespace,
+        rollout.spec.target.deployment,
+        f"{rollout.name}/{token}",
+        fresh=fresh,
+    )
