@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from canary_operator.api.models import ContainerLogTail, Phase, Result, StepPhase
-from canary_operator.engine import machine
+from canary_operator.engine import evidence, machine, start
 from canary_operator.engine.types import (
     DeleteCanaryObjects,
     Emit,
@@ -173,7 +173,7 @@ def test_without_keep_failed_jobs_nothing_is_kept() -> None:
 def test_jobs_wanting_logs_skips_cleanup_jobs_and_recorded_ones() -> None:
     rollout = make_rollout(make_spec(job_test("a"), job_test("b")))
     status = rollout.status.model_copy(deep=True)
-    status.steps = [machine._fresh_step_status(s) for s in rollout.spec.steps]
+    status.steps = [start.fresh_step_status(s) for s in rollout.spec.steps]
     status.steps[0].job, status.steps[0].phase = "j-a", StepPhase.FAILED
     status.steps[1].job, status.steps[1].phase = "j-b", StepPhase.RUNNING
     jobs = {"j-a": JobView("j-a", failed=True), "j-b": JobView("j-b")}
@@ -193,10 +193,10 @@ def test_evidence_message_bounds_each_tail() -> None:
         ContainerLogTail(pod="p", container="a", tail=long),
         ContainerLogTail(pod="p", container="b", error="container not found"),
     ]
-    message = machine._evidence_message("smoke", "job-1", tails)
+    message = evidence.evidence_message("smoke", "job-1", tails)
     assert "THE END" in message and len(message) < 1024
     assert "p/b: logs unavailable (container not found)" in message
-    assert "left no pod logs" in machine._evidence_message("smoke", "job-1", [])
+    assert "left no pod logs" in evidence.evidence_message("smoke", "job-1", [])
 
 
 # ----------------------------------------------------------- start-of-run validation
