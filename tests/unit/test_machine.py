@@ -52,6 +52,7 @@ from canary_operator.engine.types import (
     JobView,
     LockView,
     Measure,
+    Need,
     Observed,
     Plan,
     PromoteStable,
@@ -88,6 +89,8 @@ SIDE_EFFECTS = (
 # A run in progress never takes the lock again (only one about to start, or owing a
 # cleanup, does): the reconciler's rule, mirrored by the simulated world.
 WANTS_LOCK = {Phase.QUEUED, Phase.CLEANING_UP}
+# An observation that answers every need: what the reconciler plans from in the end.
+EVERYTHING = frozenset(Need)
 RUNNING = {Phase.PROGRESSING, Phase.PAUSED}
 
 # ------------------------------------------------------------------ spec factories
@@ -159,6 +162,7 @@ def observe(lock: LockView | None = None, seconds: float = 0, **fields: Any) -> 
         "now": NOW + timedelta(seconds=seconds),
         "lock": lock or LockView(LOCK),
         "target": workload(4),
+        "answered": EVERYTHING,
         **fields,
     }
     return Observed(**values)
@@ -228,6 +232,10 @@ class World:
     calls: dict[str, CheckResult | MeasurementStatus | None] = field(default_factory=dict)
     started: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    # Need.LOCK answered by taking a free lock at once, as the reconciler does. Off, a
+    # new run queues first and takes the lock a reconcile later: the step-by-step
+    # sequences most tests here assert were written against that.
+    lock_at_once: bool = False
 
     def answer(self, key: str, ok: bool = True, message: str = "HTTP 200") -> None:
         assert key in self.calls and self.calls[key] is None, f"{key} not in flight"
@@ -297,7 +305,17 @@ class World:
             checks={k: v for k, v in self.calls.items() if isinstance(v, CheckResult)},
             measurements={k: v for k, v in self.calls.items() if isinstance(v, MeasurementStatus)},
             in_flight=frozenset(k for k, v in self.calls.items() if v is None),
+            answered=EVERYTHING,
         )
+
+    def answer_need(self, obs: Observed, need: Need) -> Observed:
+        """What the reconciler does for a provisional plan: observe what it asks (the
+        World's caches are never stale, so only the lock changes), and say so."""
+        if need == Need.LOCK and self.lock_at_once:  # the head of a free lock takes it
+            if self.holder is None and self.superseded_by is None:
+                self.holder, self.token = ME, self.token + 1
+            obs = replace(obs, lock=self.lock())
+        return replace(obs, answered=obs.answered | {need})
 
     def checks_answered(self) -> set[str]:
         return {k for k, v in self.calls.items() if v is not None}
@@ -358,13 +376,30 @@ def checked_plan(rollout: Rollout, obs: Observed) -> Plan:
     result = plan(rollout, obs)
     again = plan(rollout, obs)
     assert rollout.status == before, "plan() mutated its input"
-    assert (again.status, again.actions, again.requeue_after) == (
+    assert (again.status, again.actions, again.requeue_after, again.observe_next) == (
         result.status,
         result.actions,
         result.requeue_after,
+        result.observe_next,
     ), "plan() is not deterministic"
+    if result.observe_next is not None:  # provisional: nothing to act on, nothing to write
+        assert result.status is rollout.status and not result.actions
+        assert result.observe_next not in obs.answered, "a need asked again once answered"
+        return result
     check_plan(rollout, obs, result)
     return result
+
+
+def answered_plan(world: World, rollout: Rollout, obs: Observed) -> tuple[Plan, Observed]:
+    """plan() until it needs nothing more observed, the World answering each need as
+    the reconciler does; the final plan and the observation it was made from."""
+    obs = replace(obs, answered=frozenset())
+    for _ in range(len(Need) + 1):
+        result = checked_plan(rollout, obs)
+        if result.observe_next is None:
+            return result, obs
+        obs = world.answer_need(obs, result.observe_next)
+    raise AssertionError("plan() asked for more needs than there are")
 
 
 def check_plan(rollout: Rollout, obs: Observed, result: Plan) -> None:
@@ -425,8 +460,8 @@ class Sim:
         `crash`: the operator dies after the side effects, before writing the status."""
         assert not self.gone, "the rollout was deleted"
         self.world.now += timedelta(seconds=seconds)
-        rollout, obs = self.rollout, self.observe()
-        result = checked_plan(rollout, obs)
+        rollout = self.rollout
+        result, obs = answered_plan(self.world, rollout, self.observe())
         pre = [a for a in result.actions if not isinstance(a, ReleaseLock | RemoveFinalizer)]
         if fail is not None and effects(result.actions):
             first = next(i for i, a in enumerate(pre) if isinstance(a, SIDE_EFFECTS))

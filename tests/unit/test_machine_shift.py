@@ -27,6 +27,7 @@ from canary_operator.engine.types import (
     EnsureCanary,
     EnsureJob,
     JobView,
+    Need,
     Observed,
     PromoteStable,
     ReleaseLock,
@@ -112,6 +113,7 @@ class World:
             route=self.route(),
             jobs=dict(self.jobs),
             canary_pods=self.canary.replicas if self.canary else 0,
+            answered=frozenset(Need),  # final observations: this world's reads are never stale
         )
 
     def scale_stable(self, replicas: int) -> None:

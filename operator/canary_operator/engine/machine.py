@@ -37,6 +37,8 @@ from canary_operator.engine.evidence import jobs_wanting_logs as jobs_wanting_lo
 from canary_operator.engine.evidence import record_evidence
 from canary_operator.engine.labels import job_name as job_name
 from canary_operator.engine.labels import step_label
+from canary_operator.engine.needs import need_after_planning, need_before_planning
+from canary_operator.engine.needs import takes_lock as takes_lock
 from canary_operator.engine.outcomes import action_failed as action_failed
 from canary_operator.engine.outcomes import recovered as recovered
 from canary_operator.engine.outcomes import retrying as retrying
@@ -55,8 +57,21 @@ from canary_operator.engine.versions import record_live
 
 
 def plan(rollout: Rollout, obs: Observed, last_step: int | None = None) -> Plan:
-    """Decide the next status and actions for one rollout. `last_step`: steps that
-    finish here are followed by the next one only up to this step (index)."""
+    """Decide the next status and actions for one rollout, or ask for an observation
+    first: a plan with `observe_next` set is provisional (see Plan), carrying the input
+    status unchanged. `last_step`: steps that finish here are followed by the next one
+    only up to this step (index)."""
+    need = need_before_planning(rollout, obs)
+    if need is None:
+        planned = _decided(rollout, obs, last_step)
+        need = need_after_planning(rollout, obs, planned)
+        if need is None:
+            return planned
+    return Plan(status=rollout.status, observe_next=need)
+
+
+def _decided(rollout: Rollout, obs: Observed, last_step: int | None = None) -> Plan:
+    """The plan from this observation as it is (no need asked)."""
     ctx = Context(rollout, obs, last_step)
     phase = ctx.status.phase
     if phase in TERMINAL_PHASES:
@@ -125,4 +140,5 @@ def blamed_status(
     owner = planned.owner(failed) if failed is not None else None
     if owner is None or owner >= (planned.status.current_step or 0):
         return planned.status
-    return plan(rollout, obs, last_step=owner).status
+    # With the observation the failed plan was made from: no need is asked again.
+    return _decided(rollout, obs, last_step=owner).status

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 
 from canary_operator.api.models import (
     AnalysisStepSpec,
@@ -157,6 +158,23 @@ class CheckResult:
     message: str
 
 
+class Need(Enum):
+    """What a provisional plan asks to have observed before it decides."""
+
+    # The run holds its lock and has not started: target and canary objects read from
+    # the API server itself.
+    START = "start"
+    # The spec checked against the cluster, the target read fresh (obs.spec_problems
+    # then holds the findings).
+    VALIDATION = "validation"
+    # Log tails of the failed test Jobs jobs_wanting_logs names (obs.job_logs).
+    JOB_LOGS = "jobLogs"
+    # A new run that passed its checks asks for its lock (the head of a free lock takes it).
+    LOCK = "lock"
+    # A cleanup about to be declared verified: everything read from the API server itself.
+    VERIFICATION = "verification"
+
+
 @dataclass(frozen=True)
 class Observed:
     now: datetime
@@ -182,8 +200,10 @@ class Observed:
     # read only while the run has not started; a problem ends it InvalidSpec untouched.
     spec_problems: tuple[str, ...] = ()
     # Log tails of failed test Jobs (by Job name) that the status does not hold yet:
-    # read before cleanup deletes the Jobs (see machine.jobs_wanting_logs).
+    # read before cleanup deletes the Jobs (see evidence.jobs_wanting_logs).
     job_logs: Mapping[str, tuple[ContainerLogTail, ...]] = field(default_factory=dict)
+    # The needs this observation already answers (see Need, Plan.observe_next).
+    answered: frozenset[Need] = frozenset()
 
 
 # ---------------------------------------------------------------------- actions
@@ -321,9 +341,17 @@ TARGET_EFFECTS = (
 
 @dataclass
 class Plan:
+    """The next status and the actions that lead there.
+
+    With `observe_next` set the plan is provisional: the caller acts on none of its
+    actions and writes none of its status; it observes what is asked, adds it to
+    `Observed.answered`, and plans again. A provisional plan carries the input status
+    object itself (not a copy) and no actions."""
+
     status: CanaryRolloutStatus
     actions: list[Action] = field(default_factory=list)
     requeue_after: float | None = None  # seconds; None = wait for an event
+    observe_next: Need | None = None
     # Which step asked for which action (a plan may run several steps in turn).
     owners: list[tuple[Action, int]] = field(default_factory=list, compare=False, repr=False)
 
