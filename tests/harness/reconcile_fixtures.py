@@ -16,6 +16,7 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 from pydantic import ValidationError
 
+from canary_operator import index
 from canary_operator.api.job_policy import AllowedServiceAccounts
 from canary_operator.api.models import GROUP, VERSION, CanaryRolloutStatus
 from canary_operator.checks.inflight import CheckRunner, RunRef
@@ -27,6 +28,8 @@ from canary_operator.kube.rollouts import FINALIZER, has_finalizer, rollout_path
 from canary_operator.lock.lease import LeaseLock
 from canary_operator.lock.run_lock import RunLock
 from canary_operator.reconcile.context import Collaborators, ReconcileContext, Targets
+from canary_operator.reconcile.observe import observe, read_targets
+from canary_operator.reconcile.reconciler import Reconciler
 from canary_operator.validation import ClusterValidator
 from tests.harness.fake_kube import FakeKube
 
@@ -134,6 +137,52 @@ class Cluster:
         self.kube.clear()
         self.fresh.clear()
 
+    def rollout(self, name: str = NAME) -> JsonObj:
+        """The rollout as stored now."""
+        body = self.kube.stored(rollout_path(NS, name))
+        assert body is not None
+        return body
+
+    async def reconcile(self, name: str = NAME) -> JsonObj:
+        """One whole reconcile (Events written); the rollout as stored after it."""
+        await Reconciler(self.deps).reconcile(NS, name)
+        await self.deps.events.flush()
+        return self.rollout(name)
+
+    async def progressing(self) -> JsonObj:
+        """A new rollout of the default spec, through its first reconcile: step 1
+        started, lock and finalizer held, the canary applied; request logs cleared."""
+        self.with_target()
+        self.add_rollout(rollout_body())
+        body = await self.reconcile()
+        assert body["status"]["phase"] == "Progressing"
+        self.clear()
+        return body
+
+    async def cleaning_up(self, deleted: bool = False) -> JsonObj:
+        """A run whose canary failed: CleaningUp, its canary objects still there (or,
+        with `deleted`, after the reconcile that deleted them); request logs cleared."""
+        await self.progressing()
+        canary = self.kube.stored(f"{DEPLOYMENTS}/web-canary")
+        assert canary is not None
+        failure = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate"}
+        self.kube.put(f"{DEPLOYMENTS}/web-canary", {**canary, "status": {"conditions": [failure]}})
+        body = await self.reconcile()
+        if deleted:
+            body = await self.reconcile()
+            assert self.kube.stored(f"{DEPLOYMENTS}/web-canary") is None
+        assert body["status"]["phase"] == "CleaningUp"
+        self.clear()
+        return body
+
+    async def observed(self, body: JsonObj) -> ReconcileContext:
+        """The context of `body` as Reconciler has it before deciding: targets read and
+        the first observation made, both from the cached Kube."""
+        ctx = self.context(body)
+        ctx.targets = await read_targets(ctx)
+        ctx.obs = await observe(ctx, self.deps.kube)
+        return ctx
+
     def context(self, body: JsonObj, targets: Targets | None = None) -> ReconcileContext:
         """A ReconcileContext as Reconciler makes it (its targets as given, else none)."""
         meta = body["metadata"]
@@ -165,6 +214,9 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def fake_cluster() -> AsyncIterator[Cluster]:
+    # Specs are parsed once per (uid, generation), process-wide: the tests' rollouts
+    # share uids and generations, not specs.
+    index._parsed_specs.clear()
     api_client = ApiClient()
     kube = FakeKube(api_client)
     fresh = kube.view()
@@ -176,7 +228,7 @@ async def fake_cluster() -> AsyncIterator[Cluster]:
         index=RolloutIndex(),
         events=EventRecorder(kube),
         checks=CheckRunner(lambda ns, name: wakes.append((ns, name))),
-        validator=ClusterValidator(kube),
+        validator=ClusterValidator(fresh),  # as the controller makes it: reads the API
         allowed_accounts=AllowedServiceAccounts(),
     )
     try:
