@@ -23,7 +23,8 @@ What it models, and how far:
 Each request is logged in `requests` as e.g. "GET deployments/web", "GET pods" (a
 list), "PATCH canaryrollouts/r", "PUT canaryrollouts/r/status", "POST jobs?dryRun";
 `fail_next` makes the next matching request fail after being logged. Views made with
-`view()` share the store and keep their own log (e.g. the cached and the fresh Kube).
+`view()` share the store and keep their own log (e.g. the cached and the fresh Kube);
+`store.requests` has every view's, in the order sent.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class Store:
     versions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     uids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     version: int = 0
+    requests: list[str] = field(default_factory=list)  # every view's, in order
 
     def stamp(self, obj: JsonObj) -> JsonObj:
         self.version = next(self.versions)
@@ -144,6 +146,7 @@ class FakeKube(Kube):
 
     def clear(self) -> None:
         self.requests.clear()
+        self.store.requests.clear()
         self.deletions.clear()
 
     # ---------------------------------------------------------------- the server
@@ -167,6 +170,7 @@ class FakeKube(Kube):
         target = "/".join(p for p in (key[1], key[3], sub) if p)
         entry = f"{method} {target}" + ("?dryRun" if dry else "")
         self.requests.append(entry)
+        self.store.requests.append(entry)
         for failure in self._failures:
             if failure[0] == method and target.startswith(failure[1]):
                 self._failures.remove(failure)
