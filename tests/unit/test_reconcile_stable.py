@@ -13,7 +13,6 @@ from canary_operator.kube import objects
 from canary_operator.kube.api import Conflict, FencedWrites
 from canary_operator.reconcile import stable, views
 from canary_operator.reconcile.context import ReconcileContext
-from canary_operator.traffic.replicas import STABLE_REPLICAS
 from tests.harness.reconcile_fixtures import DEPLOYMENTS, NAME, UID, Cluster, fake_cluster
 
 TARGET = f"{DEPLOYMENTS}/web"
@@ -86,7 +85,7 @@ async def test_scaling_the_stable_writes_its_size_and_the_record_once(cluster: C
     await stable.scale(ctx, action, cluster.kube)
     scaled = cluster.kube.stored(TARGET)
     assert scaled is not None and scaled["spec"]["replicas"] == 2
-    assert STABLE_REPLICAS in scaled["metadata"]["annotations"]
+    assert objects.STABLE_REPLICAS in scaled["metadata"]["annotations"]
     record = views.workload(scaled)
     assert record is not None and record.stable_record is not None
     assert (record.stable_record.original, record.stable_record.written) == (3, 2)
