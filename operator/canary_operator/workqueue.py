@@ -34,7 +34,13 @@ class QueueMetrics(Protocol):
 
 
 class WorkQueue:
-    def __init__(self, reconcile: Reconcile, workers: int = 8, max_backoff: float = 10.0) -> None:
+    def __init__(
+        self,
+        reconcile: Reconcile,
+        workers: int = 8,
+        max_backoff: float = 10.0,
+        metrics: QueueMetrics | None = None,
+    ) -> None:
         self._reconcile = reconcile
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
@@ -45,7 +51,7 @@ class WorkQueue:
         self._workers_count = workers
         self._workers: list[asyncio.Task[None]] = []
         self._max_backoff = max_backoff
-        self.metrics: QueueMetrics | None = None
+        self.metrics = metrics
         self._enqueued: dict[Key, float] = {}  # monotonic time a queued key was added
 
     def start(self) -> None:

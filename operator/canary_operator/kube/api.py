@@ -37,6 +37,17 @@ class Conflict(Exception):
     """A write lost an optimistic-concurrency race (HTTP 409)."""
 
 
+def describe(exc: BaseException) -> str:
+    """What failed, in words for the user (never the name of a Python class)."""
+    if isinstance(exc, ApiException):
+        return f"API error {exc.status} {exc.reason}"
+    if isinstance(exc, TimeoutError):
+        return f"timed out{': ' + str(exc) if str(exc) else ''}"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return f"connection failed: {exc or 'no answer'}"
+    return str(exc) or "unexpected error"
+
+
 def _reason(data: bytes, default: str | None) -> str:
     try:
         return str(json.loads(data).get("message") or default)
@@ -161,12 +172,17 @@ RequestHook = Callable[[str, str, int], None]
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        field_manager: str = FIELD_MANAGER,
+        on_request: RequestHook | None = None,
+    ) -> None:
         self.api_client = api_client
         self.field_manager = field_manager
         api_client.user_agent = f"{field_manager}/{__version__}"
         # Told of every request this client makes (the operator's request counter).
-        self.on_request: RequestHook | None = None
+        self.on_request = on_request
 
     def _count(
         self, method: str, resource_path: str, query: Mapping[str, Any] | None, status: int

@@ -31,7 +31,7 @@ import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from canary_operator.api.timestamps import precise
-from canary_operator.kube.api import Conflict, JsonObj, Kube, path
+from canary_operator.kube.api import Conflict, JsonObj, Kube, describe, path
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ class LeaseRenewer:
         renew_every: float = RENEW_EVERY_SECONDS,
         write_timeout: float = WRITE_TIMEOUT_SECONDS,
         fresh: Kube | None = None,
+        on_lost: Callable[[str, str], None] | None = None,
+        holder_active: Callable[[str, str], bool] | None = None,
+        on_renewal: Callable[[bool], None] | None = None,
     ) -> None:
         self.kube = kube
         self.fresh = fresh or kube  # reads after a 409 must see the API server's version
@@ -92,11 +95,11 @@ class LeaseRenewer:
         self._renewing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._loop: asyncio.Task[None] | None = None
         # (namespace, rollout name): the lock of this rollout was lost.
-        self.on_lost: Callable[[str, str], None] | None = None
+        self.on_lost = on_lost
         # (namespace, holder uid) -> whether that rollout still exists and runs: a
         # holder that ended or went is not kept alive by renewals.
-        self.holder_active: Callable[[str, str], bool] | None = None
-        self.on_renewal: Callable[[bool], None] | None = None
+        self.holder_active = holder_active
+        self.on_renewal = on_renewal  # told of each renewal's success (a metric)
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -212,7 +215,7 @@ class LeaseRenewer:
                     return
                 written = fresh  # renewed by someone else (another operator process)
         except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as exc:
-            held.error = f"lease renewal failed: {_describe(exc)}"
+            held.error = f"lease renewal failed: {describe(exc)}"
             log.warning("%s/%s: %s", held.namespace, held.name, held.error)
             self._count(False)
             return
@@ -224,11 +227,3 @@ class LeaseRenewer:
         if self.on_renewal is not None:
             with contextlib.suppress(Exception):
                 self.on_renewal(ok)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ApiException):
-        return f"API error {exc.status} {exc.reason}"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}"
