@@ -1,6 +1,6 @@
 """The per-target lock: a coordination.k8s.io/v1 Lease held by a *rollout* (its uid).
 
-Protocol (see DESIGN.md, "Exclusion"):
+Protocol (docs/architecture.md, "The lock"):
 - every write carries the resourceVersion it read: a 409 means another writer won;
 - **a live holder is never preempted**: a lease whose holder is an existing rollout
   that has not ended stays with it, however long its steps take and however long
@@ -124,27 +124,14 @@ class LeaseLock:
         # The watch-fed view: acting on it is safe, because taking the lock is a write
         # conditional on the version read, and writes to the target are fenced.
         lease = await self.kube.get(lease_path(namespace, name))
-        spec = (lease or {}).get("spec", {})
-        holder_uid = spec.get("holderIdentity") or None
+        holder_uid, _ = holder_of(lease) if lease is not None else (None, 0)
         holder_name = ((lease or {}).get("metadata", {}).get("annotations") or {}).get(
             HOLDER_ANNOTATION
         )
-        by_uid = {c.uid: c for c in candidates}
-
         if lease is not None and holder_uid == me.uid:
-            self.renewer.hold(namespace, lease, me.name)
-            waiting = len(queue.order(candidates, me.uid))
-            return LockView(
-                name=name,
-                held=True,
-                token=int(spec.get("leaseTransitions") or 0),
-                holder=me.name,
-                holder_phase=me.phase.value,
-                waiting=waiting,
-                renew_error=self.renewer.error(namespace, name),
-            )
+            return self._held_view(namespace, lease, me, candidates)
 
-        holder = by_uid.get(holder_uid or "")
+        holder = {c.uid: c for c in candidates}.get(holder_uid or "")
         # Free, or held by someone who may be gone or ended (confirmed fresh below,
         # only if we would take it). A holder the index shows running is left alone.
         maybe_free = holder_uid is None or holder is None or not holder.active
@@ -168,19 +155,33 @@ class LeaseLock:
             if not await self._may_take_over(namespace, lease, holder_name, holder_running):
                 return busy_view
             stale_holder = holder_name or holder_uid
-        view = LockView(
-            name=name,
-            position=qv.position,
-            waiting=qv.waiting,
-            superseded_by=qv.superseded_by,
-        )
         if not (wants_lock and qv.may_acquire):
-            return view
+            return LockView(
+                name=name, position=qv.position, waiting=qv.waiting, superseded_by=qv.superseded_by
+            )
+        return await self._take(namespace, lock_key, lease, me, qv, stale_holder, still_current)
+
+    async def _take(
+        self,
+        namespace: str,
+        lock_key: str,
+        lease: JsonObj | None,
+        me: Candidate,
+        qv: queue.QueueView,
+        stale_holder: str | None,
+        still_current: SelfCheck | None,
+    ) -> LockView:
+        """The lock is free (or its stale holder may be replaced) and `me` is its head:
+        take it, unless `still_current` finds this rollout's view stale."""
+        name = lease_name(lock_key)
+        free_view = LockView(
+            name=name, position=qv.position, waiting=qv.waiting, superseded_by=qv.superseded_by
+        )
         if still_current is not None and not await still_current():
-            return view
+            return free_view
         token = await self._acquire(namespace, name, lock_key, lease, me)
         if token is None:
-            return view
+            return free_view
         return LockView(
             name=name,
             held=True,
@@ -191,6 +192,23 @@ class LeaseLock:
             recovered_from=stale_holder,
             acquired=True,
             acquired_over=_version(lease) if stale_holder is None else None,
+        )
+
+    def _held_view(
+        self, namespace: str, lease: JsonObj, me: Candidate, candidates: list[Candidate]
+    ) -> LockView:
+        """`me` holds the lease: hand it to the renewer (also after a restart: the holder
+        is the rollout, not the process)."""
+        name = lease["metadata"]["name"]
+        self.renewer.hold(namespace, lease, me.name)
+        return LockView(
+            name=name,
+            held=True,
+            token=holder_of(lease)[1],
+            holder=me.name,
+            holder_phase=me.phase.value,
+            waiting=len(queue.order(candidates, me.uid)),
+            renew_error=self.renewer.error(namespace, name),
         )
 
     async def _may_take_over(

@@ -1,0 +1,126 @@
+"""The rollouts as this process last saw them (the watch, or its own writes), and
+their specs parsed once per generation: what a reconcile plans from and who shares a
+lock, without asking the API server."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from canary_operator.api.models import CanaryRolloutSpec, Phase
+from canary_operator.kube.api import JsonObj
+from canary_operator.kube.cache import copy_json, newer_or_same, strip
+from canary_operator.kube.rollouts import ROLLOUTS
+from canary_operator.lock.queue import Candidate
+
+# How many parsed specs are kept (the oldest parsed goes first).
+PARSED_SPECS = 4096
+_parsed_specs: dict[tuple[str, int], CanaryRolloutSpec] = {}
+
+
+def parse_spec(body: JsonObj) -> CanaryRolloutSpec:
+    """The spec, parsed once per generation of a rollout: every watch event and every
+    reconcile asks for it, and the API server bumps metadata.generation on each change
+    of a custom resource's spec (status and metadata writes leave it). Callers do not
+    change the model they get."""
+    meta = body.get("metadata") or {}
+    uid, generation = meta.get("uid"), meta.get("generation")
+    if uid is None or generation is None:
+        return CanaryRolloutSpec.model_validate(body.get("spec") or {})
+    key = (str(uid), int(generation))
+    spec = _parsed_specs.get(key)
+    if spec is None:
+        spec = CanaryRolloutSpec.model_validate(body.get("spec") or {})
+        if len(_parsed_specs) >= PARSED_SPECS:
+            del _parsed_specs[next(iter(_parsed_specs))]  # the oldest parsed
+        _parsed_specs[key] = spec
+    return spec
+
+
+def candidate(body: JsonObj) -> Candidate | None:
+    """A rollout as the lock queue sees it (None if its spec cannot be read)."""
+    try:
+        spec = parse_spec(body)
+    except ValidationError:
+        return None
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    return Candidate(
+        name=meta["name"],
+        uid=meta["uid"],
+        created=meta.get("creationTimestamp", ""),
+        phase=Phase(status.get("phase") or Phase.PENDING),
+        policy=spec.policy,
+        deleting=bool(meta.get("deletionTimestamp")),
+        queued_at=status.get("queuedAt") or "~",
+    )
+
+
+class RolloutIndex:
+    """Rollouts as last seen by the watch (or as this process last wrote them)."""
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[str, str], JsonObj] = {}  # (namespace, name) -> body
+        # (namespace, name) -> (as the lock queue sees it, lock key, target Deployment),
+        # parsed once per change; rollouts whose spec cannot be read are left out.
+        self._entries: dict[tuple[str, str], tuple[Candidate, str, str]] = {}
+        self._by_lock: dict[tuple[str, str], set[str]] = {}  # (namespace, lock key) -> names
+        self._phases: dict[tuple[str, str], Phase] = {}  # (namespace, uid) -> phase
+        self._uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
+
+    def update(self, body: JsonObj, deleted: bool = False) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        known = self._bodies.get(key)
+        if (
+            not deleted
+            and known is not None
+            and known["metadata"].get("uid") == body["metadata"].get("uid")
+            and not newer_or_same(body, known)
+        ):
+            return  # a watch event older than what this process wrote
+        body = strip(body, ROLLOUTS)
+        by_uid = (key[0], body["metadata"]["uid"])
+        previous = self._uids.pop(key, None)
+        if previous is not None and previous != by_uid[1]:
+            self._phases.pop((key[0], previous), None)  # recreated under the same name
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._by_lock.get((key[0], old[1]), set()).discard(key[1])
+        if deleted:
+            self._phases.pop(by_uid, None)
+            self._bodies.pop(key, None)
+            return
+        self._uids[key] = by_uid[1]
+        phase = (body.get("status") or {}).get("phase") or Phase.PENDING.value
+        self._phases[by_uid] = Phase(phase)
+        self._bodies[key] = body
+        me = candidate(body)
+        if me is None:
+            return
+        spec = parse_spec(body)
+        self._entries[key] = (me, spec.lock_key, spec.target.deployment)
+        self._by_lock.setdefault((key[0], spec.lock_key), set()).add(key[1])
+
+    def body(self, namespace: str, name: str) -> JsonObj | None:
+        """The rollout as last seen (a copy: the reconcile may change it)."""
+        found = self._bodies.get((namespace, name))
+        return copy_json(found) if found is not None else None
+
+    def candidate(self, namespace: str, name: str) -> Candidate | None:
+        entry = self._entries.get((namespace, name))
+        return entry[0] if entry is not None else None
+
+    def active(self, namespace: str, uid: str) -> bool:
+        """Whether the rollout with this uid exists (as last seen) and has not ended."""
+        phase = self._phases.get((namespace, uid))
+        return phase is not None and not phase.terminal
+
+    def sharing_lock(self, namespace: str, lock_key: str) -> list[Candidate]:
+        names = self._by_lock.get((namespace, lock_key), set())
+        return [self._entries[(namespace, n)][0] for n in sorted(names)]
+
+    def targeting(self, namespace: str, deployment: str) -> list[Candidate]:
+        return [
+            c
+            for (ns, _name), (c, _k, t) in list(self._entries.items())
+            if ns == namespace and t == deployment
+        ]
