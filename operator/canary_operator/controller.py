@@ -11,16 +11,22 @@ import contextlib
 import logging
 from typing import Any
 
+from canary_operator.api.job_policy import AllowedServiceAccounts
 from canary_operator.api.models import Phase
 from canary_operator.checks.inflight import CheckRunner
+from canary_operator.index import RolloutIndex, candidate, parse_spec
 from canary_operator.kube import cache, objects
 from canary_operator.kube.api import Kube
 from canary_operator.kube.cache import Cache, CachedKube, Informer
 from canary_operator.kube.events import EventRecorder
 from canary_operator.lock import queue
 from canary_operator.lock.lease import LOCK_KEY_ANNOTATION, LOCK_LABEL, LeaseLock, lease_name
+from canary_operator.lock.renewer import LeaseRenewer
+from canary_operator.metrics import Metrics
 from canary_operator.notifications.notifier import Notifier
-from canary_operator.reconciler import Reconciler, RolloutIndex, candidate, parse_spec
+from canary_operator.reconcile.context import Collaborators
+from canary_operator.reconcile.reconciler import Reconciler
+from canary_operator.validation import ClusterValidator
 from canary_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -38,23 +44,46 @@ class Controller:
     caches, the lease renewer and the background checks. The caches run in every
     process (a standby is warm when it takes over); the rest only in the leader."""
 
-    def __init__(self, kube: Kube, workers: int = 8, namespaces: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        workers: int = 8,
+        namespaces: tuple[str, ...] = (),
+        metrics: Metrics | None = None,
+    ) -> None:
         self.api = kube
         self.cache = Cache(kube, namespaces)
         self.kube = CachedKube(kube, self.cache)
         self.index = RolloutIndex()
-        self.lock = LeaseLock(self.kube, fresh=kube)
+        renewer = LeaseRenewer(
+            self.kube,
+            fresh=kube,
+            on_lost=self.wake,
+            holder_active=self.index.active,
+            on_renewal=metrics.lease_renewal if metrics is not None else None,
+        )
+        self.lock = LeaseLock(self.kube, renewer=renewer, fresh=kube)
         self.checks = CheckRunner(wake=self.wake)
         self.events = EventRecorder(kube)
-        self.reconciler = Reconciler(
-            self.kube, self.lock, self.index, self.events, self.checks, fresh=kube
-        )
         # Notifications go out from tasks of their own, after the status write.
-        self.notifier = Notifier(kube, self.events)
-        self.reconciler.on_transition = self.notifier.transition
-        self.queue = WorkQueue(lambda key: self.reconciler.reconcile(*key), workers=workers)
-        self.lock.renewer.on_lost = self.wake
-        self.lock.renewer.holder_active = self.index.active
+        self.notifier = Notifier(kube, self.events, metrics)
+        self.reconciler = Reconciler(
+            Collaborators(
+                kube=self.kube,
+                fresh=kube,
+                lock=self.lock,
+                index=self.index,
+                events=self.events,
+                checks=self.checks,
+                validator=ClusterValidator(kube),
+                allowed_accounts=AllowedServiceAccounts.from_env(),
+                on_status_written=metrics.record if metrics is not None else None,
+                on_transition=self.notifier.transition,
+            )
+        )
+        self.queue = WorkQueue(
+            lambda key: self.reconciler.reconcile(*key), workers=workers, metrics=metrics
+        )
         # (namespace, lease) -> (holder uid, token) last seen: renewals wake nobody.
         self._lease_holders: dict[tuple[str, str], tuple[str | None, int]] = {}
         self._starting: asyncio.Task[None] | None = None

@@ -15,6 +15,7 @@ import kopf
 from canary_operator.api import models
 from canary_operator.controller import Controller
 from canary_operator.kube.api import Kube, load_config
+from canary_operator.metrics import Metrics
 from canary_operator.web import RunOptions, Services
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 120
     settings.persistence.diffbase_storage = NoDiffBase()
     api_client = await load_config()
-    kube = Kube(api_client)
     options = memo.get("options") or RunOptions(http_port=0)
-    controller = Controller(kube, workers=options.workers, namespaces=options.namespaces)
+    # Counts what every part does: the API requests, reconciles, renewals, notifications.
+    metrics = Metrics()
+    kube = Kube(api_client, on_request=metrics.api_request)
+    controller = Controller(
+        kube, workers=options.workers, namespaces=options.namespaces, metrics=metrics
+    )
     # HTTP endpoints, metrics and (optionally) leader election; only the leader
     # starts the work queue.
-    services = Services(kube, options, controller)
-    metrics = services.state.metrics
-    controller.reconciler.on_status_written = metrics.record
-    controller.queue.metrics = metrics
-    controller.lock.renewer.on_renewal = metrics.lease_renewal
-    controller.notifier.metrics = metrics
-    kube.on_request = metrics.api_request
+    services = Services(kube, options, controller, metrics)
     controller.start_watching()
     memo["controller"] = controller
     memo["api_client"] = api_client

@@ -307,11 +307,18 @@ class Services:
     """What runs around the controller's work queue: the HTTP endpoints and, when
     asked for, leader election (only the leader starts the queue)."""
 
-    def __init__(self, kube: Kube, options: RunOptions, work: Controller) -> None:
+    def __init__(
+        self, kube: Kube, options: RunOptions, work: Controller, metrics: Metrics | None = None
+    ) -> None:
         self.kube = kube
         self.options = options
         self.work = work
-        self.state = WebState(lookup=self._lookup, access=KubeAccessReview(kube), abort=self._abort)
+        self.state = WebState(
+            metrics=metrics or Metrics(),
+            lookup=self._lookup,
+            access=KubeAccessReview(kube),
+            abort=self._abort,
+        )
         self.server: WebServer | None = None
         self.elector: LeaderElector | None = None
         self._stopping: asyncio.Future[None] | None = None

@@ -217,7 +217,7 @@ def test_every_rollout_agrees_on_a_single_head(seed: int) -> None:
 
 
 def test_the_index_knows_which_uids_are_active() -> None:
-    from canary_operator.reconciler import RolloutIndex
+    from canary_operator.index import RolloutIndex
 
     def body(uid: str, phase: str | None) -> dict[str, object]:
         return {

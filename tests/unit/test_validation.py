@@ -1,5 +1,5 @@
 """The pure parts of the start-of-run validation (validation.py), of reading why a
-canary cannot start (reconciler.workload_failure), and of bounding log tails
+canary cannot start (reconcile/views.py workload_failure), and of bounding log tails
 (checks/evidence.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from canary_operator.api.models import CanaryRolloutSpec
 from canary_operator.checks.evidence import TAIL_BYTES, tail_of
-from canary_operator.reconciler import _refused, workload_failure
+from canary_operator.reconcile.errors import refused as _refused
+from canary_operator.reconcile.views import workload_failure
 from canary_operator.validation import (
     REFERENCE_MAX,
     api_refusal,
@@ -281,7 +282,7 @@ def test_log_tails_are_bounded_and_say_when_cut() -> None:
     ],
 )
 def test_failures_are_described_without_python_class_names(exc: BaseException, said: str) -> None:
-    from canary_operator.reconciler import _describe
+    from canary_operator.kube.api import describe as _describe
 
     described = _describe(exc)
     assert described.startswith(said), described

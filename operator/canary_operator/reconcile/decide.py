@@ -1,0 +1,104 @@
+"""Observe -> plan, at one call site, bounded: the engine says what it needs observed
+before it can decide (engine/types.py Need); this module observes exactly that and
+asks again. Each need is answered at most once per reconcile."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from canary_operator.checks.evidence import job_log_tails
+from canary_operator.engine import machine
+from canary_operator.engine.types import Need, Observed, Plan
+from canary_operator.kube.api import ReadOnce, describe
+from canary_operator.reconcile import status, views
+from canary_operator.reconcile.context import ReconcileContext
+from canary_operator.reconcile.errors import TRANSIENT
+from canary_operator.reconcile.observe import observe, observe_lock, target_path
+
+# Every need once, and the plan that decides.
+ROUNDS = len(Need) + 1
+
+
+async def decide(ctx: ReconcileContext) -> Plan:
+    """The plan to act on: ctx.obs answers everything the engine asked for."""
+    for _ in range(ROUNDS):
+        result = machine.plan(ctx.rollout, ctx.obs)
+        if result.observe_next is None:
+            return result
+        await _answer(ctx, result.observe_next)
+    raise RuntimeError(f"the engine asked for more than {ROUNDS - 1} observations")
+
+
+async def _answer(ctx: ReconcileContext, need: Need) -> None:
+    if need == Need.START:
+        obs = await _fresh_for_start(ctx)
+    elif need == Need.VERIFICATION:
+        # About to declare the cleanup verified: that promise (100 % stable, no canary
+        # object left) is checked against the API server, not against caches that may
+        # not have seen a pod created a moment ago. The router reads through it too.
+        obs = await observe(ctx, ReadOnce(ctx.deps.fresh), lock=ctx.obs.lock)
+    elif need == Need.LOCK:
+        # A new run that passed its checks asks for its lock in this round rather than
+        # one trip through the work queue later; only the head of a free lock gets it.
+        obs = replace(ctx.obs, lock=await observe_lock(ctx, wants=True))
+    else:
+        try:
+            obs = await (_validation(ctx) if need == Need.VALIDATION else _job_logs(ctx))
+        except TRANSIENT as exc:
+            # The spec cannot be checked yet (an admission webhook down, a slow API
+            # server): nothing is touched until it can be, and the status says why.
+            error = f"cannot check the spec yet: {describe(exc)}"
+            raise await status.say_retrying(ctx, error) from exc
+    ctx.obs = _carried(ctx.obs, obs, need)
+
+
+def _carried(before: Observed, after: Observed, need: Need) -> Observed:
+    """A new round keeps what earlier rounds answered (the spec's checks, log tails)."""
+    if after is before:
+        return replace(after, answered=after.answered | {need})
+    return replace(
+        after,
+        answered=before.answered | {need},
+        spec_problems=after.spec_problems or before.spec_problems,
+        job_logs={**before.job_logs, **after.job_logs},
+    )
+
+
+async def _fresh_for_start(ctx: ReconcileContext) -> Observed:
+    """A run is about to start: whether the target is clean (a previous run's canary
+    left behind is removed first) is judged by the API server, not by caches that may
+    not have seen the last cleanup's deletions yet. Read after the lock is held
+    (nobody else writes the target from then on), each object once."""
+    once = ReadOnce(ctx.deps.fresh)
+    lock = ctx.obs.lock
+    if ctx.run_lock.read_stands(ctx.targets.version_before_read, lock):
+        once.known(target_path(ctx), ctx.targets.target)
+    target, obs = await asyncio.gather(once.get(target_path(ctx)), observe(ctx, once, lock=lock))
+    ctx.targets.target, ctx.targets.fresh = target, True
+    return replace(obs, target=views.workload(target))
+
+
+async def _validation(ctx: ReconcileContext) -> Observed:
+    """A run may start: its canary is built from, and its "older than live" check made
+    against, the target as it is now, not as the cache last saw it (a promotion a
+    moment ago must not be missed). Read once per reconcile."""
+    targets, obs = ctx.targets, ctx.obs
+    if not targets.fresh and not obs.lock.held:
+        targets.version_before_read = await ctx.run_lock.version_before_read()
+    fresh = targets.target if targets.fresh else await ctx.deps.fresh.get(target_path(ctx))
+    targets.target = fresh
+    obs = replace(obs, target=views.workload(fresh))
+    if fresh is not None:
+        problems = await ctx.deps.validator.problems(ctx.rollout, fresh, targets.service)
+        obs = replace(obs, spec_problems=tuple(problems))
+    return obs
+
+
+async def _job_logs(ctx: ReconcileContext) -> Observed:
+    """The log tails of failed test Jobs, read before cleanup deletes the Jobs."""
+    wanted = machine.jobs_wanting_logs(ctx.rollout.status, ctx.obs.jobs)
+    tails = await asyncio.gather(
+        *(job_log_tails(ctx.deps.kube, ctx.namespace, job) for job in wanted)
+    )
+    return replace(ctx.obs, job_logs=dict(zip(wanted, tails, strict=True)))

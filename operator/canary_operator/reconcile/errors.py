@@ -1,0 +1,26 @@
+"""How the reconcile tells failures apart: what a retry may cure and what the API
+server refused for good (kube/api.py `describe` words them for the user)."""
+
+from __future__ import annotations
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from canary_operator.kube.api import Conflict
+from canary_operator.validation import refused_for_good
+
+# Failures a retry may cure: the run keeps its lock, says what fails and backs off.
+TRANSIENT = (ApiException, Conflict, aiohttp.ClientError, TimeoutError, OSError)
+
+
+class RetryLater(Exception):
+    """An API call failed in a way a retry may cure; the status says so, the work
+    queue retries with backoff."""
+
+    described = True  # the status and an Event tell it: no traceback in the log
+
+
+def refused(exc: BaseException) -> bool:
+    """The API server rejected the request itself (400, 422, or a 500 for an object
+    it cannot type): sending it again cannot succeed."""
+    return refused_for_good(exc) and not (isinstance(exc, ApiException) and exc.status == 403)

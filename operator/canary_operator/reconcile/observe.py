@@ -1,0 +1,107 @@
+"""What the engine plans from: the rollout's objects, its lock and the answers of its
+background checks, from the watch-fed caches, or from the API server itself (through
+one ReadOnce) when the engine asks for a fresh observation."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from canary_operator.api.job_policy import job_service_account_problems
+from canary_operator.api.models import MeasurementStatus
+from canary_operator.engine import machine
+from canary_operator.engine.types import CheckResult, LockView, Observed
+from canary_operator.index import candidate
+from canary_operator.kube import objects
+from canary_operator.kube.api import JsonObj, Kube, path
+from canary_operator.lock.run_lock import StillAsRead
+from canary_operator.reconcile import views
+from canary_operator.reconcile.context import ReconcileContext, Targets
+
+
+def target_path(ctx: ReconcileContext) -> str:
+    return path("apps", "v1", "deployments", ctx.namespace, ctx.rollout.spec.target.deployment)
+
+
+async def read_targets(ctx: ReconcileContext) -> Targets:
+    """The target Deployment and its stable Service, from the caches."""
+    service_name = ctx.rollout.spec.target.service
+    target, service = await asyncio.gather(
+        ctx.deps.kube.get(target_path(ctx)),
+        ctx.deps.kube.get(path("", "v1", "services", ctx.namespace, service_name))
+        if service_name
+        else _nothing(),
+    )
+    return Targets(target, service)
+
+
+async def observe(ctx: ReconcileContext, reads: Kube, lock: LockView | None = None) -> Observed:
+    """Everything but the target itself (ctx.targets), read through `reads`. With
+    `lock`, the lock as already observed (and perhaps just acquired) in this reconcile
+    is kept: observing it again would lose what the acquisition found (a holder it
+    took over from)."""
+    ns, spec = ctx.namespace, ctx.rollout.spec
+    # Only a rollout about to start, or one owing a cleanup, takes the lock. A run in
+    # progress never takes it again: if it is not held any more, the run lost it.
+    wants = machine.takes_lock(ctx.rollout.status)
+    # Independent round trips, issued at once (the route read needs no token).
+    observed_lock, (canary, baseline), canary_service, pods, jobs, route = await asyncio.gather(
+        _given(lock) if lock is not None else observe_lock(ctx, wants),
+        _role_deployments(ctx, reads),
+        reads.get(path("", "v1", "services", ns, objects.canary_name(spec))),
+        reads.list(path("", "v1", "pods", ns), objects.any_role_selector(spec)),
+        reads.list(path("batch", "v1", "jobs", ns), objects.operator_jobs_selector(spec)),
+        ctx.router(None, reads).read(),
+    )
+    answers, running = ctx.deps.checks.observe(ctx.ref)
+    uid = ctx.rollout.uid
+    return Observed(
+        now=datetime.now(UTC),
+        lock=observed_lock,
+        target=views.workload(ctx.targets.target),
+        canary=views.workload(canary, views.with_role(pods, "canary")),
+        baseline=views.workload(baseline, views.with_role(pods, "baseline")),
+        canary_service=canary_service is not None,
+        route=route,
+        jobs={
+            j["metadata"]["name"]: views.job(j)
+            for j in jobs
+            if views.owned_by(j, uid) or views.purpose(j) == "test"
+        },
+        canary_pods=len(pods),
+        checks={k: v for k, v in answers.items() if isinstance(v, CheckResult)},
+        measurements={k: v for k, v in answers.items() if isinstance(v, MeasurementStatus)},
+        in_flight=running,
+        policy_problems=tuple(job_service_account_problems(spec, ns, ctx.deps.allowed_accounts)),
+    )
+
+
+async def observe_lock(ctx: ReconcileContext, wants: bool) -> LockView:
+    """The lock, taken if `wants` and this rollout is next and may."""
+    me = candidate(ctx.body)
+    assert me is not None  # the spec was parsed before the context was made
+    sharing = ctx.deps.index.sharing_lock(ctx.namespace, ctx.rollout.spec.lock_key)
+    precondition = StillAsRead(ctx.deps.kube, ctx.deps.fresh, ctx.body)
+    return await ctx.run_lock.observe(me, sharing, wants, precondition)
+
+
+async def _role_deployments(
+    ctx: ReconcileContext, reads: Kube
+) -> tuple[JsonObj | None, JsonObj | None]:
+    """The canary Deployment, and the baseline's when the spec asks for one."""
+    ns, spec = ctx.namespace, ctx.rollout.spec
+    canary, baseline = await asyncio.gather(
+        reads.get(path("apps", "v1", "deployments", ns, objects.canary_name(spec))),
+        reads.get(path("apps", "v1", "deployments", ns, objects.baseline_name(spec)))
+        if spec.baseline
+        else _nothing(),
+    )
+    return canary, baseline
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _given(lock: LockView) -> LockView:
+    return lock
