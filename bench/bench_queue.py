@@ -43,6 +43,7 @@ def phases(cluster: Cluster, ns: str) -> dict[str, str]:
 def bench_plan(iterations: int = 2000) -> float:
     """Microseconds per plan() call on a running 6-step rollout."""
     from canary_operator.api.models import CanaryRolloutSpec, CanaryRolloutStatus
+    from canary_operator.api.timestamps import iso
     from canary_operator.engine import machine
     from canary_operator.engine.types import LockView, Observed, Rollout, WorkloadView
 
@@ -68,8 +69,8 @@ def bench_plan(iterations: int = 2000) -> float:
             "fingerprint": spec.run_fingerprint(),
             "currentStep": 2,
             "stableReplicas": 3,
-            "startedAt": machine.iso(now),
-            "deadlineAt": machine.iso(now.replace(year=now.year + 1)),
+            "startedAt": iso(now),
+            "deadlineAt": iso(now.replace(year=now.year + 1)),
             "steps": [
                 {"name": s.kind, "kind": s.kind, "phase": "Succeeded" if i < 2 else "Pending"}
                 for i, s in enumerate(spec.steps)

@@ -26,7 +26,7 @@ from canary_operator.api.models import (
     MetricProvider,
     WebhookHeader,
 )
-from canary_operator.engine import machine
+from canary_operator.engine.labels import job_name
 from canary_operator.engine.types import Rollout
 from canary_operator.kube import objects
 from canary_operator.kube.api import Conflict, JsonObj, Kube, path
@@ -314,7 +314,7 @@ class ClusterValidator:
             rollout.name,
             rollout.uid,
             ns,
-            machine.job_name(rollout, suffix),
+            job_name(rollout, suffix),
             template,
             label,
             cleanup=label.startswith("cleanup"),

@@ -29,7 +29,7 @@ from canary_operator.api.models import (
     Phase,
     dump_status,
 )
-from canary_operator.engine.machine import (
+from canary_operator.engine.annotations import (
     PROMOTE_ANNOTATION,
     RESUME_ANNOTATION,
     RETRY_ANNOTATION,

@@ -28,14 +28,15 @@ from canary_operator.api.models import (
     Result,
     StepPhase,
 )
+from canary_operator.api.timestamps import iso, parse_time
 from canary_operator.engine import machine
+from canary_operator.engine.annotations import RESUME_ANNOTATION, RETRY_ANNOTATION
+from canary_operator.engine.cleanup_failures import cleanup_failed
+from canary_operator.engine.context import POLL_RUNNING, POLL_WAITING
+from canary_operator.engine.labels import job_name
 from canary_operator.engine.machine import (
-    RESUME_ANNOTATION,
-    RETRY_ANNOTATION,
     action_failed,
     blamed_status,
-    cleanup_failed,
-    iso,
     plan,
     retrying,
 )
@@ -551,7 +552,7 @@ class Sim:
         self.change_spec(images=[ImageOverride(container="app", image=image)])
 
     def job(self, suffix: str) -> str:
-        return machine.job_name(self.rollout, suffix)
+        return job_name(self.rollout, suffix)
 
     def all_actions(self) -> list[Action]:
         return [a for p in self.plans for a in p.actions]
@@ -657,7 +658,7 @@ def test_queued_waits_behind_the_holder_and_says_so() -> None:
     result = sim.tick()
     status = result.status
     assert status.phase == Phase.QUEUED
-    assert result.actions == [] and result.requeue_after == machine.POLL_WAITING
+    assert result.actions == [] and result.requeue_after == POLL_WAITING
     assert f"held by {OTHER} (Progressing)" in (status.message or "")
     assert "position 1" in (status.message or "")
     assert status.queue_label == f"#1 behind {OTHER}"
@@ -878,7 +879,7 @@ def test_canary_step_waits_for_the_requested_ready_pods() -> None:
     assert _step(sim, 0).phase == StepPhase.RUNNING and sim.status.current_step == 0
     assert _step(sim, 0).started_at is not None
     assert "StepStarted" not in reasons(result.actions)  # a level step: its end only
-    assert result.requeue_after == machine.POLL_RUNNING
+    assert result.requeue_after == POLL_RUNNING
     sim.world.canary = 1  # someone scaled it: the wrong size is not done either
     sim.world.canary_ready = True
     sim.tick()
@@ -999,7 +1000,7 @@ def test_pause_without_duration_waits_for_the_resume_annotation() -> None:
     assert sim.phase() == Phase.PROGRESSING and sim.status.current_step == 2
     assert _step(sim, 1).message == "resumed"
     assert sim.status.paused_at is None
-    extended = machine.parse_time(deadline or "") + timedelta(seconds=7205)
+    extended = parse_time(deadline or "") + timedelta(seconds=7205)
     assert sim.status.deadline_at == iso(extended)
 
 
@@ -1038,7 +1039,7 @@ def test_failed_test_job_fails_the_step_and_names_it() -> None:
 def test_step_timeout_fails_the_step() -> None:
     sim = started(job_test(timeout="10s"), world=World(results={"s1": None}))
     result = sim.tick()
-    assert result.requeue_after == machine.POLL_RUNNING
+    assert result.requeue_after == POLL_RUNNING
     result = sim.tick(seconds=8)
     assert result.requeue_after == 2
     sim.tick(seconds=2)
@@ -1142,7 +1143,7 @@ def test_spec_paused_holds_the_rollout_and_extends_the_deadline() -> None:
     sim.tick()
     assert sim.phase() == Phase.PROGRESSING
     assert sim.status.paused_at is None
-    extended = machine.parse_time(deadline) + timedelta(seconds=500)
+    extended = parse_time(deadline) + timedelta(seconds=500)
     assert sim.status.deadline_at == iso(extended)
     sim.run_until(lambda s: s.world.now > extended, limit=200, seconds=5)
     assert sim.phase() == Phase.CLEANING_UP
@@ -1283,7 +1284,7 @@ def test_lost_lock_decides_the_outcome_and_cleanup_waits_for_the_lock() -> None:
     result = sim.tick(seconds=60)
     assert effects(result.actions) == [] and not of_type(result.actions, ReleaseLock)
     assert "cleanup waiting for lock" in (sim.status.message or "")
-    assert result.requeue_after == machine.POLL_WAITING
+    assert result.requeue_after == POLL_WAITING
     sim.world.holder = None
     sim.finish()
     assert sim.phase() == Phase.FAILED and is_true(sim.status, "CleanupVerified")
@@ -1703,7 +1704,7 @@ def test_cleanup_failed_backoff_is_exponential_and_capped() -> None:
     for _ in range(5):
         cleanup_failed(status, spec, "boom", NOW, 1)
         assert status.cleanup is not None and status.cleanup.next_attempt_at is not None
-        delays.append((machine.parse_time(status.cleanup.next_attempt_at) - NOW).seconds)
+        delays.append((parse_time(status.cleanup.next_attempt_at) - NOW).seconds)
     assert delays == [3, 6, 12, 20, 20]
     assert status.cleanup is not None and status.cleanup.attempts == 5
     assert [c.type for c in status.conditions or []] == ["CleanupVerified"]
@@ -1740,9 +1741,9 @@ def test_observed_generation_follows_control_field_changes() -> None:
     ],
 )
 def test_job_names_are_valid_and_bounded(name: str, expected: str) -> None:
-    job = machine.job_name(make_rollout(name=name, status=CanaryRolloutStatus(run=1)), "s2")
+    job = job_name(make_rollout(name=name, status=CanaryRolloutStatus(run=1)), "s2")
     assert job == expected
-    many = machine.job_name(make_rollout(name="x" * 253), "s12-20-c20-a99999")
+    many = job_name(make_rollout(name="x" * 253), "s12-20-c20-a99999")
     for value in (job, many):
         assert len(value) <= 63
         assert re.fullmatch(
@@ -1938,7 +1939,7 @@ def test_a_webhook_runs_in_the_background_and_is_asked_for_until_it_answers() ->
         result = sim.tick(seconds=4)
         assert calls_asked(result) == ["s2"] and _step(sim).phase == StepPhase.RUNNING
         assert result.requeue_after is not None
-        assert result.requeue_after <= machine.POLL_WAITING
+        assert result.requeue_after <= POLL_WAITING
     assert sim.world.started == ["s2"]
     sim.world.answer("s2", True, "POST http://tests.example/run: HTTP 200")
     result = sim.tick()

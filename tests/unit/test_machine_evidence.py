@@ -12,6 +12,8 @@ from typing import Any
 
 from canary_operator.api.models import ContainerLogTail, Phase, Result, StepPhase
 from canary_operator.engine import evidence, machine, start
+from canary_operator.engine.annotations import RETRY_ANNOTATION
+from canary_operator.engine.start import wants_validation
 from canary_operator.engine.types import (
     DeleteCanaryObjects,
     Emit,
@@ -236,17 +238,17 @@ def _at(phase: Phase, **fields: Any) -> Rollout:
 
 
 def test_wants_validation_only_when_a_run_may_start() -> None:
-    assert machine.wants_validation(make_rollout(), lock_held=False)
-    assert not machine.wants_validation(_at(Phase.QUEUED), lock_held=False)
-    assert machine.wants_validation(_at(Phase.QUEUED), lock_held=True)
-    assert not machine.wants_validation(_at(Phase.QUEUED, started_at="x"), lock_held=True)
-    assert not machine.wants_validation(_at(Phase.PROGRESSING), lock_held=True)
-    assert not machine.wants_validation(_at(Phase.CLEANING_UP), lock_held=True)
-    assert not machine.wants_validation(_at(Phase.FAILED), lock_held=False)
-    assert machine.wants_validation(_at(Phase.FAILED, fingerprint="old"), lock_held=False)
-    retried = replace(_at(Phase.FAILED, run=1), annotations={machine.RETRY_ANNOTATION: "2"})
-    assert machine.wants_validation(retried, lock_held=False)
-    assert not machine.wants_validation(replace(make_rollout(), deleting=True), lock_held=False)
+    assert wants_validation(make_rollout(), lock_held=False)
+    assert not wants_validation(_at(Phase.QUEUED), lock_held=False)
+    assert wants_validation(_at(Phase.QUEUED), lock_held=True)
+    assert not wants_validation(_at(Phase.QUEUED, started_at="x"), lock_held=True)
+    assert not wants_validation(_at(Phase.PROGRESSING), lock_held=True)
+    assert not wants_validation(_at(Phase.CLEANING_UP), lock_held=True)
+    assert not wants_validation(_at(Phase.FAILED), lock_held=False)
+    assert wants_validation(_at(Phase.FAILED, fingerprint="old"), lock_held=False)
+    retried = replace(_at(Phase.FAILED, run=1), annotations={RETRY_ANNOTATION: "2"})
+    assert wants_validation(retried, lock_held=False)
+    assert not wants_validation(replace(make_rollout(), deleting=True), lock_held=False)
 
 
 # -------------------------------------------------------------------- fail fast

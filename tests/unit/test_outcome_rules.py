@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from canary_operator.api.models import CanaryRolloutSpec, Phase, Result
-from canary_operator.engine.machine import ALLOW_OLDER_ANNOTATION, RETRY_ANNOTATION, plan
+from canary_operator.engine.annotations import ALLOW_OLDER_ANNOTATION, RETRY_ANNOTATION
+from canary_operator.engine.machine import plan
 from canary_operator.engine.types import (
     Emit,
     Observed,

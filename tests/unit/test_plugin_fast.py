@@ -16,7 +16,7 @@ import yaml
 from canary_operator import rollout_view
 from canary_operator.api.models import TERMINAL_PHASES
 from canary_operator.cli import listing, plugin
-from canary_operator.engine import machine
+from canary_operator.engine import annotations
 from tests.harness.fake_http import FakeServer, Reply
 
 ITEM = {
@@ -39,9 +39,9 @@ ITEM = {
 
 def test_the_light_view_spells_the_same_names_as_the_models() -> None:
     assert {p.value for p in TERMINAL_PHASES} == rollout_view.TERMINAL
-    assert rollout_view.RESUME_ANNOTATION == machine.RESUME_ANNOTATION
-    assert rollout_view.RETRY_ANNOTATION == machine.RETRY_ANNOTATION
-    assert rollout_view.PROMOTE_ANNOTATION == machine.PROMOTE_ANNOTATION
+    assert rollout_view.RESUME_ANNOTATION == annotations.RESUME_ANNOTATION
+    assert rollout_view.RETRY_ANNOTATION == annotations.RETRY_ANNOTATION
+    assert rollout_view.PROMOTE_ANNOTATION == annotations.PROMOTE_ANNOTATION
 
 
 def kubeconfig(tmp_path: Path, server: str, namespace: str = "demo") -> Path:

@@ -123,7 +123,7 @@ Weight = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 
 
 class Thresholds(_Model):
-    """Score thresholds; Kayenta takes them from the pipeline stage, defaults per DESIGN.md."""
+    """Score thresholds; Kayenta takes them from the pipeline stage; the defaults are 75/50."""
 
     pass_: Finite = Field(default=75.0, alias="pass", ge=0, le=100)
     marginal: Finite = Field(default=50.0, ge=0, le=100)

@@ -24,7 +24,7 @@ from canary_operator.cli import client, listing, live, wait
 from canary_operator.cli.client import CliError, Session
 from canary_operator.cli.status_view import recorded_phase, render_status
 from canary_operator.cli.steps import raw_steps
-from canary_operator.engine.machine import ALLOW_OLDER_ANNOTATION
+from canary_operator.engine.annotations import ALLOW_OLDER_ANNOTATION
 from canary_operator.kube.api import JsonObj, path
 from canary_operator.lock import queue
 from canary_operator.lock.lease import HISTORY_ANNOTATION, HOLDER_ANNOTATION, lease_name

@@ -16,26 +16,12 @@ phase has its module: start.py (Pending, Queued), steps.py and traffic_steps.py
 from __future__ import annotations
 
 from canary_operator.api.models import TERMINAL_PHASES, CanaryRolloutStatus, Phase
-
-# Re-exported for code that still imports them from here: their homes are
-# api/timestamps.py and the engine's modules named.
-from canary_operator.api.timestamps import iso as iso
-from canary_operator.api.timestamps import parse_any_time as parse_any_time
-from canary_operator.api.timestamps import parse_time as parse_time
-from canary_operator.api.timestamps import precise as precise
-from canary_operator.engine.annotations import ALLOW_OLDER_ANNOTATION as ALLOW_OLDER_ANNOTATION
-from canary_operator.engine.annotations import FORCE_RELEASE_ANNOTATION as FORCE_RELEASE_ANNOTATION
-from canary_operator.engine.annotations import PROMOTE_ANNOTATION as PROMOTE_ANNOTATION
-from canary_operator.engine.annotations import RESUME_ANNOTATION as RESUME_ANNOTATION
-from canary_operator.engine.annotations import RETRY_ANNOTATION as RETRY_ANNOTATION
 from canary_operator.engine.cleanup import cleaning_up
-from canary_operator.engine.cleanup_failures import cleanup_failed as cleanup_failed
-from canary_operator.engine.context import POLL_RUNNING as POLL_RUNNING
-from canary_operator.engine.context import POLL_WAITING as POLL_WAITING
 from canary_operator.engine.context import Context
+
+# The engine as the reconcile uses it: plan() and these.
 from canary_operator.engine.evidence import jobs_wanting_logs as jobs_wanting_logs
 from canary_operator.engine.evidence import record_evidence
-from canary_operator.engine.labels import job_name as job_name
 from canary_operator.engine.labels import step_label
 from canary_operator.engine.needs import need_after_planning, need_before_planning
 from canary_operator.engine.needs import takes_lock as takes_lock
@@ -43,7 +29,6 @@ from canary_operator.engine.outcomes import action_failed as action_failed
 from canary_operator.engine.outcomes import recovered as recovered
 from canary_operator.engine.outcomes import retrying as retrying
 from canary_operator.engine.start import pending, queued, terminal
-from canary_operator.engine.start import wants_validation as wants_validation
 from canary_operator.engine.steps import progressing
 from canary_operator.engine.types import (
     Action,
