@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from canary_operator.analysis.providers import render_query
+from canary_operator.analysis.queries import render_query
 from e2e.conftest import OperatorProcess, canary_objects, get_rollout, wait_phase
 from e2e.realnode_manifests import (
     assert_all_stable,

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from canary_operator.analysis.providers import PrometheusProvider, render_query
+from canary_operator.analysis.providers import PrometheusProvider
+from canary_operator.analysis.queries import render_query
 from tests.harness.cluster import wait_for, wait_for_async
 from tests.harness.prometheus import PrometheusServer, free_port
 from tests.harness.realnode_metrics import ERROR_RATE_QUERY, LATENCY_P99_QUERY

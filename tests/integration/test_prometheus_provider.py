@@ -10,7 +10,8 @@ import math
 
 import pytest
 
-from canary_operator.analysis.providers import PrometheusProvider, ProviderError, render_query
+from canary_operator.analysis.providers import PrometheusProvider, ProviderError
+from canary_operator.analysis.queries import render_query
 from tests.harness.cluster import wait_for_async
 from tests.harness.prometheus import PrometheusServer, free_port
 

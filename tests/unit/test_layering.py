@@ -44,6 +44,8 @@ LAYERS: tuple[Layer, ...] = (
         forbidden=_p(
             "traffic", "lock", "kube", "reconcile", "reconciler", "controller", "handlers",
             "cli", "web", "notifications", "metrics",
+            # The engine is pure: none of the modules that make calls either.
+            "analysis.providers", "checks.webhook", "checks.inflight", "checks.evidence",
         ),
     ),
     Layer(

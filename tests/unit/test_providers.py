@@ -11,13 +11,12 @@ import aiohttp
 import pytest
 
 from canary_operator.analysis.providers import (
-    QUERY_VARIABLES,
     MetricProvider,
     PrometheusProvider,
     ProviderError,
     WebhookMetricProvider,
-    render_query,
 )
+from canary_operator.analysis.queries import QUERY_VARIABLES, render_query
 from tests.harness.fake_http import HANG, FakeServer, Reply
 from tests.harness.prometheus import free_port
 

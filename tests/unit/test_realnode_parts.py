@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from canary_operator.analysis.providers import render_query
+from canary_operator.analysis.queries import render_query
 from tests.harness.realnode import GUARD_RULES, GUARD_TABLE, NODE_NAME, binomial_tolerance
 from tests.harness.realnode_metrics import (
     ERROR_RATE_QUERY,

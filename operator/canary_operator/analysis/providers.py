@@ -8,7 +8,6 @@ cannot answer. NaN and infinities are values (Prometheus answers ``"NaN"`` for 0
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -18,18 +17,11 @@ from canary_operator.checks.webhook import describe_error, display_url, post_jso
 from canary_operator.redact import scrub
 
 __all__ = [
-    "QUERY_VARIABLES",
     "MetricProvider",
     "PrometheusProvider",
     "ProviderError",
     "WebhookMetricProvider",
-    "render_query",
 ]
-
-QUERY_VARIABLES = ("role", "deployment", "namespace", "rollout")
-"""The variables an analysis query may use as ``{{name}}``."""
-
-_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
 
 class ProviderError(Exception):
@@ -40,22 +32,6 @@ class MetricProvider(Protocol):
     async def query(self, query: str, context: Mapping[str, Any]) -> float | None:
         """One number for ``query``; ``None`` when there is no data."""
         ...
-
-
-def render_query(template: str, variables: Mapping[str, str]) -> str:
-    """Replace ``{{name}}`` (spaces inside the braces allowed) with ``variables[name]``.
-
-    Raises :class:`ValueError` naming a placeholder that ``variables`` does not define.
-    """
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in variables:
-            known = ", ".join("{{" + v + "}}" for v in variables) or "none"
-            raise ValueError(f"unknown variable {{{{{name}}}}} in query (known: {known})")
-        return str(variables[name])
-
-    return _PLACEHOLDER.sub(substitute, template)
 
 
 class PrometheusProvider:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from canary_operator.analysis import kayenta, thresholds
-from canary_operator.analysis.providers import QUERY_VARIABLES, render_query
+from canary_operator.analysis.queries import QUERY_VARIABLES, render_query
 from canary_operator.api.models import (
     AnalysisStatus,
     AnalysisStepSpec,

@@ -14,8 +14,8 @@ from canary_operator.analysis.providers import (
     PrometheusProvider,
     ProviderError,
     WebhookMetricProvider,
-    render_query,
 )
+from canary_operator.analysis.queries import render_query
 from canary_operator.api.models import MeasurementStatus, parse_duration
 from canary_operator.api.models import MetricProvider as MetricProviderSpec
 from canary_operator.api.timestamps import iso
