@@ -15,9 +15,7 @@ from typing import Any
 from canary_operator.engine.types import RouteView
 from canary_operator.kube.api import JsonObj, Kube, path
 from canary_operator.kube.objects import FENCING
-
-# Importable from here until reconciler.py imports it from traffic/base.py.
-from canary_operator.traffic.base import PermanentRouteError as PermanentRouteError
+from canary_operator.traffic.base import PermanentRouteError
 
 ORIGINAL_WEIGHTS = "canary-operator.dev/original-weights"
 
