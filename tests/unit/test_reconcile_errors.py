@@ -61,10 +61,5 @@ def test_transient_failures() -> None:
     assert RetryLater.described
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`exc or 'no answer'`: an exception is always true, so an empty one reads "
-    "'connection failed: ' (as in the old reconciler's _describe)",
-)
 def test_a_connection_failure_without_words_says_no_answer() -> None:
     assert describe(aiohttp.ClientError()) == "connection failed: no answer"

@@ -44,7 +44,8 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"timed out{': ' + str(exc) if str(exc) else ''}"
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return f"connection failed: {exc or 'no answer'}"
+        # An exception is always true: its words are what may be missing.
+        return f"connection failed: {str(exc) or 'no answer'}"
     return str(exc) or "unexpected error"
 
 
