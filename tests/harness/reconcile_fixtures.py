@@ -14,19 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
-from pydantic import ValidationError
 
 from canary_operator import index
 from canary_operator.api.job_policy import AllowedServiceAccounts
-from canary_operator.api.models import GROUP, VERSION, CanaryRolloutStatus
-from canary_operator.checks.inflight import CheckRunner, RunRef
-from canary_operator.engine.types import Rollout
+from canary_operator.api.models import GROUP, VERSION
+from canary_operator.checks.inflight import CheckRunner
 from canary_operator.index import RolloutIndex, parse_spec
 from canary_operator.kube.api import JsonObj, path
 from canary_operator.kube.events import EventRecorder
-from canary_operator.kube.rollouts import FINALIZER, has_finalizer, rollout_path
+from canary_operator.kube.rollouts import FINALIZER, rollout_path
 from canary_operator.lock.lease import LeaseLock
-from canary_operator.lock.run_lock import RunLock
 from canary_operator.reconcile.context import Collaborators, ReconcileContext, Targets
 from canary_operator.reconcile.observe import observe, read_targets
 from canary_operator.reconcile.reconciler import Reconciler
@@ -175,6 +172,12 @@ class Cluster:
         self.clear()
         return body
 
+    async def running(self) -> ReconcileContext:
+        """A progressing rollout, observed, with the request logs cleared."""
+        ctx = await self.observed(await self.progressing())
+        self.clear()
+        return ctx
+
     async def observed(self, body: JsonObj) -> ReconcileContext:
         """The context of `body` as Reconciler has it before deciding: targets read and
         the first observation made, both from the cached Kube."""
@@ -185,29 +188,7 @@ class Cluster:
 
     def context(self, body: JsonObj, targets: Targets | None = None) -> ReconcileContext:
         """A ReconcileContext as Reconciler makes it (its targets as given, else none)."""
-        meta = body["metadata"]
-        rollout_spec = parse_spec(body)
-        try:
-            current = CanaryRolloutStatus.model_validate(body.get("status") or {})
-        except ValidationError:
-            current = CanaryRolloutStatus()
-        rollout = Rollout(
-            name=meta["name"],
-            namespace=meta["namespace"],
-            uid=meta["uid"],
-            generation=int(meta.get("generation") or 1),
-            spec=rollout_spec,
-            status=current,
-            deleting=bool(meta.get("deletionTimestamp")),
-            has_finalizer=has_finalizer(body),
-            annotations=meta.get("annotations") or {},
-            created=meta.get("creationTimestamp"),
-        )
-        run_lock = RunLock(
-            self.deps.lock, self.deps.fresh, rollout.namespace, rollout_spec.lock_key, rollout.uid
-        )
-        ref = RunRef(rollout.namespace, rollout.name, rollout.uid, current.run)
-        ctx = ReconcileContext(self.deps, rollout, body, ref, run_lock)
+        ctx = ReconcileContext.made(self.deps, body, parse_spec(body))
         ctx.targets = targets or Targets(None, None)
         return ctx
 

@@ -11,7 +11,6 @@ import pytest
 from canary_operator.engine.types import DeleteCanaryObjects
 from canary_operator.kube import objects
 from canary_operator.reconcile import canary, views
-from canary_operator.reconcile.context import ReconcileContext
 from tests.harness.reconcile_fixtures import (
     DEPLOYMENTS,
     JOBS,
@@ -34,18 +33,12 @@ async def cluster() -> AsyncIterator[Cluster]:
         yield made
 
 
-async def running(cluster: Cluster) -> ReconcileContext:
-    ctx = await cluster.observed(await cluster.progressing())
-    cluster.clear()
-    return ctx
-
-
 def paths(stale: list[tuple[str, Any]]) -> list[str]:
     return [where.rsplit("/", 2)[-2] + "/" + where.rsplit("/", 1)[-1] for where, _ in stale]
 
 
 async def test_an_unchanged_canary_is_not_applied_again(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     assert await canary.to_apply(ctx, 1) == []
     # Read from the cache only: nothing written, nothing read fresh.
     assert sorted(cluster.kube.requests) == [
@@ -56,12 +49,12 @@ async def test_an_unchanged_canary_is_not_applied_again(cluster: Cluster) -> Non
 
 
 async def test_a_canary_of_another_size_is_applied_again(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     assert paths(await canary.to_apply(ctx, 2)) == ["deployments/web-canary"]
 
 
 async def test_a_canary_scaled_by_someone_else_is_applied_again(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     scaled = cluster.kube.stored(CANARY)
     assert scaled is not None
     scaled["spec"]["replicas"] = 4  # the digest annotation is left as it was
@@ -74,7 +67,7 @@ async def test_a_canary_scaled_by_someone_else_is_applied_again(cluster: Cluster
 
 
 async def test_objects_deleted_or_being_deleted_are_applied_again(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     await cluster.kube.delete(f"{SERVICES}/web-canary")
     going = cluster.kube.stored(CANARY)
     assert going is not None
@@ -100,7 +93,7 @@ async def test_the_baseline_is_applied_with_the_canary(cluster: Cluster) -> None
 
 
 async def test_no_canary_without_a_target(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     ctx.targets.target = None
     with pytest.raises(ValueError, match="target Deployment web not found"):
         await canary.to_apply(ctx, 1)
@@ -121,7 +114,7 @@ def pod(name: str, role: str) -> Any:
 async def test_cleanup_deletes_in_order_and_keeps_failed_jobs_by_relabelling(
     cluster: Cluster,
 ) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     kube = cluster.kube
     kube.put(f"{JOBS}/failed-smoke", job("failed-smoke", "test", UID))
     kube.put(f"{JOBS}/passed-smoke", job("passed-smoke", "test", UID))
@@ -153,7 +146,7 @@ async def test_cleanup_deletes_in_order_and_keeps_failed_jobs_by_relabelling(
 
 
 async def test_cleanup_leaves_what_is_already_going(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     going = cluster.kube.stored(CANARY)
     assert going is not None
     going["metadata"].update(deletionTimestamp="2026-12-07T00:00:00Z", finalizers=["x"])

@@ -34,12 +34,6 @@ async def cluster() -> AsyncIterator[Cluster]:
         yield made
 
 
-async def running(cluster: Cluster) -> ReconcileContext:
-    ctx = await cluster.observed(await cluster.progressing())
-    cluster.clear()
-    return ctx
-
-
 def secret(cluster: Cluster, name: str, **data: str) -> None:
     encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
     cluster.kube.put(f"{SECRETS}/{name}", {"metadata": {"name": name}, "data": encoded})
@@ -63,7 +57,7 @@ async def answer(cluster: Cluster, ctx: ReconcileContext, key: str) -> Any:
 
 
 async def test_a_url_from_a_missing_secret_is_a_failed_check_naming_it(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     action = webhook(urlFrom={"secretKeyRef": {"name": "hook", "key": "url"}})
     checks.start(ctx, action)
     assert cluster.deps.checks.known(ctx.ref, action.key)
@@ -74,7 +68,7 @@ async def test_a_url_from_a_missing_secret_is_a_failed_check_naming_it(cluster: 
 
 
 async def test_a_url_from_a_secret_holding_no_url(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     secret(cluster, "hook", url="ftp://example.com\n")
     action = webhook(urlFrom={"secretKeyRef": {"name": "hook", "key": "url"}})
     checks.start(ctx, action)
@@ -84,7 +78,7 @@ async def test_a_url_from_a_secret_holding_no_url(cluster: Cluster) -> None:
 
 
 async def test_a_header_from_a_missing_secret(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     header = {"name": "X-Token", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "v"}}}
     action = webhook(url="http://127.0.0.1:9/never", headers=[header])
     checks.start(ctx, action)
@@ -95,7 +89,7 @@ async def test_a_header_from_a_missing_secret(cluster: Cluster) -> None:
 async def test_a_webhook_from_secrets_is_called_once_and_keeps_its_url_secret(
     cluster: Cluster,
 ) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     async with FakeServer(Reply(200, {"ok": True})) as server:
         secret(cluster, "hook", url=f"{server.url}/smoke?token=s3cret\n", token="t0k\n")
         header = {
@@ -153,7 +147,7 @@ def analysis(**fields: Any) -> AnalysisStepSpec:
 
 
 async def test_a_measurement_without_a_provider(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     action = Measure(key="s1-m1", analysis=analysis(), roles=("canary",))
     checks.start(ctx, action)
     result = await answer(cluster, ctx, action.key)
@@ -162,7 +156,7 @@ async def test_a_measurement_without_a_provider(cluster: Cluster) -> None:
 
 
 async def test_a_measurement_whose_provider_header_secret_is_missing(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     header = {"name": "X-Token", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "v"}}}
     provider = {"webhook": {"url": "http://127.0.0.1:9/metrics", "headers": [header]}}
     action = Measure(key="s1-m1", analysis=analysis(provider=provider), roles=("canary",))
@@ -171,7 +165,7 @@ async def test_a_measurement_whose_provider_header_secret_is_missing(cluster: Cl
 
 
 async def test_a_check_starts_under_the_lock_and_only_once(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     action = webhook(urlFrom={"secretKeyRef": {"name": "hook", "key": "url"}})
     plan = Plan(status=ctx.rollout.status, actions=[action])
     await act.act(ctx, plan)

@@ -11,7 +11,6 @@ from canary_operator.api.models import JobTemplate
 from canary_operator.engine.types import EnsureJob
 from canary_operator.kube import objects
 from canary_operator.reconcile import jobs, views
-from canary_operator.reconcile.context import ReconcileContext
 from tests.harness.reconcile_fixtures import JOBS, UID, Cluster, fake_cluster
 
 TEMPLATE = JobTemplate.model_validate(
@@ -25,14 +24,8 @@ async def cluster() -> AsyncIterator[Cluster]:
         yield made
 
 
-async def running(cluster: Cluster) -> ReconcileContext:
-    ctx = await cluster.observed(await cluster.progressing())
-    cluster.clear()
-    return ctx
-
-
 async def test_a_job_created_twice_is_fine(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     action = EnsureJob("web-v2-1-s1", TEMPLATE, "step 1")
     await jobs.ensure(ctx, action, cluster.kube)
     await jobs.ensure(ctx, action, cluster.kube)  # the 409 of an earlier create
@@ -50,14 +43,14 @@ async def test_a_job_created_twice_is_fine(cluster: Cluster) -> None:
 
 
 async def test_a_cleanup_job_is_labelled_as_one(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     await jobs.ensure(ctx, EnsureJob("web-v2-1-c1-a0", TEMPLATE, "cleanup 1/1 purge"), cluster.kube)
     created = cluster.kube.stored(f"{JOBS}/web-v2-1-c1-a0")
     assert created is not None and views.job(created).cleanup
 
 
 async def test_no_job_without_a_target(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     ctx.targets.target = None
     with pytest.raises(ValueError, match="target Deployment web not found"):
         await jobs.ensure(ctx, EnsureJob("j", TEMPLATE, "step 1"), cluster.kube)
@@ -65,7 +58,7 @@ async def test_no_job_without_a_target(cluster: Cluster) -> None:
 
 
 async def test_deleting_a_job_gone_already_is_fine(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     await jobs.ensure(ctx, EnsureJob("j", TEMPLATE, "step 1"), cluster.kube)
     await jobs.delete(ctx, "j", cluster.kube)
     await jobs.delete(ctx, "j", cluster.kube)

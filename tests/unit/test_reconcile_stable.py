@@ -12,7 +12,6 @@ from canary_operator.engine.types import PromoteStable, ScaleStable
 from canary_operator.kube import objects
 from canary_operator.kube.api import Conflict, FencedWrites
 from canary_operator.reconcile import stable, views
-from canary_operator.reconcile.context import ReconcileContext
 from tests.harness.reconcile_fixtures import DEPLOYMENTS, NAME, UID, Cluster, fake_cluster
 
 TARGET = f"{DEPLOYMENTS}/web"
@@ -24,16 +23,10 @@ async def cluster() -> AsyncIterator[Cluster]:
         yield made
 
 
-async def running(cluster: Cluster) -> ReconcileContext:
-    ctx = await cluster.observed(await cluster.progressing())
-    cluster.clear()
-    return ctx
-
-
 async def test_promotion_applies_the_new_version_its_record_and_the_fencing_token(
     cluster: Cluster,
 ) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     action = PromoteStable(run_id=f"{NAME}/1", version_since="2026-12-07T10:00:00Z")
     await stable.promote(ctx, action, cluster.kube)
     # Read fresh (the apply is conditional on its version), written once.
@@ -59,7 +52,7 @@ async def test_promotion_applies_the_new_version_its_record_and_the_fencing_toke
 
 
 async def test_promotion_is_conditional_on_the_target_as_read(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
 
     async def someone_writes_meanwhile() -> None:  # between the read and the apply
         await cluster.fresh.merge_patch(TARGET, {"metadata": {"labels": {"x": "1"}}})
@@ -73,14 +66,14 @@ async def test_promotion_is_conditional_on_the_target_as_read(cluster: Cluster) 
 
 
 async def test_no_promotion_without_a_target(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     await cluster.kube.delete(TARGET)
     with pytest.raises(ValueError, match="target Deployment web not found"):
         await stable.promote(ctx, PromoteStable(run_id="r"), cluster.kube)
 
 
 async def test_scaling_the_stable_writes_its_size_and_the_record_once(cluster: Cluster) -> None:
-    ctx = await running(cluster)
+    ctx = await cluster.running()
     action = ScaleStable(replicas=2, original=3, floor=1)
     await stable.scale(ctx, action, cluster.kube)
     scaled = cluster.kube.stored(TARGET)

@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from canary_operator.api.job_policy import AllowedServiceAccounts
-from canary_operator.api.models import CanaryRolloutStatus
+from canary_operator.api.models import CanaryRolloutSpec, CanaryRolloutStatus
 from canary_operator.checks.inflight import CheckRunner, RunRef
 from canary_operator.engine.types import Action, Observed, Rollout
 from canary_operator.index import RolloutIndex
 from canary_operator.kube.api import JsonObj, Kube
 from canary_operator.kube.events import EventRecorder
+from canary_operator.kube.rollouts import has_finalizer
 from canary_operator.lock.lease import LeaseLock
 from canary_operator.lock.run_lock import RunLock
 from canary_operator.traffic.base import TrafficRouter
@@ -84,6 +87,30 @@ class ReconcileContext:
     """What the engine plans from; each round of observation replaces it."""
     acting: list[Action] = field(default_factory=list)
     """The actions tried so far in this reconcile; after a failure, the last one failed."""
+
+    @classmethod
+    def made(cls, deps: Collaborators, body: JsonObj, spec: CanaryRolloutSpec) -> ReconcileContext:
+        """The context of one reconcile of the rollout `body` (its spec parsed)."""
+        meta = body["metadata"]
+        try:
+            current = CanaryRolloutStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            current = CanaryRolloutStatus()
+        rollout = Rollout(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 1),
+            spec=spec,
+            status=current,
+            deleting=bool(meta.get("deletionTimestamp")),
+            has_finalizer=has_finalizer(body),
+            annotations=meta.get("annotations") or {},
+            created=meta.get("creationTimestamp"),
+        )
+        run_lock = RunLock(deps.lock, deps.fresh, rollout.namespace, spec.lock_key, rollout.uid)
+        ref = RunRef(rollout.namespace, rollout.name, rollout.uid, current.run)
+        return cls(deps, rollout, body, ref, run_lock)
 
     @property
     def namespace(self) -> str:

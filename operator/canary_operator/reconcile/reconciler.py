@@ -16,13 +16,10 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from canary_operator.api.models import CanaryRolloutSpec, CanaryRolloutStatus
 from canary_operator.checks.inflight import RunRef
-from canary_operator.engine.types import CHECK_ACTIONS, Emit, Plan, Rollout
+from canary_operator.engine.types import CHECK_ACTIONS, Emit, Plan
 from canary_operator.index import parse_spec
-from canary_operator.kube.api import JsonObj
-from canary_operator.kube.rollouts import has_finalizer, rollout_path
-from canary_operator.lock.run_lock import RunLock
+from canary_operator.kube.rollouts import rollout_path
 from canary_operator.reconcile import act, status
 from canary_operator.reconcile.context import Collaborators, ReconcileContext
 from canary_operator.reconcile.decide import decide
@@ -51,35 +48,11 @@ class Reconciler:
         except ValidationError as exc:
             await status.invalid(deps, body, exc)
             return None
-        ctx = self._context(body, spec)
+        ctx = ReconcileContext.made(deps, body, spec)
         ctx.targets = await read_targets(ctx)
         ctx.obs = await observe(ctx, deps.kube)
         result, retry_error = await act.act_on(ctx, await decide(ctx))
         return await self._record(ctx, result, retry_error)
-
-    def _context(self, body: JsonObj, spec: CanaryRolloutSpec) -> ReconcileContext:
-        meta = body["metadata"]
-        try:
-            current = CanaryRolloutStatus.model_validate(body.get("status") or {})
-        except ValidationError:
-            current = CanaryRolloutStatus()
-        rollout = Rollout(
-            name=meta["name"],
-            namespace=meta["namespace"],
-            uid=meta["uid"],
-            generation=int(meta.get("generation") or 1),
-            spec=spec,
-            status=current,
-            deleting=bool(meta.get("deletionTimestamp")),
-            has_finalizer=has_finalizer(body),
-            annotations=meta.get("annotations") or {},
-            created=meta.get("creationTimestamp"),
-        )
-        run_lock = RunLock(
-            self.deps.lock, self.deps.fresh, rollout.namespace, spec.lock_key, rollout.uid
-        )
-        ref = RunRef(rollout.namespace, rollout.name, rollout.uid, current.run)
-        return ReconcileContext(self.deps, rollout, body, ref, run_lock)
 
     async def _record(
         self, ctx: ReconcileContext, result: Plan, retry_error: str | None
