@@ -32,6 +32,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from canary_operator.api.timestamps import precise
 from canary_operator.kube.api import Conflict, JsonObj, Kube, describe, path
+from canary_operator.kube.cache import newer_or_same
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,6 @@ class HeldLease:
     lease: JsonObj  # the newest version seen: read, written, or from the watch
     renewed_at: float  # monotonic: when it last changed (our write or someone's)
     error: str | None = None  # why the last renewal failed; None once one succeeds
-
-
-def _version(lease: JsonObj) -> int:
-    try:
-        return int(lease["metadata"].get("resourceVersion") or 0)
-    except ValueError:  # resourceVersions are opaque; compare only when numeric
-        return 0
 
 
 def holder_of(lease: JsonObj) -> tuple[str | None, int]:
@@ -111,7 +105,7 @@ class LeaseRenewer:
         key = (namespace, lease["metadata"]["name"])
         known = self._held.get(key)
         if known is not None and (known.holder_uid, known.token) == (uid, token):
-            if _version(lease) > _version(known.lease):
+            if not newer_or_same(known.lease, lease):
                 known.lease = lease
             return
         self._held[key] = HeldLease(
@@ -131,7 +125,7 @@ class LeaseRenewer:
         """A watch event of a Lease: keep the newest version; notice a lost lock."""
         meta = lease["metadata"]
         held = self._held.get((meta.get("namespace", ""), meta["name"]))
-        if held is None or _version(lease) <= _version(held.lease):
+        if held is None or newer_or_same(held.lease, lease):
             return
         if holder_of(lease) != (held.holder_uid, held.token):
             self._lost(held, lease)
