@@ -378,6 +378,38 @@ async def test_one_message_per_trigger_and_service_even_when_told_twice() -> Non
     )
 
 
+class BusyRollout(FakeKube):
+    """Another writer (the run's own status writes, as it ends) changes the rollout
+    between each of the first `busy` reads of it and the ledger's conditional write."""
+
+    def __init__(self, objects: dict[str, JsonObj], busy: int) -> None:
+        super().__init__(objects)
+        self.busy = busy
+
+    async def get(self, resource_path: str) -> JsonObj | None:
+        found = await super().get(resource_path)
+        if resource_path.endswith("/web") and self.busy > 0:
+            self.busy -= 1
+            meta = self.objects[resource_path]["metadata"]
+            meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        return found
+
+
+async def test_a_burst_of_other_writes_does_not_drop_a_ledger_mark() -> None:
+    async with FakeServer(Reply(200, "ok")) as server:
+        body = rollout_body({config.SUBSCRIBE_PREFIX + "on-failed.chat": ""})
+        plain = cluster(server.url, body)
+        kube = BusyRollout(plain.objects, busy=6)  # more than 3 tries for each mark
+        notifier = started(Notifier(kube, Events(), None, FAST))  # type: ignore[arg-type]
+        notifier.transition(body, st(Phase.CLEANING_UP), st(Phase.FAILED))
+        await notifier.idle()
+        await notifier.stop()
+    assert len(server.requests) == 1
+    assert ledger(kube.objects[next(k for k in kube.objects if k.endswith("/web"))]) == {
+        "1/on-failed/chat": "sent"
+    }
+
+
 async def test_a_sent_key_in_the_ledger_is_not_sent_again_by_a_new_process() -> None:
     async with FakeServer(Reply(200, "ok")) as server:
         body = rollout_body(

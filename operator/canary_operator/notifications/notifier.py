@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 LEDGER_ANNOTATION = "notifications.canary-operator.dev/notified"
 LEDGER_LIMIT = 64  # entries kept on a rollout (oldest dropped first)
 PENDING, SENT, FAILED = "pending", "sent", "failed"
+# A ledger write is conditional on the rollout's version: tries, and the pause before
+# the n-th retry (n x this), so that a burst of status writes does not drop a mark.
+LEDGER_TRIES = 10
+LEDGER_RETRY_SECONDS = 0.05
 
 
 class EventSink(Protocol):
@@ -414,7 +418,11 @@ class Notifier:
             models.GROUP, models.VERSION, models.PLURAL, delivery.namespace, delivery.name
         )
         async with lock:
-            for _ in range(3):
+            for attempt in range(LEDGER_TRIES):
+                if attempt:
+                    # Another writer won: a run that ends writes its status several times
+                    # within a second (and drops its finalizer); let the burst pass.
+                    await asyncio.sleep(LEDGER_RETRY_SECONDS * attempt)
                 try:
                     body = await asyncio.wait_for(self.kube.get(rollout), 10)
                     if body is None or body["metadata"].get("uid") != delivery.uid:
@@ -441,6 +449,14 @@ class Notifier:
                         "notification ledger of %s/%s: %s", delivery.namespace, delivery.name, exc
                     )
                     return
+            log.warning(
+                "notification ledger of %s/%s: %s not marked %s (%d conflicts in a row)",
+                delivery.namespace,
+                delivery.name,
+                delivery.key,
+                state,
+                LEDGER_TRIES,
+            )
 
     async def _event(self, delivery: Delivery, reason: str, message: str) -> None:
         with contextlib.suppress(Exception):
