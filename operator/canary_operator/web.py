@@ -28,6 +28,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from canary_operator.api import models
 from canary_operator.cli.client import AbortRequest, request_abort
 from canary_operator.kube.api import Conflict, JsonObj, Kube, path
+from canary_operator.kube.rollouts import rollout_path
 from canary_operator.leader import LeaderElector, default_namespace
 from canary_operator.metrics import Metrics
 from canary_operator.rollout_view import effective_phase, outcome_properties, settled
@@ -324,8 +325,7 @@ class Services:
         self._stopping: asyncio.Future[None] | None = None
 
     async def _lookup(self, namespace: str, name: str) -> JsonObj | None:
-        rollout = path(models.GROUP, models.VERSION, models.PLURAL, namespace, name)
-        return await self.kube.get(rollout)
+        return await self.kube.get(rollout_path(namespace, name))
 
     async def _abort(self, namespace: str, name: str) -> AbortRequest:
         return await request_abort(self.kube, namespace, name)

@@ -32,9 +32,9 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from canary_operator.api import models
 from canary_operator.api.models import CanaryRolloutStatus, Phase
 from canary_operator.kube.api import Conflict, JsonObj, Kube, path
+from canary_operator.kube.rollouts import rollout_path
 from canary_operator.notifications import config, payloads, triggers
 from canary_operator.notifications.config import ConfigError, NotificationConfig, Subscription
 from canary_operator.notifications.templating import TemplateError
@@ -414,9 +414,7 @@ class Notifier:
     async def _mark(self, delivery: Delivery, state: str) -> None:
         """Record a delivery's state on the rollout (best effort; conditional write)."""
         lock = self._ledger_locks.setdefault(delivery.uid, asyncio.Lock())
-        rollout = path(
-            models.GROUP, models.VERSION, models.PLURAL, delivery.namespace, delivery.name
-        )
+        rollout = rollout_path(delivery.namespace, delivery.name)
         async with lock:
             for attempt in range(LEDGER_TRIES):
                 if attempt:
