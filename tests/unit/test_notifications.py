@@ -35,12 +35,9 @@ from canary_operator.kube.api import Conflict, JsonObj
 from canary_operator.metrics import Metrics
 from canary_operator.notifications import config, payloads, triggers
 from canary_operator.notifications.config import ConfigError, Subscription
-from canary_operator.notifications.notifier import (
-    LEDGER_ANNOTATION,
-    Backoff,
-    Notifier,
-    ledger,
-)
+from canary_operator.notifications.ledger import LEDGER_ANNOTATION, ledger
+from canary_operator.notifications.notifier import Notifier
+from canary_operator.notifications.sender import Backoff
 from canary_operator.notifications.templating import TemplateError, render
 from tests.harness.fake_http import FakeServer, Reply
 from tests.unit.test_metrics import sample

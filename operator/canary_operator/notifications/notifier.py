@@ -8,12 +8,8 @@ limit. A chat endpoint that hangs or answers 500 delays only its own messages: n
 step, cleanup or lock waits on it.
 
 Dedupe: in this process, a delivery key (run/trigger[/occurrence]/service) is sent
-once. Across restarts, the key is recorded on the rollout in the annotation
-`notifications.canary-operator.dev/notified` (as Argo's notifications-engine does):
-`pending` before the first attempt, `sent` after success, `failed` when given up. A
-restarted operator re-sends what was `pending` and never what was `sent`. (A message
-can be lost if the operator dies between the status write and the `pending` mark; it
-can be sent twice if it dies between a delivery and its `sent` mark.)
+once. Across restarts, the key is recorded on the rollout (ledger.py). One attempt
+and the backoff between attempts are in sender.py.
 """
 
 from __future__ import annotations
@@ -21,34 +17,33 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
 
 from canary_operator.api.models import CanaryRolloutStatus, Phase
-from canary_operator.kube.api import Conflict, JsonObj, Kube, path
-from canary_operator.kube.rollouts import rollout_path
-from canary_operator.notifications import config, payloads, triggers
-from canary_operator.notifications.config import ConfigError, NotificationConfig, Subscription
+from canary_operator.kube.api import JsonObj, Kube, path
+from canary_operator.notifications import config, payloads, sender, triggers
+from canary_operator.notifications.config import ConfigError, NotificationConfig
+from canary_operator.notifications.ledger import (
+    FAILED,
+    PENDING,
+    SENT,
+    Delivery,
+    Ledger,
+    ledger,
+    parse_key,
+)
+from canary_operator.notifications.sender import DEFAULT_BACKOFF, Backoff
 from canary_operator.notifications.templating import TemplateError
 from canary_operator.notifications.triggers import Fired
 
 log = logging.getLogger(__name__)
-
-LEDGER_ANNOTATION = "notifications.canary-operator.dev/notified"
-LEDGER_LIMIT = 64  # entries kept on a rollout (oldest dropped first)
-PENDING, SENT, FAILED = "pending", "sent", "failed"
-# A ledger write is conditional on the rollout's version: tries, and the pause before
-# the n-th retry (n x this), so that a burst of status writes does not drop a mark.
-LEDGER_TRIES = 10
-LEDGER_RETRY_SECONDS = 0.05
 
 
 class EventSink(Protocol):
@@ -63,59 +58,13 @@ class NotificationMetrics(Protocol):
     def notifications_in_flight(self, n: int) -> None: ...
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Delays between attempts: initial * factor**n, at most `cap`; give up after
-    `give_up_after` seconds of trying."""
-
-    initial: float = 2.0
-    factor: float = 2.0
-    cap: float = 120.0
-    give_up_after: float = 3600.0
-
-    def delay(self, attempt: int) -> float:
-        return float(min(self.cap, self.initial * self.factor**attempt))
-
-
-@dataclass(frozen=True)
-class Delivery:
-    namespace: str
-    name: str
-    uid: str
-    fired: Fired
-    subscription: Subscription
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def key(self) -> str:
-        return f"{self.fired.key}/{self.subscription.service}"
-
-
-def ledger(body: JsonObj) -> dict[str, str]:
-    raw = (body["metadata"].get("annotations") or {}).get(LEDGER_ANNOTATION)
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
-
-
-def _parse_key(key: str) -> tuple[Fired, str] | None:
-    """Inverse of Delivery.key: run/trigger[/occurrence]/service."""
-    parts = key.split("/")
-    if len(parts) not in (3, 4) or not parts[0].isdigit() or parts[1] not in triggers.TRIGGERS:
-        return None
-    occurrence = parts[2] if len(parts) == 4 else ""
-    return Fired(parts[1], int(parts[0]), occurrence), parts[-1]
-
-
 class Notifier:
     def __init__(
         self,
         kube: Kube,
         events: EventSink,
         metrics: NotificationMetrics | None = None,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         concurrency: int = 16,
         config_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -134,7 +83,7 @@ class Notifier:
         self._timers: dict[tuple[str, int], asyncio.Task[None]] = {}  # (uid, run) lock-waiting
         self._bodies: dict[str, JsonObj] = {}  # uid -> latest body seen
         self._configs: dict[str, tuple[float, NotificationConfig | ConfigError]] = {}
-        self._ledger_locks: dict[str, asyncio.Lock] = {}
+        self._ledger = Ledger(kube)
         self._session: aiohttp.ClientSession | None = None
         # Only a running controller (the leader) notifies: a standby replica sees the
         # same watch events and must not resume or time anything.
@@ -231,7 +180,7 @@ class Notifier:
         meta = body["metadata"]
         subs, _ = config.subscriptions(meta.get("annotations"))
         for key, state in ledger(body).items():
-            parsed = _parse_key(key)
+            parsed = parse_key(key)
             if state != PENDING or parsed is None:
                 continue
             fired, service = parsed
@@ -327,14 +276,14 @@ class Notifier:
             self._count(sub.service, trigger, "invalid")
             self._tell_once(body, f"{delivery.key}/invalid", f"notification {delivery.key}: {exc}")
             return
-        await self._mark(delivery, PENDING)
+        await self._ledger.mark(delivery, PENDING)
         started = self.clock()
         attempt = 0
         while True:
             ok, retry, detail = await self._post(service, data, content_type)
             if ok:
                 self._count(service.name, trigger, "sent")
-                await self._mark(delivery, SENT)
+                await self._ledger.mark(delivery, SENT)
                 return
             self._count(service.name, trigger, "failed")
             given_up = not retry or self.clock() - started >= self.backoff.give_up_after
@@ -352,7 +301,7 @@ class Notifier:
                     f"{trigger} to {service.type}/{service.name} not delivered after "
                     f"{attempt + 1} attempt(s): {detail}",
                 )
-                await self._mark(delivery, FAILED)
+                await self._ledger.mark(delivery, FAILED)
                 return
             await asyncio.sleep(self.backoff.delay(attempt))
             attempt += 1
@@ -363,24 +312,8 @@ class Notifier:
         """(delivered, worth retrying, what happened)."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        headers = {"Content-Type": content_type, **service.headers}
-        try:
-            async with (
-                self._http,
-                self._session.request(
-                    service.method,
-                    service.url,
-                    data=data,
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=service.timeout_seconds),
-                    allow_redirects=False,
-                ) as response,
-            ):
-                text = (await response.text(errors="replace"))[:300]
-                ok, retry = payloads.accepted(service, response.status, text)
-                return ok, retry, f"HTTP {response.status} {text.strip()[:120]}".strip()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return False, True, f"{type(exc).__name__}: {exc}"[:200]
+        async with self._http:
+            return await sender.post(self._session, service, data, content_type)
 
     # --------------------------------------------------------- configuration
 
@@ -409,52 +342,7 @@ class Notifier:
         self._configs[namespace] = (self.clock(), result)
         return result
 
-    # ---------------------------------------------------- ledger and events
-
-    async def _mark(self, delivery: Delivery, state: str) -> None:
-        """Record a delivery's state on the rollout (best effort; conditional write)."""
-        lock = self._ledger_locks.setdefault(delivery.uid, asyncio.Lock())
-        rollout = rollout_path(delivery.namespace, delivery.name)
-        async with lock:
-            for attempt in range(LEDGER_TRIES):
-                if attempt:
-                    # Another writer won: a run that ends writes its status several times
-                    # within a second (and drops its finalizer); let the burst pass.
-                    await asyncio.sleep(LEDGER_RETRY_SECONDS * attempt)
-                try:
-                    body = await asyncio.wait_for(self.kube.get(rollout), 10)
-                    if body is None or body["metadata"].get("uid") != delivery.uid:
-                        return
-                    entries = ledger(body)
-                    if entries.get(delivery.key) == state:
-                        return
-                    entries.pop(delivery.key, None)
-                    entries[delivery.key] = state
-                    while len(entries) > LEDGER_LIMIT:
-                        entries.pop(next(iter(entries)))
-                    patch = {
-                        "metadata": {
-                            "resourceVersion": body["metadata"]["resourceVersion"],
-                            "annotations": {LEDGER_ANNOTATION: json.dumps(entries)},
-                        }
-                    }
-                    await asyncio.wait_for(self.kube.merge_patch(rollout, patch), 10)
-                    return
-                except Conflict:
-                    continue
-                except Exception as exc:
-                    log.warning(
-                        "notification ledger of %s/%s: %s", delivery.namespace, delivery.name, exc
-                    )
-                    return
-            log.warning(
-                "notification ledger of %s/%s: %s not marked %s (%d conflicts in a row)",
-                delivery.namespace,
-                delivery.name,
-                delivery.key,
-                state,
-                LEDGER_TRIES,
-            )
+    # ------------------------------------------------------------- events
 
     async def _event(self, delivery: Delivery, reason: str, message: str) -> None:
         with contextlib.suppress(Exception):
