@@ -976,6 +976,12 @@ class CleanupStatus(StatusModel):
     attempts: int = 0
     last_error: str | None = None
     next_attempt_at: str | None = None
+    blocked_by: list[str] | None = Field(
+        default=None,
+        description="Objects whose deletion is overdue (kind/name: why, if known): the "
+        "cleanup waits for them, its lock kept (condition CleanupVerified, reason "
+        "CleanupBlocked, says how to let them go).",
+    )
     started_at: str | None = None
     finished_at: str | None = None
 
