@@ -11,6 +11,10 @@ as one `SPINNAKER_CONFIG_JSON={...}` line, which the parser reads with Jackson,
 intact. Exit 0 on Succeeded, 1 on any other end (Failed, Aborted, Superseded, or the
 spec replaced by a newer one), 2 on a timeout or an error. Progress goes to stderr.
 
+Besides how the run ended, the outputs say what it deployed: the version of the spec
+the waiter waited for (its images, per container, and its fingerprint), and after a
+success what the target runs (status.live).
+
 In a Job, the arguments may come from the environment instead (CANARY_ROLLOUT,
 CANARY_NAMESPACE, CANARY_WAIT_TIMEOUT, CANARY_ABORT_ON_TERM), which suits Spinnaker's
 preconfigured jobs.
@@ -22,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -35,6 +40,7 @@ from pydantic import ValidationError
 from canary_operator.api.models import CanaryRolloutSpec, parse_duration
 from canary_operator.cli import client
 from canary_operator.cli.client import CliError, Session
+from canary_operator.engine.versions import image_label, version_text
 from canary_operator.kube.api import Conflict, JsonObj
 from canary_operator.rollout_view import effective_phase, outcome_properties, settled
 
@@ -43,6 +49,20 @@ EXIT_FAILED = 1
 EXIT_TIMEOUT = 2
 EXIT_TERMINATED = 128 + signal.SIGTERM
 PROPERTY_KEYS = ("PHASE", "REASON", "FAILED_STEP", "FAILED_STEP_NAME", "MESSAGE", "RUN")
+# After those: what the run deploys (VERSION, VERSION_LABEL, FINGERPRINT, then one
+# IMAGE_<CONTAINER> per container), then what the target runs after a success: these
+# keys, from these fields of status.live.
+LIVE_KEYS = {
+    "LIVE_VERSION": "version",
+    "LIVE_LABEL": "label",
+    "LIVE_ROLLOUT": "rollout",
+    "LIVE_RUN": "run",
+}
+IMAGE_KEY_PREFIX = "IMAGE_"
+# A Kubernetes container name (an RFC 1123 label): lower-case letters, digits and
+# `-`, so the key the parser lower-cases from a property line is the JSON line's key.
+# A container not so named gets no key of its own (it is still in VERSION).
+CONTAINER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 PROPERTY_PREFIX = "SPINNAKER_PROPERTY_"
 CONFIG_JSON_PREFIX = "SPINNAKER_CONFIG_JSON="
 # Guava's CharMatcher.whitespace() (Unicode White_Space): what the parser's
@@ -106,8 +126,50 @@ def rollout_name(text: str) -> str:
 
 def survives_property_parser(value: str) -> bool:
     """Whether clouddriver's PropertyParser keeps `SPINNAKER_PROPERTY_K=value` as is:
-    exactly two parts when split on `=` without empty ones, and nothing trimmed."""
-    return value != "" and "=" not in value and value == value.strip(GUAVA_WHITESPACE)
+    one line (the log is split on newlines), exactly two parts when split on `=`
+    without empty ones, and nothing trimmed."""
+    return (
+        value != ""
+        and "=" not in value
+        and "\n" not in value
+        and "\r" not in value
+        and value == value.strip(GUAVA_WHITESPACE)
+    )
+
+
+def deployed_images(spec: JsonObj) -> dict[str, str]:
+    """container -> image that a rollout's spec deploys: its template's containers
+    when it has one (the template wins, as in promotion), else `spec.images` (a later
+    entry for the same container wins, as in promotion). Read from the raw spec, so
+    that a spec the operator refuses still says what it asked for."""
+    template = spec.get("template")
+    if isinstance(template, dict):
+        entries = (template.get("spec") or {}).get("containers") or []
+        pairs = [(e.get("name"), e.get("image")) for e in entries if isinstance(e, dict)]
+    else:
+        entries = spec.get("images") or []
+        pairs = [(e.get("container"), e.get("image")) for e in entries if isinstance(e, dict)]
+    return {str(name): str(image) for name, image in pairs if name and image}
+
+
+def version_properties(spec: JsonObj | None, live: JsonObj | None) -> dict[str, str]:
+    """The version a spec deploys (`VERSION` in the form of status.live.version,
+    `VERSION_LABEL` in that of status.live.label, the spec's `FINGERPRINT` as in
+    status.fingerprint, `IMAGE_<CONTAINER>` per container), then `live`
+    (status.live) as `LIVE_*`; "" for what is not known."""
+    images = deployed_images(spec or {})
+    fingerprint = _fingerprint(spec) if spec is not None else None
+    values = {
+        "VERSION": version_text(images),
+        "VERSION_LABEL": image_label(images),
+        "FINGERPRINT": fingerprint or "",
+    }
+    for container, image in sorted(images.items()):
+        if CONTAINER_NAME.fullmatch(container):
+            values[IMAGE_KEY_PREFIX + container.upper()] = image
+    for key, name in LIVE_KEYS.items():
+        values[key] = str((live or {}).get(name) or "")
+    return values
 
 
 def _json_line(document: dict[str, str]) -> str:
@@ -119,15 +181,28 @@ def _json_line(document: dict[str, str]) -> str:
 
 
 def properties(
-    body: JsonObj | None, rollout: str = "", namespace: str = "", **override: str
+    body: JsonObj | None,
+    rollout: str = "",
+    namespace: str = "",
+    deployed: JsonObj | None = None,
+    /,
+    **override: str,
 ) -> str:
     """What the waiter prints on stdout for Spinnaker: a `SPINNAKER_PROPERTY_K=V`
     line for every value the parser keeps intact, then the whole outcome (every key,
     empty strings when unknown) as one `SPINNAKER_CONFIG_JSON=` line. Both give the
-    same lower-case keys (`phase`, `failed_step`, ...) in the stage's outputs."""
+    same lower-case keys (`phase`, `failed_step`, ...) in the stage's outputs.
+
+    `deployed`: the spec whose version is reported (default: the body's); the live
+    version is reported only when the phase reported is Succeeded."""
     props = outcome_properties(body) if body is not None else {"PHASE": "Unknown"}
     props.update(override)
     values = {key: props.get(key, "") for key in PROPERTY_KEYS}
+    spec = deployed if deployed is not None else (body or {}).get("spec")
+    status = (body or {}).get("status") or {}
+    live = status.get("live") if values["PHASE"] == "Succeeded" else None
+    live = live if isinstance(live, dict) else None
+    values.update(version_properties(spec, live))
     lines = [
         f"{PROPERTY_PREFIX}{key}={value}\n"
         for key, value in values.items()
@@ -153,9 +228,9 @@ def progress_line(body: JsonObj) -> str:
     return " ".join(parts).replace(PROPERTY_PREFIX, "SPINNAKER-PROPERTY-")
 
 
-def _fingerprint(body: JsonObj) -> str | None:
+def _fingerprint(spec: JsonObj) -> str | None:
     try:
-        return CanaryRolloutSpec.model_validate(body.get("spec") or {}).run_fingerprint()
+        return CanaryRolloutSpec.model_validate(spec).run_fingerprint()
     except ValidationError:
         return None
 
@@ -163,12 +238,20 @@ def _fingerprint(body: JsonObj) -> str | None:
 @dataclass
 class Waited:
     """How a wait ended: the last body seen, and whether it settled, was replaced, or
-    was stopped from outside (SIGTERM)."""
+    was stopped from outside (SIGTERM); `first`, the first body seen, holds the spec
+    waited for (the version reported, even when a newer spec replaced it)."""
 
     body: JsonObj | None
     done: bool
     replaced: bool = False
     stopped: bool = False
+    first: JsonObj | None = None
+
+    @property
+    def deployed(self) -> JsonObj | None:
+        """The spec waited for."""
+        spec = (self.first or {}).get("spec")
+        return spec if isinstance(spec, dict) else None
 
 
 async def wait_settled(
@@ -197,7 +280,9 @@ async def wait_settled(
             if progress is not None and line != shown:
                 print(f"{time.strftime('%H:%M:%S')} {name}: {line}", file=progress, flush=True)
                 shown = line
-            fingerprint = _fingerprint(body)
+            fingerprint = _fingerprint(body.get("spec") or {})
+            if result.first is None:
+                result.first = body
             if pinned is None:
                 pinned = fingerprint
             elif pin_spec and fingerprint != pinned:
@@ -264,12 +349,22 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         finally:
             if abort_on_term:
                 loop.remove_signal_handler(signal.SIGTERM)
-        body = waited.body
+        body, deployed = waited.body, waited.deployed
         if waited.replaced:
             generation = (body or {}).get("metadata", {}).get("generation")
             message = f"the spec was replaced by a newer version (generation {generation})"
             print(f"error: {name}: {message}", file=sys.stderr)
-            out.write(properties(body, PHASE="Superseded", REASON="SpecChanged", MESSAGE=message))
+            out.write(
+                properties(
+                    body,
+                    name,
+                    namespace,
+                    deployed,
+                    PHASE="Superseded",
+                    REASON="SpecChanged",
+                    MESSAGE=message,
+                )
+            )
             return EXIT_FAILED
         if not waited.done:
             phase = effective_phase(body) if body else "Unknown"
@@ -278,11 +373,18 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 file=sys.stderr,
             )
             out.write(
-                properties(body, REASON="Timeout", MESSAGE=f"not finished within {args.timeout}")
+                properties(
+                    body,
+                    name,
+                    namespace,
+                    deployed,
+                    REASON="Timeout",
+                    MESSAGE=f"not finished within {args.timeout}",
+                )
             )
             return EXIT_TIMEOUT
         assert body is not None
-        out.write(properties(body))
+        out.write(properties(body, name, namespace, deployed))
         return EXIT_SUCCEEDED if effective_phase(body) == "Succeeded" else EXIT_FAILED
 
     code = client.run(main)
