@@ -242,7 +242,7 @@ def test_an_unknown_body_template_variable_refuses_the_run_before_anything() -> 
     result = plan(make_rollout(spec), observe())
     assert result.status.phase == Phase.FAILED
     assert result.status.outcome is not None
-    assert "cleanup 1 webhook body: unknown template variable {{secret}}" in (
+    assert "spec.cleanup[0].webhook.body: unknown template variable {{secret}}" in (
         result.status.outcome.message
     )
     assert effects(result.actions) == []

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from canary_operator.analysis import kayenta, thresholds
+from canary_operator.analysis import conditions, kayenta, thresholds
 from canary_operator.analysis.queries import QUERY_VARIABLES, render_query
 from canary_operator.api.models import (
     AnalysisStatus,
@@ -85,21 +85,32 @@ def progress(
     return AnalysisProgress(requeue=due - elapsed)
 
 
-def spec_errors(spec: AnalysisStepSpec) -> list[str]:
-    """What the schema cannot check: condition expressions (invariant 4: refuse before
-    touching anything)."""
+def spec_errors(spec: AnalysisStepSpec, field: str) -> list[str]:
+    """What the schema cannot check (invariant 4: refuse before touching anything):
+    condition expressions and query variables. Each problem starts with its field path;
+    `field` is the analysis step's (`spec.steps[1].analysis`)."""
     errors = []
-    if spec.judge == JudgeKind.THRESHOLDS:
-        for metric in spec.metrics:
-            try:
-                thresholds.validate_metric(metric)
-            except ValueError as exc:
-                errors.append(str(exc))
-    for metric in spec.metrics:
+    for m, metric in enumerate(spec.metrics):
+        at = f"{field}.metrics[{m}]"
+        if spec.judge == JudgeKind.THRESHOLDS:
+            expressions = {
+                "successCondition": metric.success_condition,
+                "failureCondition": metric.failure_condition,
+            }
+            if all(e is None for e in expressions.values()):
+                errors.append(
+                    f"{at}: the thresholds judge needs a successCondition or a failureCondition"
+                )
+            for name, expression in expressions.items():
+                if expression is not None:
+                    try:
+                        conditions.validate(expression)
+                    except ValueError as exc:
+                        errors.append(f"{at}.{name}: {exc}")
         try:
             render_query(metric.query, dict.fromkeys(QUERY_VARIABLES, "x"))
         except ValueError as exc:
-            errors.append(f"metric {metric.name}: {exc}")
+            errors.append(f"{at}.query: {exc}")
     return errors
 
 

@@ -7,21 +7,18 @@ from datetime import timedelta
 
 from canary_operator.api.models import (
     TERMINAL_PHASES,
-    CanaryRolloutSpec,
     CanaryRolloutStatus,
-    ParallelItem,
     Phase,
     Result,
     Step,
     StepStatus,
 )
 from canary_operator.api.timestamps import iso, precise
-from canary_operator.checks.render import template_problems
-from canary_operator.engine import analysis
 from canary_operator.engine.annotations import RETRY_ANNOTATION, retry_requested
 from canary_operator.engine.context import POLL_WAITING, Context
 from canary_operator.engine.lock_records import record_lock, record_queue
 from canary_operator.engine.outcomes import end_without_run
+from canary_operator.engine.spec_checks import spec_problems
 from canary_operator.engine.steps import progressing
 from canary_operator.engine.types import (
     DeleteCanaryObjects,
@@ -214,25 +211,6 @@ def _start(ctx: Context) -> None:
     # (the reconciler read it from the API server), and nothing above acted on the
     # target, so every action of this plan is step 1's (a failed one fails step 1).
     progressing(ctx)
-
-
-def spec_problems(spec: CanaryRolloutSpec) -> list[str]:
-    """Checks the schema cannot express, made before anything is touched."""
-    problems = []
-    for n, step in enumerate(spec.steps, start=1):
-        items: list[Step | ParallelItem] = [step, *(step.parallel or [])]
-        for item in items:
-            if item.analysis is not None:
-                problems += [f"step {n}: {e}" for e in analysis.spec_errors(item.analysis)]
-            webhook = item.test.webhook if item.test is not None else None
-            if webhook is not None and webhook.body is not None:
-                problems += [f"step {n} webhook body: {e}" for e in template_problems(webhook.body)]
-    for n, user in enumerate(spec.cleanup or [], start=1):
-        if user.webhook is not None and user.webhook.body is not None:
-            problems += [
-                f"cleanup {n} webhook body: {e}" for e in template_problems(user.webhook.body)
-            ]
-    return problems
 
 
 def fresh_step_status(step: Step) -> StepStatus:
