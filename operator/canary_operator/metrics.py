@@ -117,7 +117,8 @@ class _StateCollector(Collector):
         )
         blocked = GaugeMetricFamily(
             "canary_operator_cleanup_blocked",
-            "1 while a rollout's cleanup retries after a failure (its lock is kept).",
+            "1 while a rollout's cleanup retries after a failure, or waits for objects "
+            "whose deletion is overdue (status.cleanup.blockedBy); its lock is kept.",
             labels=["namespace", "name"],
         )
         held = GaugeMetricFamily(
@@ -354,7 +355,7 @@ class Metrics:
         rollout.cleanup_blocked = bool(
             new.phase == Phase.CLEANING_UP
             and cleanup is not None
-            and cleanup.attempts > 0
+            and (cleanup.attempts > 0 or cleanup.blocked_by)
             and not cleanup.finished_at
         )
         self._steps(before, new)

@@ -125,6 +125,29 @@ def test_blocked_cleanup_is_a_gauge_while_it_retries() -> None:
     assert "canary_operator_cleanup_blocked{" not in metrics.render()
 
 
+def test_a_cleanup_waiting_for_objects_that_will_not_go_is_blocked_too() -> None:
+    metrics = Metrics()
+    running = holding(0)
+    waiting = running.model_copy(
+        update={"phase": Phase.CLEANING_UP, "cleanup": CleanupStatus(started_at=stamp(5))}
+    )
+    metrics.record("apps", "web-v1", running, waiting)
+    assert "canary_operator_cleanup_blocked{" not in metrics.render()
+    stuck = waiting.model_copy(deep=True)
+    assert stuck.cleanup is not None
+    stuck.cleanup.blocked_by = ["pod/web-canary-1: held by finalizer example.com/hold"]
+    metrics.record("apps", "web-v1", waiting, stuck)
+    text = metrics.render()
+    assert sample(text, "canary_operator_cleanup_blocked", namespace="apps", rollout="web-v1") == 1
+    # Not a failed attempt: the failure counter says nothing of it.
+    assert not has_sample(text, "canary_operator_cleanup_failures_total", namespace="apps")
+    going = stuck.model_copy(deep=True)
+    assert going.cleanup is not None
+    going.cleanup.blocked_by = None
+    metrics.record("apps", "web-v1", stuck, going)
+    assert "canary_operator_cleanup_blocked{" not in metrics.render()
+
+
 def test_lock_handoff_from_release_to_the_waiting_runs_acquisition() -> None:
     clock = Clock()
     metrics = Metrics(clock=clock)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from canary_operator.api.models import CleanupStatus, CleanupStep, Result, StepPhase
 from canary_operator.api.timestamps import iso, parse_time
 from canary_operator.engine.annotations import FORCE_RELEASE_ANNOTATION
+from canary_operator.engine.cleanup_blocked import await_deletions, unblocked
 from canary_operator.engine.cleanup_failures import best_effort_failed, block_cleanup
 from canary_operator.engine.context import POLL_RUNNING, POLL_WAITING, Context
 from canary_operator.engine.evidence import step_statuses
@@ -37,9 +38,8 @@ def cleaning_up(ctx: Context) -> None:
         return
     # Verify: the router reads 100 % stable and no canary pod remains.
     if obs.canary_pods > 0:
-        status.message = f"cleanup: waiting for {obs.canary_pods} canary pods to go"
         status.cleanup.stage = "Verifying"
-        ctx.plan.requeue(1)
+        await_deletions(ctx, f"cleanup: waiting for {obs.canary_pods} canary pods to go")
         return
     _verified(ctx)
 
@@ -73,10 +73,10 @@ def _target_reset(ctx: Context) -> bool:
         return False
     if leftovers(obs) or _test_jobs(ctx):
         cleanup.stage = "Deleting"
-        status.message = "cleanup: deleting canary objects"
         ctx.act(DeleteCanaryObjects(keep_jobs=tuple(sorted(_jobs_to_keep(ctx)))))
-        ctx.plan.requeue(1)
+        await_deletions(ctx, "cleanup: deleting canary objects")
         return False
+    unblocked(ctx)  # whatever would not go is gone
     return True
 
 
@@ -147,6 +147,7 @@ def _verified(ctx: Context) -> None:
     cleanup.finished_at = iso(ctx.now)
     cleanup.last_error = None
     cleanup.next_attempt_at = None
+    cleanup.blocked_by = None
     skipped = ", ".join(f.name for f in cleanup.failed_steps or [])
     verified = "100% stable, no canary left" + (
         f"; best-effort cleanup steps failed: {skipped}" if skipped else ""

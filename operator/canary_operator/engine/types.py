@@ -151,6 +151,24 @@ class RouteView:
 
 
 @dataclass(frozen=True)
+class Lingering:
+    """An object of the canary (pod, Deployment, Service, Job) that is being deleted
+    but is still there: its deletionTimestamp is set. Cleanup waits for it; one whose
+    deletion is long overdue blocks the cleanup (engine/cleanup_blocked.py)."""
+
+    kind: str  # lower case, as kubectl names it: pod, deployment, service, job
+    name: str
+    # metadata.deletionTimestamp: when the deletion is due (for a pod, the request's
+    # time plus its grace period; for other objects, the request's time).
+    due: datetime
+    finalizers: tuple[str, ...] = ()
+    node: str | None = None  # a pod's spec.nodeName
+    # What the pod's own status says about its node, if anything (e.g. evicted because
+    # its node is unreachable, or removed by the pod GC because its node is gone).
+    node_problem: str | None = None
+
+
+@dataclass(frozen=True)
 class CheckResult:
     """The answer of a webhook call that ran in the background."""
 
@@ -186,6 +204,8 @@ class Observed:
     route: RouteView = RouteView(weight=0)
     jobs: Mapping[str, JobView] = field(default_factory=dict)
     canary_pods: int = 0
+    # The canary's objects being deleted but still there (see Lingering).
+    lingering: tuple[Lingering, ...] = ()
     # Calls to user endpoints (webhooks, metric measurements) run in the background,
     # never inside a reconcile. Their answers, keyed like the action that asked for
     # them, come back here until the status that records them is written; `in_flight`

@@ -55,6 +55,8 @@ async def observe(ctx: ReconcileContext, reads: Kube, lock: LockView | None = No
     )
     answers, running = ctx.deps.checks.observe(ctx.ref)
     uid = ctx.rollout.uid
+    jobs = [j for j in jobs if views.owned_by(j, uid) or views.purpose(j) == "test"]
+    going = [("deployment", canary), ("deployment", baseline), ("service", canary_service)]
     return Observed(
         now=datetime.now(UTC),
         lock=observed_lock,
@@ -63,12 +65,11 @@ async def observe(ctx: ReconcileContext, reads: Kube, lock: LockView | None = No
         baseline=views.workload(baseline, views.with_role(pods, "baseline")),
         canary_service=canary_service is not None,
         route=route,
-        jobs={
-            j["metadata"]["name"]: views.job(j)
-            for j in jobs
-            if views.owned_by(j, uid) or views.purpose(j) == "test"
-        },
+        jobs={j["metadata"]["name"]: views.job(j) for j in jobs},
         canary_pods=len(pods),
+        lingering=views.lingering(
+            [*going, *(("pod", p) for p in pods), *(("job", j) for j in jobs)]
+        ),
         checks={k: v for k, v in answers.items() if isinstance(v, CheckResult)},
         measurements={k: v for k, v in answers.items() if isinstance(v, MeasurementStatus)},
         in_flight=running,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from canary_operator.engine.types import JobView, PromotionRecord, WorkloadView
+from canary_operator.api.timestamps import parse_time
+from canary_operator.engine.types import JobView, Lingering, PromotionRecord, WorkloadView
 from canary_operator.kube import objects
 from canary_operator.kube.api import JsonObj
 from canary_operator.traffic.replicas import stable_record
@@ -91,6 +92,49 @@ def _pod_failure(pod: JsonObj) -> str | None:
         ):
             return f"pod {name} cannot be scheduled: {condition.get('message') or ''}"[:600]
     return None
+
+
+def lingering(objs: list[tuple[str, JsonObj | None]]) -> tuple[Lingering, ...]:
+    """The (kind, object) pairs that are being deleted but are still there."""
+    found = []
+    for kind, body in objs:
+        meta = (body or {}).get("metadata") or {}
+        due = meta.get("deletionTimestamp")
+        if body is None or not due:
+            continue
+        spec = body.get("spec") or {}
+        found.append(
+            Lingering(
+                kind=kind,
+                name=meta["name"],
+                due=parse_time(due),
+                finalizers=tuple(meta.get("finalizers") or ()),
+                node=spec.get("nodeName") if kind == "pod" else None,
+                node_problem=_node_problem(body) if kind == "pod" else None,
+            )
+        )
+    return tuple(found)
+
+
+# Why a pod's node cannot confirm it stopped, as the pod's own status says it
+# (condition DisruptionTarget's reason; the older status.reason NodeLost).
+_NODE_PROBLEMS = {
+    "DeletionByTaintManager": "evicted because node {node} is not ready or unreachable",
+    "DeletionByPodGC": "node {node} is gone (deleted by the pod garbage collector)",
+    "NodeLost": "node {node} was lost",
+}
+
+
+def _node_problem(pod: JsonObj) -> str | None:
+    status = pod.get("status") or {}
+    node = (pod.get("spec") or {}).get("nodeName") or "?"
+    reasons = [status.get("reason")] + [
+        c.get("reason")
+        for c in status.get("conditions") or []
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+    ]
+    found = next((r for r in reasons if r in _NODE_PROBLEMS), None)
+    return _NODE_PROBLEMS[found].format(node=node) if found else None
 
 
 def promotion(body: JsonObj) -> PromotionRecord | None:
