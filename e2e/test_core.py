@@ -322,7 +322,8 @@ def test_blocked_cleanup_keeps_the_lock_until_force_released(
     ]
     assert warnings and warnings[0]["type"] == "Warning"
     # The target is in an unknown state: nothing else may start.
-    assert lease(kube_cluster, namespace)["spec"]["holderIdentity"] == body["metadata"]["uid"]
+    holder = f"{body['metadata']['uid']}/{body['status']['run']}"  # the run holds it
+    assert lease(kube_cluster, namespace)["spec"]["holderIdentity"] == holder
     assert phase_of(kube_cluster, namespace, "next") == "Queued"
 
     kube_cluster.kubectl(

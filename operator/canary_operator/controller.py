@@ -20,8 +20,9 @@ from canary_operator.kube.api import Kube
 from canary_operator.kube.cache import Cache, CachedKube, Informer
 from canary_operator.kube.events import EventRecorder
 from canary_operator.lock import queue
+from canary_operator.lock.keys import lock_keys
 from canary_operator.lock.lease import LOCK_KEY_ANNOTATION, LOCK_LABEL, LeaseLock, lease_name
-from canary_operator.lock.renewer import LeaseRenewer
+from canary_operator.lock.renewer import LeaseRenewer, uid_of
 from canary_operator.metrics import Metrics
 from canary_operator.notifications.notifier import Notifier
 from canary_operator.reconcile.context import Collaborators
@@ -179,16 +180,18 @@ class Controller:
 
     def wake_lock_group(self, body: dict[str, Any]) -> None:
         try:
-            key = parse_spec(body).lock_key
+            keys = lock_keys(parse_spec(body))
         except Exception:
             return
         ns = body["metadata"]["namespace"]
-        holder = self._lease_holders.get((ns, lease_name(key)), (None, 0))[0]
-        self._wake_queue(ns, key, holder, skip=body["metadata"]["name"])
+        for key in keys:
+            holder = self._lease_holders.get((ns, lease_name(key)), (None, 0))[0]
+            self._wake_queue(ns, key, holder, skip=body["metadata"]["name"])
 
-    def _wake_queue(self, ns: str, lock_key: str, holder_uid: str | None, skip: str = "") -> None:
+    def _wake_queue(self, ns: str, lock_key: str, holder: str | None, skip: str = "") -> None:
         """Wake who can act on the lock now (its holder, the head of its queue, and under
         Supersede the newest waiter); the others later, coalesced."""
+        holder_uid = uid_of(holder)
         sharing = self.index.sharing_lock(ns, lock_key)
         now: set[str] = {c.name for c in sharing if c.uid == holder_uid}
         ordered = queue.order(sharing, holder_uid)

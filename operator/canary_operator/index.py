@@ -10,7 +10,8 @@ from canary_operator.api.models import CanaryRolloutSpec, Phase
 from canary_operator.kube.api import JsonObj
 from canary_operator.kube.cache import copy_json, newer_or_same, strip
 from canary_operator.kube.rollouts import ROLLOUTS
-from canary_operator.lock.queue import Candidate
+from canary_operator.lock.keys import lock_keys
+from canary_operator.lock.queue import UNSEEN, Candidate
 
 # How many parsed specs are kept (the oldest parsed goes first).
 PARSED_SPECS = 4096
@@ -47,12 +48,28 @@ def candidate(body: JsonObj) -> Candidate | None:
     return Candidate(
         name=meta["name"],
         uid=meta["uid"],
-        created=meta.get("creationTimestamp", ""),
+        applied=_applied(meta, status),
         phase=Phase(status.get("phase") or Phase.PENDING),
         policy=spec.policy,
         deleting=bool(meta.get("deletionTimestamp")),
-        queued_at=status.get("queuedAt") or "~",
+        queued_at=status.get("queuedAt") or UNSEEN,
+        run=max(int(status.get("run") or 0), 1),
     )
+
+
+def _applied(meta: JsonObj, status: JsonObj) -> str:
+    """When the spec of the rollout's current run was applied, to the second: a new
+    rollout's creation; an edit's first sight by the operator (status.versionSince);
+    UNSEEN for an edit not yet recorded. Whole seconds, because creationTimestamp has
+    no more; within one second the order of queuing decides (Candidate.queued_at)."""
+    created = str(meta.get("creationTimestamp") or "")
+    observed = status.get("observedGeneration")
+    if observed is None:
+        return created
+    if observed != meta.get("generation"):
+        return UNSEEN
+    since = status.get("versionSince")
+    return f"{since[:19]}Z" if since else created
 
 
 class RolloutIndex:
@@ -60,9 +77,9 @@ class RolloutIndex:
 
     def __init__(self) -> None:
         self._bodies: dict[tuple[str, str], JsonObj] = {}  # (namespace, name) -> body
-        # (namespace, name) -> (as the lock queue sees it, lock key, target Deployment),
+        # (namespace, name) -> (as the lock queue sees it, lock keys, target Deployment),
         # parsed once per change; rollouts whose spec cannot be read are left out.
-        self._entries: dict[tuple[str, str], tuple[Candidate, str, str]] = {}
+        self._entries: dict[tuple[str, str], tuple[Candidate, tuple[str, ...], str]] = {}
         self._by_lock: dict[tuple[str, str], set[str]] = {}  # (namespace, lock key) -> names
         self._phases: dict[tuple[str, str], Phase] = {}  # (namespace, uid) -> phase
         self._uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
@@ -84,7 +101,8 @@ class RolloutIndex:
             self._phases.pop((key[0], previous), None)  # recreated under the same name
         old = self._entries.pop(key, None)
         if old is not None:
-            self._by_lock.get((key[0], old[1]), set()).discard(key[1])
+            for lock_key in old[1]:
+                self._by_lock.get((key[0], lock_key), set()).discard(key[1])
         if deleted:
             self._phases.pop(by_uid, None)
             self._bodies.pop(key, None)
@@ -97,8 +115,10 @@ class RolloutIndex:
         if me is None:
             return
         spec = parse_spec(body)
-        self._entries[key] = (me, spec.lock_key, spec.target.deployment)
-        self._by_lock.setdefault((key[0], spec.lock_key), set()).add(key[1])
+        keys = lock_keys(spec)
+        self._entries[key] = (me, keys, spec.target.deployment)
+        for lock_key in keys:
+            self._by_lock.setdefault((key[0], lock_key), set()).add(key[1])
 
     def body(self, namespace: str, name: str) -> JsonObj | None:
         """The rollout as last seen (a copy: the reconcile may change it)."""

@@ -25,7 +25,7 @@ def cand(
     return Candidate(
         name=name,
         uid=f"uid-{name}",
-        created=f"2024-05-01T12:{minute:02d}:00Z",
+        applied=f"2024-05-01T12:{minute:02d}:00Z",
         phase=phase,
         policy=policy,
         deleting=deleting,
@@ -207,7 +207,7 @@ def test_every_rollout_agrees_on_a_single_head(seed: int) -> None:
     if lead:
         owers = [c for c in queue if c.owes_cleanup]
         if owers:
-            assert lead[0] == min(owers, key=lambda c: (c.created, c.name)).name
+            assert lead[0] == min(owers, key=lambda c: (c.applied, c.name)).name
     for c in queue:
         if result[c.name].superseded_by is not None:
             assert c.policy == SUPERSEDE and c.waiting

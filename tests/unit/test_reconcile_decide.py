@@ -100,7 +100,7 @@ async def test_a_new_rollout_on_a_free_lock_validates_locks_and_starts(
     ]
     assert ctx.obs.lock.acquired and ctx.obs.lock.token == 1 and ctx.targets.fresh
     lease = cluster.kube.stored(f"{LEASES}/cro-lock-web")
-    assert lease is not None and lease["spec"]["holderIdentity"] == UID
+    assert lease is not None and lease["spec"]["holderIdentity"] == f"{UID}/1"  # run 1
     assert FINALIZER in ctx.body["metadata"]["finalizers"]
     assert (
         ctx.body["metadata"]["resourceVersion"] == cluster.rollout()["metadata"]["resourceVersion"]

@@ -213,7 +213,7 @@ async def test_a_queued_rollout_not_at_the_head_waits(cluster: Cluster) -> None:
 
 async def test_a_run_in_progress_never_takes_the_lock_again(cluster: Cluster) -> None:
     body = await cluster.progressing()
-    await cluster.deps.lock.release("shop", "web", UID)  # lost, say, to a human
+    await cluster.deps.lock.release("shop", "web", UID, 1)  # lost, say, to a human
     ctx = await cluster.observed(body)
     assert not ctx.obs.lock.held
     assert not any(r.startswith(("POST leases", "PUT leases")) for r in cluster.kube.requests[1:])
@@ -221,7 +221,7 @@ async def test_a_run_in_progress_never_takes_the_lock_again(cluster: Cluster) ->
 
 async def test_a_cleanup_takes_the_lock_back(cluster: Cluster) -> None:
     body = await cluster.cleaning_up()
-    await cluster.deps.lock.release("shop", "web", UID)
+    await cluster.deps.lock.release("shop", "web", UID, 1)
     cluster.clear()
     ctx = await cluster.observed(body)
     assert ctx.obs.lock.held and ctx.obs.lock.acquired and ctx.obs.lock.token == 2

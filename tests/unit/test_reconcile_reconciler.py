@@ -56,7 +56,7 @@ async def test_a_new_rollout_starts_its_first_step(cluster: Cluster) -> None:
     # Everything it touched: the finalizer, the Lease, the canary, then the status.
     assert FINALIZER in stored["metadata"]["finalizers"]
     lease = cluster.kube.stored(f"{LEASES}/cro-lock-web")
-    assert lease is not None and lease["spec"]["holderIdentity"] == UID
+    assert lease is not None and lease["spec"]["holderIdentity"] == f"{UID}/1"  # run 1
     canary = cluster.kube.stored(f"{DEPLOYMENTS}/web-canary")
     assert canary is not None and canary["spec"]["replicas"] == 1
     writes = [r for r in cluster.kube.requests if not r.startswith("GET")]

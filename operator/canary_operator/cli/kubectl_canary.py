@@ -14,6 +14,7 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from pydantic import ValidationError
 
@@ -25,10 +26,13 @@ from canary_operator.cli.client import CliError, Session
 from canary_operator.cli.status_view import recorded_phase, render_status
 from canary_operator.cli.steps import raw_steps
 from canary_operator.engine.annotations import ALLOW_OLDER_ANNOTATION
+from canary_operator.index import candidate
 from canary_operator.kube.api import JsonObj, path
 from canary_operator.lock import queue
+from canary_operator.lock.keys import lock_keys, target_key
 from canary_operator.lock.lease import HISTORY_ANNOTATION, HOLDER_ANNOTATION, lease_name
 from canary_operator.lock.queue import Candidate
+from canary_operator.lock.renewer import uid_of
 from canary_operator.rollout_view import (
     PROMOTE_ANNOTATION,
     RESET_LABEL,
@@ -345,45 +349,40 @@ def _candidates(items: list[JsonObj], lock_key: str) -> list[tuple[Candidate, Js
     found = []
     for body in items:
         spec = _spec(body)
-        if spec is None or spec.lock_key != lock_key:
+        if spec is None or lock_key not in lock_keys(spec):
             continue
-        meta = body["metadata"]
-        found.append(
-            (
-                Candidate(
-                    name=meta["name"],
-                    uid=meta["uid"],
-                    created=meta.get("creationTimestamp", ""),
-                    phase=Phase(recorded_phase(body)),
-                    policy=spec.policy,
-                    deleting=bool(meta.get("deletionTimestamp")),
-                ),
-                body,
-            )
-        )
+        seen = candidate(body)
+        if seen is not None:
+            found.append((replace(seen, phase=Phase(recorded_phase(body))), body))
     return found
 
 
 async def cmd_lock(session: Session, args: argparse.Namespace) -> int:
     ns = session.namespace
-    name = lease_name(args.target)
+    # A lock group's key as given; a target Deployment's as its lock is named.
+    groups = {
+        (b.get("spec") or {}).get("lockGroup") for b in await client.list_rollouts(session, ns)
+    }
+    key = args.target if args.target in groups else target_key(args.target)
+    name = lease_name(key)
     lease = await client.call(
         session, session.kube.get(path("coordination.k8s.io", "v1", "leases", ns, name))
     )
-    found = _candidates(await client.list_rollouts(session, ns), args.target)
+    found = _candidates(await client.list_rollouts(session, ns), key)
     candidates = [c for c, _ in found]
     spec = (lease or {}).get("spec") or {}
     annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
-    holder_uid = spec.get("holderIdentity")
+    holder_identity = spec.get("holderIdentity")
+    holder_uid = uid_of(holder_identity)
     by_uid = {c.uid: c for c in candidates}
-    print(f"Lock:       {name}  (namespace {ns}, key {args.target})")
+    print(f"Lock:       {name}  (namespace {ns}, key {key})")
     if lease is None:
         print("Holder:     none (no rollout has taken this lock yet)")
-    elif not holder_uid:
+    elif not holder_identity:
         print(f"Holder:     none (free; {spec.get('leaseTransitions', 0)} acquisitions so far)")
     else:
-        holder = by_uid.get(holder_uid)
-        who = annotations.get(HOLDER_ANNOTATION) or holder_uid
+        holder = by_uid.get(holder_uid or "")
+        who = annotations.get(HOLDER_ANNOTATION) or holder_identity
         phase = holder.phase.value if holder else "not found: may be taken over"
         print(f"Holder:     {who} ({phase})  token {spec.get('leaseTransitions', 0)}")
         acquired, renewed = spec.get("acquireTime", "-"), spec.get("renewTime", "-")
@@ -399,7 +398,7 @@ async def cmd_lock(session: Session, args: argparse.Namespace) -> int:
         owes = "  (owes a cleanup)" if c.owes_cleanup else ""
         print(
             f"  {view.position}. {c.name:<30} {c.phase.value:<12} {c.policy.value:<9} "
-            f"created {c.created}{owes}{note}"
+            f"applied {c.applied}{owes}{note}"
         )
     history = json.loads(annotations.get(HISTORY_ANNOTATION) or "[]")
     if history:
@@ -444,7 +443,7 @@ async def cmd_reset(session: Session, args: argparse.Namespace) -> int:
     if args.http_route:
         spec["trafficRouting"] = {"gatewayAPI": {"httpRoute": args.http_route}}
         spec["target"] = {"service": args.target, **spec["target"]}
-    lock_key = spec.get("lockGroup") or args.target
+    locks = ", ".join(lease_name(key) for key in lock_keys(CanaryRolloutSpec.model_validate(spec)))
     name = f"reset-{args.target[:40].rstrip('-.')}-{secrets.token_hex(3)}"
     body = {
         "apiVersion": f"{models.GROUP}/{models.VERSION}",
@@ -453,10 +452,7 @@ async def cmd_reset(session: Session, args: argparse.Namespace) -> int:
         "spec": spec,
     }
     await client.call(session, session.kube.create(client.rollout_path(ns), body))
-    print(
-        f"canaryrollout/{name} created: built-in cleanup of {args.target} under lock "
-        f"{lease_name(lock_key)}"
-    )
+    print(f"canaryrollout/{name} created: built-in cleanup of {args.target} under lock {locks}")
     if args.no_wait:
         return 0
     timeout = models.parse_duration(args.timeout).total_seconds()

@@ -168,7 +168,8 @@ def _wait_for_lock(ctx: Context) -> None:
             ctx, Result.REJECTED, f"lock {lock.name} is held by {lock.holder} (policy Reject)"
         )
         return
-    holder = f"held by {lock.holder} ({lock.holder_phase})" if lock.holder else "free"
+    phase = f" ({lock.holder_phase})" if lock.holder_phase else ""
+    holder = f"held by {lock.holder}{phase}" if lock.holder else "free"
     status.message = f"waiting for lock {lock.name}: {holder}, position {lock.position}"
     ctx.set_condition("Progressing", True, "Queued", status.message)
     ctx.plan.requeue(POLL_WAITING)

@@ -44,7 +44,10 @@ class LockView:
 
     name: str
     held: bool = False
-    token: int | None = None
+    token: int | None = None  # the target lock's fencing token
+    # Every lock the run holds, with its token (the target's, and its group's): each
+    # is confirmed before a write to the target.
+    tokens: tuple[tuple[str, int], ...] = ()
     holder: str | None = None
     holder_phase: str | None = None
     position: int = 0
@@ -53,13 +56,10 @@ class LockView:
     superseded_by: str | None = None  # a newer waiting rollout replaces this one
     recovered_from: str | None = None  # taken over from a stale holder
     renew_error: str | None = None  # the last renewal of a held lease failed (and why)
-    # Taken in this very reconcile: the acquisition (a write conditional on the version
-    # read, which the API server answered) confirms the holder and token as freshly as a
-    # fencing read would, so the reconcile's first write needs no other.
-    acquired: bool = False
-    # The version of the free Lease that acquisition was conditional on ("" when it
-    # created the Lease; None after a takeover): it stood unchanged and free from when
-    # it was read until the acquisition.
+    acquired: bool = False  # taken in this very reconcile
+    # The versions of the free Leases that acquisition was conditional on ("" for one
+    # it created; None after a takeover): they stood unchanged and free from when they
+    # were read until the acquisition (lock/run_lock.py read_stands).
     acquired_over: str | None = None
 
 

@@ -34,13 +34,24 @@ FIELD_MANAGER = "canary-operator"  # as kube.api.FIELD_MANAGER (objects stays im
 
 
 def _name_base(spec: CanaryRolloutSpec, room: int) -> str:
+    return _base_of(spec.target.deployment, room)
+
+
+def _base_of(deployment: str, room: int) -> str:
     """The target's name made the start of an RFC 1035 label (letters, digits, '-',
     starting with a letter) of at most `room` characters: a Service name must be one,
     a Deployment name (a DNS subdomain) may contain dots."""
-    base = spec.target.deployment.replace(".", "-")
+    base = deployment.replace(".", "-")
     if not base[:1].isalpha():
         base = f"c-{base}"
     return base[:room].rstrip("-")
+
+
+def target_name_base(deployment: str) -> str:
+    """The start every object name and label derived from the target Deployment shares
+    (the shortest of them): two targets with the same base can collide in those names,
+    and two with different bases cannot."""
+    return _base_of(deployment, 54)
 
 
 def canary_name(spec: CanaryRolloutSpec) -> str:

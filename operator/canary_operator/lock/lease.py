@@ -1,29 +1,34 @@
-"""The per-target lock: a coordination.k8s.io/v1 Lease held by a *rollout* (its uid).
+"""The per-target lock: a coordination.k8s.io/v1 Lease held by one *run* of a rollout
+(holderIdentity `<uid>/<run>`). A run takes several when its rollout names a lock
+group (lock/keys.py, lock/run_lock.py); this module is one Lease's protocol.
 
 Protocol (docs/architecture.md, "The lock"):
 - every write carries the resourceVersion it read: a 409 means another writer won;
-- **a live holder is never preempted**: a lease whose holder is an existing rollout
-  that has not ended stays with it, however long its steps take and however long
-  its lease has gone unrenewed (slowness, a stalled API server or a dead operator
-  delay a rollout, never hand its lock to another). Before taking a lease over,
-  the holder is read fresh from the API server, not from the watch-fed index;
-- a lease may be taken over when its holder rollout no longer exists (or exists
-  under a new uid) or has ended, and the lease has not changed for
+- **a live holder is never preempted**: a lease whose holder is a run of an existing
+  rollout that has not ended stays with it, however long its steps take and however
+  long its lease has gone unrenewed (slowness, a stalled API server or a dead
+  operator delay a rollout, never hand its lock to another). Before taking a lease
+  over, the holder is read fresh from the API server, not from the watch-fed index;
+- a lease may be taken over when its holder run has ended (its rollout is gone,
+  recreated, ended, or went on to a later run) and the lease has not changed for
   TAKEOVER_GRACE_SECONDS (an ended holder releases within moments, and that
   release, not a takeover, is the normal handoff); the new holder first runs a
   recovery cleanup;
-- expiry is only for a lease this operator cannot judge by its holder: one whose
-  holder names no rollout (written by hand or by another tool). It counts as
-  expired when it has not changed for leaseDurationSeconds on *our* monotonic clock
-  since we first saw that version; wall clocks of other hosts are never used;
+- a holder this operator did not write (holderIdentity other than the one recorded
+  in the holder-identity annotation: a human, another tool) is foreign: it is taken
+  only once the lease has not changed for its own leaseDurationSeconds, on *our*
+  monotonic clock since we first saw that version; wall clocks of other hosts are
+  never used;
 - leaseTransitions increases on every acquisition and is the fencing token;
-  `confirm` reads the lease fresh before each write to the target;
+  `confirm` reads the lease fresh before each write to the target, and compares the
+  run as well as the token, so nothing of run N passes for run N+1;
 - renewal is lock/renewer.py's, on its own schedule, never a reconcile's.
 
-Two operator processes acting on the same rollouts at once (no leader election)
-stay safe: holders are rollouts, not processes, so both renew the same holder;
-acquisitions race through resourceVersion preconditions (one wins, both then see
-the same holder), and neither ever takes a lease from a live holder.
+Two operator processes acting on the same rollouts at once (no leader election):
+holders are runs, not processes, so both renew the same holder; acquisitions race
+through resourceVersion preconditions (one wins, both then see the same holder), and
+neither ever takes a lease from a live run. A process that stalls between a fencing
+read and its write is the remaining window (README, "The lock").
 """
 
 from __future__ import annotations
@@ -38,7 +43,16 @@ from canary_operator.engine.types import LockView
 from canary_operator.kube.api import Conflict, JsonObj, Kube
 from canary_operator.lock import queue
 from canary_operator.lock.queue import Candidate
-from canary_operator.lock.renewer import LeaseRenewer, holder_of, lease_path, micro_time
+from canary_operator.lock.renewer import (
+    LeaseRenewer,
+    holder_of,
+    is_run,
+    lease_path,
+    micro_time,
+    run_identity,
+    run_of,
+    uid_of,
+)
 
 __all__ = [
     "HISTORY_ANNOTATION",
@@ -56,11 +70,15 @@ HOLDER_ANNOTATION = "canary-operator.dev/holder"
 HISTORY_ANNOTATION = "canary-operator.dev/history"
 LOCK_LABEL = "canary-operator.dev/lock"
 LOCK_KEY_ANNOTATION = "canary-operator.dev/lock-key"
+# The holderIdentity this operator wrote: a Lease whose holderIdentity differs was
+# written by someone else (a foreign holder), whatever other annotations it kept.
+IDENTITY_ANNOTATION = "canary-operator.dev/holder-identity"
+UID_LENGTH = 36  # a Kubernetes uid (a UUID in its text form)
 HISTORY_LENGTH = 30
 
-# Asks the API server (fresh, not a cache) whether a holder rollout (namespace, name,
-# uid) still exists and has not ended.
-HolderCheck = Callable[[str, str, str], Awaitable[bool]]
+# Asks the API server (fresh, not a cache) whether a holder run (namespace, rollout
+# name, holderIdentity) still exists and has not ended.
+HolderCheck = Callable[[str, str, str | None], Awaitable[bool]]
 # Asks the API server (fresh) whether the would-be holder is still as it was read.
 SelfCheck = Callable[[], Awaitable[bool]]
 
@@ -70,6 +88,65 @@ def lease_name(lock_key: str) -> str:
     if len(name) <= 253:
         return name
     return f"cro-lock-{hashlib.sha256(lock_key.encode()).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class Look:
+    """One lock as a run would take it (LeaseLock.look)."""
+
+    key: str
+    view: LockView  # held, or what the run sees while it waits
+    held: bool = False
+    lease: JsonObj | None = None  # the version a take is conditional on
+    may_take: bool = False  # free (or its holder replaceable) and this run is next
+    stale_holder: str | None = None  # whom a take would replace
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """Who holds a Lease, as a run that does not hold it judges."""
+
+    identity: str | None
+    rollout: str | None  # the holder rollout's name, for a run of ours
+    shown: str | None  # how status names the holder
+    phase: str | None
+    queue_uid: str | None  # the holder as the queue leaves it out
+    maybe_free: bool  # nobody holds it, or its holder may have ended (checked fresh)
+
+    @classmethod
+    def of(cls, lease: JsonObj | None, me: Candidate, candidates: list[Candidate]) -> _Holder:
+        identity = holder_of(lease)[0] if lease is not None else None
+        if lease is None or identity is None:
+            return cls(None, None, None, None, None, maybe_free=True)
+        annotations = lease["metadata"].get("annotations") or {}
+        if not _ours(identity, annotations):
+            # Someone else's holder: left alone until its lease expires (_may_take_over).
+            duration = (lease.get("spec") or {}).get("leaseDurationSeconds")
+            shown = (
+                f"{identity}, not a run of this operator: taken once unrenewed for "
+                f"{duration or LEASE_DURATION_SECONDS}s"
+            )
+            return cls(identity, None, shown, None, None, maybe_free=True)
+        name = annotations.get(HOLDER_ANNOTATION)
+        uid, run = uid_of(identity), run_of(identity)
+        if uid == me.uid:
+            # An earlier run of this very rollout (this run does not hold it): that run
+            # ended, and its release is on its way or was lost.
+            return cls(identity, name, name or identity, None, None, maybe_free=True)
+        holder = {c.uid: c for c in candidates}.get(uid or "")
+        ended = holder is None or not holder.active or run not in (None, holder.run)
+        phase = holder.phase.value if holder is not None else None
+        return cls(identity, name, name or identity, phase, uid, maybe_free=ended)
+
+
+def _ours(identity: str, annotations: dict[str, str]) -> bool:
+    """Whether a run of this operator wrote the holder: the identity it wrote is kept
+    beside it. (Written before runs were named: a bare rollout uid with the holder
+    annotation.)"""
+    written = annotations.get(IDENTITY_ANNOTATION)
+    if written is not None:
+        return written == identity
+    return HOLDER_ANNOTATION in annotations and len(identity) == UID_LENGTH
 
 
 @dataclass
@@ -112,99 +189,99 @@ class LeaseLock:
         holder_running: HolderCheck,
         still_current: SelfCheck | None = None,
     ) -> LockView:
-        """Read the lock; take it if we are next and may. A held lease is handed to the
-        renewer (also after a restart: the holder is the rollout, not the process).
+        """Read one lock; take it if we are next and may (`look`, then `take`).
 
         `still_current` is asked right before taking a free lock: another operator
         process may have ended this rollout's run (and released the lock) after we
         read the rollout. A run writes its terminal status before releasing, so a
         fresh read (or a write conditional on the version read) after seeing the lock
         free tells; a stale view never takes it."""
+        looked = await self.look(namespace, lock_key, me, candidates, wants_lock, holder_running)
+        if not looked.may_take:
+            return looked.view
+        if still_current is not None and not await still_current():
+            return looked.view
+        return await self.take(namespace, looked, me)
+
+    async def look(
+        self,
+        namespace: str,
+        lock_key: str,
+        me: Candidate,
+        candidates: list[Candidate],
+        wants_lock: bool,
+        holder_running: HolderCheck,
+    ) -> Look:
+        """One lock as `me` would take it: held by this run (handed to the renewer,
+        also after a restart: the holder is the run, not the process), or whether this
+        run, at the head of its queue, may take it now."""
         name = lease_name(lock_key)
         # The watch-fed view: acting on it is safe, because taking the lock is a write
         # conditional on the version read, and writes to the target are fenced.
         lease = await self.kube.get(lease_path(namespace, name))
-        holder_uid, _ = holder_of(lease) if lease is not None else (None, 0)
-        holder_name = ((lease or {}).get("metadata", {}).get("annotations") or {}).get(
-            HOLDER_ANNOTATION
-        )
-        if lease is not None and holder_uid == me.uid:
-            return self._held_view(namespace, lease, me, candidates)
-
-        holder = {c.uid: c for c in candidates}.get(holder_uid or "")
-        # Free, or held by someone who may be gone or ended (confirmed fresh below,
-        # only if we would take it). A holder the index shows running is left alone.
-        maybe_free = holder_uid is None or holder is None or not holder.active
-        qv = queue.view(me, candidates, holder_uid, maybe_free)
+        identity = holder_of(lease)[0] if lease is not None else None
+        if lease is not None and is_run(identity, me.uid, me.run):
+            return Look(lock_key, self._held_view(namespace, lease, me, candidates), held=True)
+        holder = _Holder.of(lease, me, candidates)
+        qv = queue.view(me, candidates, holder.queue_uid, holder.maybe_free)
         busy_view = LockView(
             name=name,
-            holder=holder_name or holder_uid,
-            holder_phase=holder.phase.value if holder is not None else None,
+            holder=holder.shown,
+            holder_phase=holder.phase,
             position=qv.position,
             waiting=qv.waiting,
             busy=True,
             superseded_by=qv.superseded_by,
         )
-        if not maybe_free:
-            return busy_view
-        stale_holder: str | None = None
-        if holder_uid is not None:
-            assert lease is not None
-            if not wants_lock or not qv.may_acquire:
-                return busy_view  # whether it may be taken over matters only to the head
-            if not await self._may_take_over(namespace, lease, holder_name, holder_running):
-                return busy_view
-            stale_holder = holder_name or holder_uid
-        if not (wants_lock and qv.may_acquire):
-            return LockView(
-                name=name, position=qv.position, waiting=qv.waiting, superseded_by=qv.superseded_by
-            )
-        return await self._take(namespace, lock_key, lease, me, qv, stale_holder, still_current)
-
-    async def _take(
-        self,
-        namespace: str,
-        lock_key: str,
-        lease: JsonObj | None,
-        me: Candidate,
-        qv: queue.QueueView,
-        stale_holder: str | None,
-        still_current: SelfCheck | None,
-    ) -> LockView:
-        """The lock is free (or its stale holder may be replaced) and `me` is its head:
-        take it, unless `still_current` finds this rollout's view stale."""
-        name = lease_name(lock_key)
         free_view = LockView(
             name=name, position=qv.position, waiting=qv.waiting, superseded_by=qv.superseded_by
         )
-        if still_current is not None and not await still_current():
-            return free_view
-        token = await self._acquire(namespace, name, lock_key, lease, me)
+        if not holder.maybe_free:
+            return Look(lock_key, busy_view)
+        if not (wants_lock and qv.may_acquire):
+            # Whether a held lease may be taken over matters only to the head.
+            return Look(lock_key, busy_view if identity is not None else free_view)
+        stale_holder: str | None = None
+        if identity is not None:
+            assert lease is not None
+            if not await self._may_take_over(namespace, lease, holder, holder_running):
+                return Look(lock_key, busy_view)
+            stale_holder = holder.shown
+        return Look(lock_key, free_view, lease=lease, may_take=True, stale_holder=stale_holder)
+
+    async def take(self, namespace: str, looked: Look, me: Candidate) -> LockView:
+        """Take a lock `look` found free (or its stale holder replaceable) for `me`, a
+        write conditional on the version looked at; the looked-at view if it lost."""
+        view = looked.view
+        token = await self._acquire(namespace, view.name, looked.key, looked.lease, me)
         if token is None:
-            return free_view
+            return view
         return LockView(
-            name=name,
+            name=view.name,
             held=True,
             token=token,
+            tokens=((looked.key, token),),
             holder=me.name,
             holder_phase=me.phase.value,
-            waiting=max(0, qv.waiting - 1),
-            recovered_from=stale_holder,
+            waiting=max(0, view.waiting - 1),
+            recovered_from=looked.stale_holder,
             acquired=True,
-            acquired_over=_version(lease) if stale_holder is None else None,
+            acquired_over=_version(looked.lease) if looked.stale_holder is None else None,
         )
 
     def _held_view(
         self, namespace: str, lease: JsonObj, me: Candidate, candidates: list[Candidate]
     ) -> LockView:
         """`me` holds the lease: hand it to the renewer (also after a restart: the holder
-        is the rollout, not the process)."""
+        is the run, not the process)."""
         name = lease["metadata"]["name"]
         self.renewer.hold(namespace, lease, me.name)
+        token = holder_of(lease)[1]
         return LockView(
             name=name,
             held=True,
-            token=holder_of(lease)[1],
+            token=token,
+            tokens=((lease_key(lease), token),),
             holder=me.name,
             holder_phase=me.phase.value,
             waiting=len(queue.order(candidates, me.uid)),
@@ -212,21 +289,17 @@ class LeaseLock:
         )
 
     async def _may_take_over(
-        self,
-        namespace: str,
-        lease: JsonObj,
-        holder_name: str | None,
-        holder_running: HolderCheck,
+        self, namespace: str, lease: JsonObj, holder: _Holder, holder_running: HolderCheck
     ) -> bool:
-        holder_uid = lease["spec"]["holderIdentity"]
         unchanged = self._unchanged_for(namespace, lease)
-        if holder_name:
+        if holder.rollout:
             if unchanged < TAKEOVER_GRACE_SECONDS:
                 return False  # an ended holder's own release is on its way
             # Fresh read, not the watch-fed index: taking a lease from a holder that
             # still runs would break the one promise the lock makes.
-            return not await holder_running(namespace, holder_name, holder_uid)
-        # A holder that names no rollout: only expiry tells that it is abandoned.
+            return not await holder_running(namespace, holder.rollout, holder.identity)
+        # A holder that is not a run of ours (written by hand or by another tool): only
+        # expiry tells that it is abandoned, by its own leaseDurationSeconds on our clock.
         duration = float(lease["spec"].get("leaseDurationSeconds") or LEASE_DURATION_SECONDS)
         return unchanged >= duration
 
@@ -234,17 +307,17 @@ class LeaseLock:
         """The version of the lock's Lease in the watch-fed view ("" when it has none)."""
         return _version(await self.kube.get(lease_path(namespace, lease_name(lock_key))))
 
-    async def confirm(self, namespace: str, lock_key: str, uid: str, token: int | None) -> bool:
-        """Fencing: does `uid` still hold the lock with `token`? A fresh read of the
+    async def confirm(
+        self, namespace: str, lock_key: str, uid: str, run: int, token: int | None
+    ) -> bool:
+        """Fencing: does this run still hold the lock with `token`? A fresh read of the
         Lease, on purpose not the watch-fed view: it guards a write to the target."""
         name = lease_name(lock_key)
         lease = await self.fresh.get(lease_path(namespace, name))
         if lease is None:
             return False
-        spec = lease.get("spec") or {}
-        holds = spec.get("holderIdentity") == uid and int(spec.get("leaseTransitions") or 0) == (
-            token or 0
-        )
+        identity, transitions = holder_of(lease)
+        holds = is_run(identity, uid, run) and transitions == (token or 0)
         if holds:
             self.renewer.seen(lease)
         return holds
@@ -268,9 +341,10 @@ class LeaseLock:
         else:
             body = json.loads(json.dumps(lease))  # keep resourceVersion: conditional write
         transitions = int(body["spec"].get("leaseTransitions") or 0) + 1
+        identity = run_identity(me.uid, me.run)
         body["spec"].update(
             {
-                "holderIdentity": me.uid,
+                "holderIdentity": identity,
                 "leaseDurationSeconds": LEASE_DURATION_SECONDS,
                 "acquireTime": now,
                 "renewTime": now,
@@ -279,12 +353,15 @@ class LeaseLock:
         )
         annotations = body["metadata"].setdefault("annotations", {}) or {}
         annotations[HOLDER_ANNOTATION] = me.name
+        annotations[IDENTITY_ANNOTATION] = identity
         history = json.loads(annotations.get(HISTORY_ANNOTATION) or "[]")
         if history and "released" not in history[-1]:
             # Taken over from a holder that had ended (or expired) without releasing.
             history[-1]["released"] = now
             history[-1]["takenOverBy"] = me.name
-        history.append({"holder": me.name, "uid": me.uid, "token": transitions, "acquired": now})
+        history.append(
+            {"holder": me.name, "uid": me.uid, "run": me.run, "token": transitions, "acquired": now}
+        )
         annotations[HISTORY_ANNOTATION] = json.dumps(history[-HISTORY_LENGTH:])
         body["metadata"]["annotations"] = annotations
         try:
@@ -298,14 +375,15 @@ class LeaseLock:
         self.renewer.hold(namespace, written, me.name)
         return int(written["spec"]["leaseTransitions"])
 
-    async def release(self, namespace: str, lock_key: str, uid: str) -> bool:
-        """Give the lock up if `uid` holds it. Returns whether a release was written."""
+    async def release(self, namespace: str, lock_key: str, uid: str, run: int) -> bool:
+        """Give the lock up if this run holds it (never a later run of the same
+        rollout's). Returns whether a release was written."""
         name = lease_name(lock_key)
         where = lease_path(namespace, name)
         # No renewal may race the release. The renewer's version (its own last write,
         # or newer as seen) is what the conditional release is written against.
         known = self.renewer.drop(namespace, name)
-        if known is not None and holder_of(known)[0] == uid:
+        if known is not None and is_run(holder_of(known)[0], uid, run):
             try:
                 await self.kube.replace(where, _released(known, uid))
                 return True
@@ -314,7 +392,7 @@ class LeaseLock:
         # Fresh: the release is conditional, and a renewal the cache has not seen yet
         # would make it fail and hold up the next rollout by a retry.
         lease = await self.fresh.get(where)
-        if lease is None or holder_of(lease)[0] != uid:
+        if lease is None or not is_run(holder_of(lease)[0], uid, run):
             return False
         await self.kube.replace(where, _released(lease, uid))  # Conflict: caller retries
         return True
@@ -332,8 +410,15 @@ def _released(lease: JsonObj, uid: str) -> JsonObj:
         history[-1]["released"] = body["spec"]["renewTime"]
     annotations[HISTORY_ANNOTATION] = json.dumps(history[-HISTORY_LENGTH:])
     annotations.pop(HOLDER_ANNOTATION, None)
+    annotations.pop(IDENTITY_ANNOTATION, None)
     body["metadata"]["annotations"] = annotations
     return body
+
+
+def lease_key(lease: JsonObj) -> str:
+    """The lock key a Lease of ours was made for."""
+    annotations = lease["metadata"].get("annotations") or {}
+    return str(annotations.get(LOCK_KEY_ANNOTATION) or lease["metadata"]["name"][9:])
 
 
 def _version(lease: JsonObj | None) -> str:

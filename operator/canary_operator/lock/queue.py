@@ -1,8 +1,11 @@
 """The per-lock queue: who may try to take the lock next. Pure functions.
 
 Order: rollouts that still owe a cleanup come first (they already touched the
-target), then waiting rollouts in creation order (FIFO). Under the Supersede policy
-only the newest waiting rollout may start; older waiting ones are superseded.
+target), then waiting runs in the order they arrived (FIFO): when the run's spec was
+applied (a new rollout's creation, an edit's first sight by the operator), not when
+the rollout was created, so an edit of an old rollout never jumps ahead of rollouts
+that waited before it. Under the Supersede policy only the newest waiting run may
+start; older waiting ones are superseded.
 """
 
 from __future__ import annotations
@@ -12,22 +15,27 @@ from dataclasses import dataclass
 
 from canary_operator.api.models import TERMINAL_PHASES, ConcurrencyPolicy, Phase
 
+UNSEEN = "~"  # sorts after any RFC 3339 time: arrived now, not yet recorded
+
 
 @dataclass(frozen=True)
 class Candidate:
     name: str
     uid: str
-    created: str  # RFC 3339; sorts chronologically
+    # When this run's spec was applied, to the second (RFC 3339, sorts chronologically;
+    # UNSEEN for an edit the operator has not recorded yet: the latest of all).
+    applied: str
     phase: Phase
     policy: ConcurrencyPolicy = ConcurrencyPolicy.QUEUE
     deleting: bool = False
-    # creationTimestamp has whole seconds: within one second, the order the operator
-    # queued them in (microseconds; "~" sorts after any time, for not yet queued).
-    queued_at: str = "~"
+    # Within one second, the order the operator queued the runs in (microseconds;
+    # UNSEEN for a run not yet queued).
+    queued_at: str = UNSEEN
+    run: int = 1  # the run that wants (or holds) the lock
 
     @property
     def arrival(self) -> tuple[str, str, str]:
-        return (self.created, self.queued_at, self.name)
+        return (self.applied, self.queued_at, self.name)
 
     @property
     def owes_cleanup(self) -> bool:

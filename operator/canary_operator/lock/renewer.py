@@ -54,7 +54,7 @@ def micro_time(now: datetime | None = None) -> str:
 class HeldLease:
     namespace: str
     name: str
-    holder_uid: str
+    holder: str  # the holding run's identity (run_identity)
     holder_name: str
     token: int
     lease: JsonObj  # the newest version seen: read, written, or from the watch
@@ -63,9 +63,32 @@ class HeldLease:
 
 
 def holder_of(lease: JsonObj) -> tuple[str | None, int]:
-    """A Lease's holder (uid) and token (its transitions)."""
+    """A Lease's holder (its holderIdentity) and token (its transitions)."""
     spec = lease.get("spec") or {}
     return spec.get("holderIdentity") or None, int(spec.get("leaseTransitions") or 0)
+
+
+def run_identity(uid: str, run: int) -> str:
+    """The holderIdentity of one run of a rollout: the holder is the run, not the
+    rollout, so nothing of run N (a late release, a write) can pass for run N+1."""
+    return f"{uid}/{run}"
+
+
+def uid_of(identity: str | None) -> str | None:
+    """The rollout uid a holderIdentity names (before 0.9 it was the bare uid)."""
+    return identity.partition("/")[0] if identity else None
+
+
+def run_of(identity: str | None) -> int | None:
+    """The run a holderIdentity names; None for one written before runs were named."""
+    run = (identity or "").partition("/")[2]
+    return int(run) if run.isdigit() else None
+
+
+def is_run(identity: str | None, uid: str, run: int) -> bool:
+    """Whether `identity` names this run. A bare uid (written by a version that named
+    rollouts, not runs) names the rollout's run in progress at the upgrade."""
+    return identity is not None and identity in (run_identity(uid, run), uid)
 
 
 class LeaseRenewer:
@@ -99,17 +122,17 @@ class LeaseRenewer:
 
     def hold(self, namespace: str, lease: JsonObj, holder_name: str) -> None:
         """`lease` names one of our rollouts as holder: renew it from now on."""
-        uid, token = holder_of(lease)
-        if uid is None:
+        holder, token = holder_of(lease)
+        if holder is None:
             return
         key = (namespace, lease["metadata"]["name"])
         known = self._held.get(key)
-        if known is not None and (known.holder_uid, known.token) == (uid, token):
+        if known is not None and (known.holder, known.token) == (holder, token):
             if not newer_or_same(known.lease, lease):
                 known.lease = lease
             return
         self._held[key] = HeldLease(
-            namespace, key[1], uid, holder_name, token, lease, renewed_at=self.clock()
+            namespace, key[1], holder, holder_name, token, lease, renewed_at=self.clock()
         )
 
     def drop(self, namespace: str, name: str) -> JsonObj | None:
@@ -127,7 +150,7 @@ class LeaseRenewer:
         held = self._held.get((meta.get("namespace", ""), meta["name"]))
         if held is None or newer_or_same(held.lease, lease):
             return
-        if holder_of(lease) != (held.holder_uid, held.token):
+        if holder_of(lease) != (held.holder, held.token):
             self._lost(held, lease)
             return
         held.lease, held.renewed_at = lease, self.clock()  # a newer version: renewed
@@ -179,7 +202,7 @@ class LeaseRenewer:
             if now - held.renewed_at < self.renew_every or key in self._renewing:
                 continue
             if self.holder_active is not None and not self.holder_active(
-                held.namespace, held.holder_uid
+                held.namespace, uid_of(held.holder) or ""
             ):
                 log.info("not renewing %s/%s: its holder has ended", *key)
                 self.drop(*key)
@@ -204,7 +227,7 @@ class LeaseRenewer:
                 written = await asyncio.wait_for(self.kube.replace(where, body), self.write_timeout)
             except Conflict:
                 fresh = await asyncio.wait_for(self.fresh.get(where), self.write_timeout)
-                if fresh is None or holder_of(fresh) != (held.holder_uid, held.token):
+                if fresh is None or holder_of(fresh) != (held.holder, held.token):
                     self._lost(held, fresh)
                     return
                 written = fresh  # renewed by someone else (another operator process)

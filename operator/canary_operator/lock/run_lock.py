@@ -9,14 +9,19 @@ that a change to the protocol is a change to lock/ alone.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from canary_operator.api.models import Phase
 from canary_operator.engine.types import LockView
 from canary_operator.kube.api import Conflict, JsonObj, Kube
 from canary_operator.kube.rollouts import add_finalizer, has_finalizer, rollout_path
-from canary_operator.lock.lease import LeaseLock
+from canary_operator.lock.lease import LeaseLock, Look, lease_name
 from canary_operator.lock.queue import Candidate
+from canary_operator.lock.renewer import run_of, uid_of
 
 
 class LockLost(Exception):
@@ -56,87 +61,183 @@ class StillAsRead:
 
 
 class Fence:
-    """Confirms, right before a write to the target, that the run still holds its lock
-    with its token (a fresh read of the Lease); raises LockLost if it does not.
+    """Confirms, right before a write to the target, that the run still holds every
+    lock it holds with its token (a fresh read of each Lease); raises LockLost if it
+    does not.
 
-    A lock taken in this very reconcile confirms the first write it covers: the
-    acquisition was a write conditional on the version read, which the API server
-    answered with this run as holder and its token, as fresh as a read would be.
-    Every later write reads the Lease again."""
+    Every write reads the Leases again, also the first after an acquisition: whatever
+    came between the acquisition and the write (a server-side dry-run through an
+    admission webhook, a stalled process) may have been long enough for the lock to
+    change hands."""
 
-    def __init__(self, lock: LeaseLock, namespace: str, lock_key: str, uid: str, view: LockView):
+    def __init__(self, lock: LeaseLock, namespace: str, uid: str, run: int, view: LockView):
         self.lock = lock
         self.namespace = namespace
-        self.lock_key = lock_key
         self.uid = uid
+        self.run = run
         self.view = view
-        self._confirmed_by_acquisition = view.acquired
 
     async def __call__(self) -> None:
-        if self._confirmed_by_acquisition:
-            self._confirmed_by_acquisition = False
-            return
-        token = self.view.token
-        if not await self.lock.confirm(self.namespace, self.lock_key, self.uid, token):
-            raise LockLost(f"lock {self.view.name} no longer held with token {token}")
+        tokens = self.view.tokens or ((self.view.name, self.view.token or 0),)
+        confirmed = await asyncio.gather(
+            *(
+                self.lock.confirm(self.namespace, key, self.uid, self.run, token)
+                for key, token in tokens
+            )
+        )
+        lost = [
+            f"{lease_name(key)} (token {token})"
+            for (key, token), ok in zip(tokens, confirmed, strict=True)
+            if not ok
+        ]
+        if lost:
+            raise LockLost(f"lock {', '.join(lost)} no longer held by this run")
 
 
 class RunLock:
-    """The lock of one rollout's run, as one reconcile sees it."""
+    """The locks of one run of a rollout, as one reconcile sees them: its target's,
+    and its group's when it names one (lock/keys.py), taken all or none."""
 
-    def __init__(self, lock: LeaseLock, fresh: Kube, namespace: str, lock_key: str, uid: str):
+    def __init__(
+        self,
+        lock: LeaseLock,
+        fresh: Kube,
+        namespace: str,
+        keys: tuple[str, ...],
+        target: str,
+        uid: str,
+        run: int,
+    ):
         self.lock = lock
         self.fresh = fresh  # asks the API server itself
         self.namespace = namespace
-        self.lock_key = lock_key
+        self.keys = keys  # in the order they are taken
+        self.target = target  # the target's own key (one of keys)
         self.uid = uid
+        self.run = run
 
     async def observe(
         self,
         me: Candidate,
-        sharing: list[Candidate],
+        sharing: Mapping[str, list[Candidate]],
         wants: bool,
         precondition: StillAsRead,
     ) -> LockView:
-        """The lock, taken if `wants`, this rollout is next and may, and `precondition`
-        holds. `sharing`: everyone of this lock as last seen; `me` as just read."""
-        everyone = [c for c in sharing if c.uid != me.uid]
-        everyone.append(me)
-        return await self.lock.observe(
-            self.namespace,
-            self.lock_key,
-            me,
-            everyone,
-            wants,
-            self.holder_running,
-            precondition,
-        )
+        """The locks, taken if `wants`, this run is next at each and may, and
+        `precondition` holds. `sharing`: per key, everyone of that lock as last seen;
+        `me` as just read."""
+        looks = [
+            await self.lock.look(
+                self.namespace, key, me, _with(me, sharing.get(key, [])), wants, self.holder_running
+            )
+            for key in self.keys
+        ]
+        if all(look.held for look in looks):
+            return _combined(looks, self.target)
+        missing = [look for look in looks if not look.held]
+        if wants and all(look.may_take for look in missing):
+            if not await precondition():
+                return _waiting(looks)
+            return await self._take_all(me, looks)
+        if any(look.held for look in looks) and me.waiting:
+            # A waiting run holding part of its locks (a process that stopped between
+            # two acquisitions) gives them back: all or none, so that no two runs each
+            # hold what the other waits for.
+            await self._give_back(look.key for look in looks if look.held)
+        return _waiting(looks)
 
-    async def holder_running(self, namespace: str, name: str, uid: str) -> bool:
-        # Fresh: a lease is taken from its holder only if the API server says it ended.
+    async def _take_all(self, me: Candidate, looks: list[Look]) -> LockView:
+        """Take every lock this run does not hold yet, in order; if one is lost to a
+        race, give back those taken here."""
+        taken: list[Look] = []
+        for look in looks:
+            if look.held:
+                taken.append(look)
+                continue
+            view = await self.lock.take(self.namespace, look, me)
+            if not view.held:
+                # A waiting run keeps none; one owing a cleanup keeps what it held.
+                await self._give_back(t.key for t in taken if t.view.acquired or me.waiting)
+                return _waiting(looks)
+            taken.append(replace(look, view=view, held=True))
+        return _combined(taken, self.target)
+
+    async def _give_back(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            await self.lock.release(self.namespace, key, self.uid, self.run)
+
+    async def release(self) -> bool:
+        """Give up every lock this run holds (the reverse of the order taken). Returns
+        whether a release was written."""
+        released = [
+            await self.lock.release(self.namespace, key, self.uid, self.run)
+            for key in reversed(self.keys)
+        ]
+        return any(released)
+
+    async def holder_running(self, namespace: str, name: str, identity: str | None) -> bool:
+        # Fresh: a lease is taken from its holder only if the API server says its run
+        # ended (the rollout is gone, ended, or went on to a later run).
         body = await self.fresh.get(rollout_path(namespace, name))
-        if body is None or body["metadata"]["uid"] != uid:
+        if body is None or body["metadata"]["uid"] != uid_of(identity):
             return False
-        return not Phase((body.get("status") or {}).get("phase") or "Pending").terminal
+        status = body.get("status") or {}
+        run = run_of(identity)
+        if run is not None and max(int(status.get("run") or 0), 1) != run:
+            return False
+        return not Phase(status.get("phase") or "Pending").terminal
 
     def fence(self, view: LockView) -> Fence:
         """The fence for the writes of one reconcile's actions."""
-        return Fence(self.lock, self.namespace, self.lock_key, self.uid, view)
+        return Fence(self.lock, self.namespace, self.uid, self.run, view)
 
     async def version_before_read(self) -> str:
-        """The Lease's version (watch-fed view) just before a fresh read of the target
-        made while this run does not hold the lock; see `read_stands`."""
-        return await self.lock.cached_version(self.namespace, self.lock_key)
+        """The Leases' versions (watch-fed view) just before a fresh read of the target
+        made while this run does not hold its locks; see `read_stands`."""
+        versions = [await self.lock.cached_version(self.namespace, key) for key in self.keys]
+        return ",".join(versions)
 
     @staticmethod
     def read_stands(version_before_read: str | None, view: LockView) -> bool:
-        """Whether a fresh read of the target made in this reconcile before the lock was
-        taken is as good as one made now: the acquisition was conditional on the very
-        version the Lease had just before that read, so the Lease stood free and
-        unchanged from before the read until this run took it, and nobody held the lock
-        (nor wrote the target under it) in between."""
+        """Whether a fresh read of the target made in this reconcile before the locks
+        were taken is as good as one made now: every acquisition was conditional on
+        the very version its Lease had just before that read, so each Lease stood free
+        and unchanged from before the read until this run took it, and nobody held a
+        lock (nor wrote the target under it) in between."""
         return (
             version_before_read is not None
             and view.acquired_over is not None
             and version_before_read == view.acquired_over
         )
+
+
+def _with(me: Candidate, sharing: list[Candidate]) -> list[Candidate]:
+    """Everyone of a lock, `me` as just read."""
+    return [*(c for c in sharing if c.uid != me.uid), me]
+
+
+def _combined(looks: list[Look], target: str) -> LockView:
+    """Every lock held: one view. It names the target's lock and carries every token;
+    `acquired_over` only if all were taken here, none taken over."""
+    views = [look.view for look in looks]
+    main = next(look.view for look in looks if look.key == target)
+    tokens = tuple(pair for view in views for pair in view.tokens)
+    all_taken = all(view.acquired for view in views)
+    overs = [view.acquired_over for view in views]
+    over = ",".join(o for o in overs if o is not None) if all_taken and None not in overs else None
+    return replace(
+        main,
+        tokens=tokens,
+        acquired=any(view.acquired for view in views),
+        acquired_over=over,
+        recovered_from=next((v.recovered_from for v in views if v.recovered_from), None),
+        renew_error=next((v.renew_error for v in views if v.renew_error), None),
+        waiting=max(view.waiting for view in views),
+    )
+
+
+def _waiting(looks: list[Look]) -> LockView:
+    """Not every lock held: the view of the first one that keeps this run waiting (busy
+    before free, in the order taken)."""
+    views = [look.view for look in looks if not look.held]
+    return next((v for v in views if v.busy), views[0])

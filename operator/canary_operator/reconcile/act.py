@@ -123,7 +123,7 @@ async def execute(ctx: ReconcileContext, action: Action, writes: Kube | None = N
             # would otherwise see the finalizer still there and remove it again.
             deps.index.update(await remove_finalizer(deps.kube, ctx.body))
         case ReleaseLock():
-            await deps.lock.release(rollout.namespace, rollout.spec.lock_key, rollout.uid)
+            await ctx.run_lock.release()
         case ScaleStable():
             await stable.scale(ctx, action, kube)
         case SetRouteWeight(weight=weight):

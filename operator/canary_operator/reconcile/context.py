@@ -16,6 +16,7 @@ from canary_operator.index import RolloutIndex
 from canary_operator.kube.api import JsonObj, Kube
 from canary_operator.kube.events import EventRecorder
 from canary_operator.kube.rollouts import has_finalizer
+from canary_operator.lock.keys import lock_keys, target_key
 from canary_operator.lock.lease import LeaseLock
 from canary_operator.lock.run_lock import RunLock
 from canary_operator.traffic.base import TrafficRouter
@@ -108,7 +109,15 @@ class ReconcileContext:
             annotations=meta.get("annotations") or {},
             created=meta.get("creationTimestamp"),
         )
-        run_lock = RunLock(deps.lock, deps.fresh, rollout.namespace, spec.lock_key, rollout.uid)
+        run_lock = RunLock(
+            deps.lock,
+            deps.fresh,
+            rollout.namespace,
+            lock_keys(spec),
+            target_key(spec.target.deployment),
+            rollout.uid,
+            max(current.run, 1),  # a new run's number before its first status write
+        )
         ref = RunRef(rollout.namespace, rollout.name, rollout.uid, current.run)
         return cls(deps, rollout, body, ref, run_lock)
 

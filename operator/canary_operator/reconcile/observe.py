@@ -81,7 +81,8 @@ async def observe_lock(ctx: ReconcileContext, wants: bool) -> LockView:
     """The lock, taken if `wants` and this rollout is next and may."""
     me = candidate(ctx.body)
     assert me is not None  # the spec was parsed before the context was made
-    sharing = ctx.deps.index.sharing_lock(ctx.namespace, ctx.rollout.spec.lock_key)
+    index = ctx.deps.index
+    sharing = {key: index.sharing_lock(ctx.namespace, key) for key in ctx.run_lock.keys}
     precondition = StillAsRead(ctx.deps.kube, ctx.deps.fresh, ctx.body)
     return await ctx.run_lock.observe(me, sharing, wants, precondition)
 
