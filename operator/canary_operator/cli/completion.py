@@ -71,7 +71,8 @@ def _api_names(words: list[str], what: str) -> list[str]:
         names = set()
         for item in items:
             spec = item.get("spec") or {}
-            names.add(spec.get("lockGroup") or (spec.get("target") or {}).get("deployment"))
+            names.add(spec.get("lockGroup"))  # a lock: a group's, or a target's
+            names.add((spec.get("target") or {}).get("deployment"))
         return sorted(n for n in names if n)
     return sorted(str(i["metadata"]["name"]) for i in items)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from canary_operator.api.models import ROUTER_KINDS, ROUTER_REPLICAS
 from canary_operator.cli.steps import describe_step, raw_steps, step_kind
 from canary_operator.kube.api import JsonObj
+from canary_operator.lock.keys import target_key
 from canary_operator.rollout_view import TERMINAL, effective_phase
 
 MARKS = {"Succeeded": "[x]", "Running": "[>]", "Failed": "[!]", "Cancelled": "[-]"}
@@ -42,7 +43,8 @@ def render_status(
     router = next(
         (k for k in ROUTER_KINDS if k != ROUTER_REPLICAS and routing.get(k)), ROUTER_REPLICAS
     )
-    lock = spec.get("lockGroup") or target
+    # The target's own lock, and its group's: a run takes both (lock/keys.py).
+    lock = ", ".join(k for k in (spec.get("lockGroup"), target_key(target)) if k)
     field("Target", f"deployment/{target}  router {router}  lock {lock}")
     phase = effective_phase(body)
     shown_phase = (
