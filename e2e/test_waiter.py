@@ -44,13 +44,26 @@ ORCA_RUN_JOB_TIMEOUT = 120 * 60
 
 SPINNAKER = REPO / "manifests" / "spinnaker"
 KEYS = ("phase", "reason", "failed_step", "failed_step_name", "message", "run")
+# What the run deployed (m.rollout's container is `app`), and what is live after a success.
+DEPLOYED = ("version", "version_label", "fingerprint", "image_app")
+LIVE = ("live_version", "live_label", "live_rollout", "live_run")
+NO_LIVE = dict.fromkeys(LIVE, "")
 
 
 def properties(stdout: str, stderr: str = "") -> dict[str, str]:
     """The stage outputs Spinnaker gets from the waiter's container log (`kubectl logs`
     has both streams; the stderr progress lines come first here, they are older)."""
     found = extract_properties_from_log(stderr + stdout)
-    return {key: found[key] for key in KEYS if key in found}
+    return {key: found[key] for key in (*KEYS, *DEPLOYED, *LIVE) if key in found}
+
+
+def deployed(props: dict[str, str]) -> dict[str, str]:
+    return {key: props[key] for key in (*DEPLOYED, *LIVE)}
+
+
+def fingerprint(cluster: Cluster, namespace: str, name: str) -> str:
+    """The spec's fingerprint as the operator records it."""
+    return str(get_rollout(cluster, namespace, name)["status"]["fingerprint"])
 
 
 def waiter(
@@ -80,8 +93,10 @@ def test_waiter_succeeds_when_the_rollout_succeeds(
     kube_cluster.apply(m.app(), namespace)
     kube_cluster.apply(m.rollout("web-v001", [CANARY, m.job_test("smoke"), PROMOTE]), namespace)
     # Spinnaker names deployed manifests "kind name"; the waiter accepts that form.
-    code, props, err = finish(waiter(kube_cluster, namespace, "canaryRollout web-v001"))
-    assert code == 0, err
+    proc = waiter(kube_cluster, namespace, "canaryRollout web-v001")
+    out, err = proc.communicate(timeout=150)
+    assert proc.returncode == 0, err
+    props = properties(out, err)
     assert props == {
         "phase": "Succeeded",
         "reason": "Succeeded",
@@ -89,7 +104,21 @@ def test_waiter_succeeds_when_the_rollout_succeeds(
         "failed_step_name": "",
         "message": "all steps passed",
         "run": "1",
+        # what it deployed, and what the target runs now (status.live)
+        "version": f"app={NEW}",
+        "version_label": "web:2.0",
+        "fingerprint": fingerprint(kube_cluster, namespace, "web-v001"),
+        "image_app": NEW,
+        "live_version": f"app={NEW}",
+        "live_label": "web:2.0",
+        "live_rollout": "web-v001",
+        "live_run": "1",
     }
+    # The image is a property line as well; `app=...` only fits the JSON line.
+    assert f"SPINNAKER_PROPERTY_IMAGE_APP={NEW}\n" in out
+    assert "SPINNAKER_PROPERTY_LIVE_LABEL=web:2.0\n" in out
+    assert "SPINNAKER_PROPERTY_VERSION=" not in out
+    assert "SPINNAKER_PROPERTY_LIVE_VERSION=" not in out
     progress = [line for line in err.splitlines() if "web-v001: phase=" in line]
     assert progress and "phase=Succeeded" in progress[-1], err  # it followed the run
     assert stable_image(kube_cluster, namespace) == NEW
@@ -107,6 +136,8 @@ def test_waiter_fails_naming_the_failed_step(
     assert props["reason"] == "StepFailed"
     assert props["failed_step"] == "2"
     assert props["failed_step_name"] == "smoke"
+    assert props["image_app"] == NEW and props["version"] == f"app={NEW}"
+    assert {key: props[key] for key in LIVE} == NO_LIVE  # nothing of it went live
 
 
 def test_waiter_times_out_with_exit_2(
@@ -121,6 +152,7 @@ def test_waiter_times_out_with_exit_2(
     assert props["reason"] == "Timeout"
     assert props["message"] == "not finished within 2s"
     assert "did not finish within 2s" in err
+    assert props["image_app"] == NEW and props["live_version"] == ""
 
 
 def test_waiter_errors_exit_2(
@@ -130,6 +162,11 @@ def test_waiter_errors_exit_2(
     assert result.returncode == 2
     props = properties(result.stdout, result.stderr)
     assert props["phase"] == "Unknown" and props["reason"] == "Error"
+    # No rollout, no version: every key empty, and no container's image.
+    assert "image_app" not in props
+    assert {key: props[key] for key in (*DEPLOYED[:3], *LIVE)} == dict.fromkeys(
+        (*DEPLOYED[:3], *LIVE), ""
+    )
     # a message with quotes and no `=`: in the property line and the JSON document
     assert props["message"] == f'canaryrollout "ghost" not found in namespace "{namespace}"'
     assert result.stderr.strip() == (
@@ -153,8 +190,12 @@ def test_waiter_is_generation_aware(
     )
     body = get_rollout(kube_cluster, namespace, "web")
     assert body["status"]["phase"] == "Succeeded"  # the old run's status is still there
+    assert body["status"]["live"]["version"] == f"app={NEW}"  # run 1's promotion
     code, props, _ = finish(waiter(kube_cluster, namespace, "web", "--timeout", "2s"))
     assert code == 2 and props["phase"] == "Pending", props
+    # The version waited for is the new spec's; run 1's live version is not reported.
+    assert props["image_app"] == "registry.example.com/web:3.0"
+    assert {key: props[key] for key in LIVE} == NO_LIVE
 
     proc = waiter(kube_cluster, namespace, "web", "--timeout", "2m")
     operators.append(OperatorProcess(kube_cluster, namespace, tmp_path / "op2.log").start())
@@ -162,6 +203,16 @@ def test_waiter_is_generation_aware(
     assert code == 0, err
     assert props["phase"] == "Succeeded" and props["run"] == "2"
     assert stable_image(kube_cluster, namespace) == "registry.example.com/web:3.0"
+    assert deployed(props) == {
+        "version": "app=registry.example.com/web:3.0",
+        "version_label": "web:3.0",
+        "fingerprint": fingerprint(kube_cluster, namespace, "web"),
+        "image_app": "registry.example.com/web:3.0",
+        "live_version": "app=registry.example.com/web:3.0",
+        "live_label": "web:3.0",
+        "live_rollout": "web",
+        "live_run": "2",
+    }
 
 
 def test_waiter_reports_a_replaced_spec(
@@ -184,6 +235,9 @@ def test_waiter_reports_a_replaced_spec(
     assert code == 1, err
     assert props["phase"] == "Superseded" and props["reason"] == "SpecChanged"
     assert props["message"] == "the spec was replaced by a newer version (generation 2)"
+    # The version this pipeline deployed and waited for, not the one that replaced it.
+    assert (props["image_app"], props["version_label"]) == (NEW, "web:2.0")
+    assert {key: props[key] for key in LIVE} == NO_LIVE
 
 
 def test_a_message_with_equals_signs_reaches_the_stage_outputs(
@@ -260,7 +314,9 @@ def test_two_pipelines_wait_for_their_own_versions(
     kube_cluster.apply(m.app(), namespace)
     failing = [CANARY, m.job_test("smoke", fail=True), PROMOTE]
     kube_cluster.apply(m.rollout("web-v001", failing), namespace)
-    kube_cluster.apply(m.rollout("web-v002", [CANARY, m.job_test("smoke"), PROMOTE]), namespace)
+    newer = "registry.example.com/web:3.0"
+    passing = [CANARY, m.job_test("smoke"), PROMOTE]
+    kube_cluster.apply(m.rollout("web-v002", passing, image=newer), namespace)
     jobs = {
         v: deploy_run_job(kube_cluster, namespace, job_for(v, manifest))
         for v in ("web-v001", "web-v002")
@@ -288,9 +344,13 @@ def test_two_pipelines_wait_for_their_own_versions(
         "StepFailed",
         "smoke",
     )
+    # Each reports the version it deployed; only the one that succeeded a live one.
+    assert (props["image_app"], props["live_version"]) == (NEW, "")
     code, props, err = results["web-v002"]
     assert code == 0, err
     assert (props["phase"], props["reason"]) == ("Succeeded", "Succeeded")
+    assert (props["image_app"], props["version_label"]) == (newer, "web:3.0")
+    assert (props["live_version"], props["live_rollout"]) == (f"app={newer}", "web-v002")
     # Orca follows each execution's Job by name: each still names its own version.
     assert {v: rollout_of_job(kube_cluster, namespace, j) for v, j in jobs.items()} == {
         "web-v001": "web-v001",
@@ -348,6 +408,7 @@ def test_sigterm_with_abort_on_term_aborts_the_rollout(
     assert code == 143, err
     assert (props["phase"], props["reason"]) == ("Paused", "Terminated")
     assert props["message"] == "the waiter was stopped (SIGTERM); abort requested (spec.abort=true)"
+    assert props["image_app"] == NEW and props["live_version"] == ""
     body = wait_phase(kube_cluster, namespace, "web-v001", "Aborted")
     assert body["spec"]["abort"] is True
     verified = next(c for c in body["status"]["conditions"] if c["type"] == "CleanupVerified")
