@@ -212,6 +212,8 @@ def test_strip_keeps_what_planning_reads() -> None:
         "metadata": {k: v for k, v in pod["metadata"].items() if k != "managedFields"},
         "status": {"phase": "Running"},
     }
+    placed = {**pod, "spec": {"nodeName": "n1", "containers": [{"name": "app"}]}}
+    assert strip(placed, cache.PODS)["spec"] == {"nodeName": "n1"}
 
 
 # -------------------------------------------------------------------- informer

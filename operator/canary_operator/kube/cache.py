@@ -91,8 +91,12 @@ def strip(obj: JsonObj, kind: ResourceKind) -> JsonObj:
         meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
     stripped = {**obj, "metadata": meta}
     if kind == PODS:
-        # Pods are read for their role, phase and container states only.
+        # Pods are read for their role, phase and container states, and for the node
+        # of one that will not go (a cleanup blocked names it): of the spec, nodeName.
+        node = (obj.get("spec") or {}).get("nodeName")
         stripped.pop("spec", None)
+        if node:
+            stripped["spec"] = {"nodeName": node}
     return stripped
 
 
