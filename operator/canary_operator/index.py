@@ -52,9 +52,19 @@ def candidate(body: JsonObj) -> Candidate | None:
         phase=Phase(status.get("phase") or Phase.PENDING),
         policy=spec.policy,
         deleting=bool(meta.get("deletionTimestamp")),
-        queued_at=status.get("queuedAt") or UNSEEN,
+        queued_at=_seen(status),
         run=max(int(status.get("run") or 0), 1),
+        next_applied=status.get("nextVersionSince"),
     )
+
+
+def _seen(status: JsonObj) -> str:
+    """When the operator first saw this run's spec (microseconds), to order runs
+    applied within one second: an edit's versionSince; a new rollout's queuing."""
+    since = str(status.get("versionSince") or "")
+    if "." in since:
+        return since
+    return str(status.get("queuedAt") or UNSEEN)
 
 
 def _applied(meta: JsonObj, status: JsonObj) -> str:

@@ -1059,6 +1059,12 @@ class CanaryRolloutStatus(StatusModel):
         "creationTimestamp, or when the operator saw the spec change. A run whose "
         "versionSince is before the live version's is older than it and is refused.",
     )
+    next_version_since: str | None = Field(
+        default=None,
+        description="While a run goes on, when the operator first saw the spec change "
+        "that the next run will roll out: that run's place in the lock's queue and its "
+        "versionSince.",
+    )
     live: LiveVersion | None = Field(default=None, description="What the target runs.")
     message: str | None = None
     current_step: int | None = Field(default=None, description="0-based index of the step.")

@@ -38,7 +38,7 @@ from canary_operator.engine.types import (
     RemoveFinalizer,
     Rollout,
 )
-from canary_operator.engine.versions import record_live
+from canary_operator.engine.versions import note_next_version, record_live
 
 
 def plan(rollout: Rollout, obs: Observed, last_step: int | None = None) -> Plan:
@@ -78,6 +78,7 @@ def _bookkeeping(ctx: Context) -> None:
     rollout, obs = ctx.rollout, ctx.obs
     status = ctx.status  # a new run replaces the status object
     status.observed_generation = rollout.generation  # this status answers this generation
+    note_next_version(ctx)
     if obs.lock.held and status.queue is not None and status.queue.holder == obs.lock.holder:
         # The holder's phase as this plan leaves it, not as the lock was observed before
         # it: otherwise the next reconcile writes the status again just to catch up.

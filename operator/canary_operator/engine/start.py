@@ -70,6 +70,7 @@ def new_run(ctx: Context, message: str, run: int | None = None) -> None:
         conditions=old.conditions,
         fingerprint=old.fingerprint,
         version_since=old.version_since,
+        next_version_since=old.next_version_since,
         live=old.live,
     )
     ctx.status = fresh

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from canary_operator.api.models import LiveVersion
+from canary_operator.api.models import LiveVersion, Phase
 from canary_operator.api.timestamps import parse_any_time, precise
 from canary_operator.engine.annotations import ALLOW_OLDER_ANNOTATION
 from canary_operator.engine.context import Context
@@ -28,10 +28,25 @@ def record_version_age(ctx: Context) -> None:
     the reconcile that first saw it. A retry keeps it (same spec, same age)."""
     status, fingerprint = ctx.status, ctx.rollout.spec.run_fingerprint()
     if status.fingerprint is not None and status.fingerprint != fingerprint:
-        status.version_since = precise(ctx.now)
+        # Seen during the previous run (note_next_version), or now.
+        status.version_since = status.next_version_since or precise(ctx.now)
     elif status.version_since is None:
         status.version_since = ctx.rollout.created or precise(ctx.now)
     status.fingerprint = fingerprint
+    status.next_version_since = None
+
+
+def note_next_version(ctx: Context) -> None:
+    """A spec changed while a run goes on: when it was first seen is the next run's
+    place in the lock's queue (lock/queue.py) and its age, so an edit made during a
+    run ranks behind rollouts applied before it and ahead of those applied after, as
+    the order of the applies says, not the moment the run happens to end."""
+    status = ctx.status
+    changed = status.fingerprint not in (None, ctx.rollout.spec.run_fingerprint())
+    if changed and status.phase != Phase.PENDING:
+        status.next_version_since = status.next_version_since or precise(ctx.now)
+    else:
+        status.next_version_since = None
 
 
 def older_than_live(ctx: Context) -> str | None:

@@ -32,10 +32,20 @@ class Candidate:
     # UNSEEN for a run not yet queued).
     queued_at: str = UNSEEN
     run: int = 1  # the run that wants (or holds) the lock
+    # While a run goes on: when the spec its next run will roll out was first seen
+    # (microseconds), or None.
+    next_applied: str | None = None
 
     @property
     def arrival(self) -> tuple[str, str, str]:
         return (self.applied, self.queued_at, self.name)
+
+    @property
+    def next_arrival(self) -> tuple[str, str, str] | None:
+        """The arrival of the run that follows this one, already applied."""
+        if self.next_applied is None or not self.active or self.waiting:
+            return None
+        return (f"{self.next_applied[:19]}Z", self.next_applied, self.name)
 
     @property
     def owes_cleanup(self) -> bool:
@@ -67,8 +77,17 @@ def order(candidates: Iterable[Candidate], holder_uid: str | None) -> list[Candi
 
 
 def newest_waiting(candidates: Iterable[Candidate]) -> Candidate | None:
-    waiting = [c for c in candidates if c.waiting and not c.deleting]
-    return max(waiting, key=lambda c: c.arrival, default=None)
+    """The rollout whose waiting run was applied last: one queued, or the next run of
+    one whose current run goes on (its edit waits for that run's end)."""
+    arrivals = []
+    for c in candidates:
+        if c.deleting:
+            continue
+        if c.waiting:
+            arrivals.append((c.arrival, c))
+        elif c.next_arrival is not None:
+            arrivals.append((c.next_arrival, c))
+    return max(arrivals, key=lambda pair: pair[0], default=(None, None))[1]
 
 
 def view(

@@ -1,0 +1,163 @@
+"""The queue orders runs, not rollouts (issue: an edit jumps the queue): an edit made
+while a run goes on is recorded when first seen (status.nextVersionSince), becomes the
+next run's versionSince, and ranks that run among the waiting ones by when it was
+applied; under Supersede the last applied version is the one that runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from canary_operator.api.models import ConcurrencyPolicy, Phase
+from canary_operator.api.timestamps import precise
+from canary_operator.index import candidate
+from canary_operator.lock import queue
+from canary_operator.lock.queue import UNSEEN, Candidate
+from tests.unit.test_machine import CANARY, started
+from tests.unit.test_machine import pause as pause_step
+
+
+def test_an_edit_during_a_run_keeps_the_moment_it_was_first_seen() -> None:
+    sim = started(CANARY, pause_step())
+    sim.run_until(Phase.PAUSED)
+    assert sim.status.next_version_since is None
+    sim.new_image()
+    sim.tick(seconds=1)
+    seen = precise(sim.world.now)
+    assert sim.status.next_version_since == seen  # recorded by the plan that saw it
+    sim.tick(seconds=5)
+    assert sim.status.next_version_since == seen  # kept while the run cleans up
+    sim.run_until(lambda s: s.status.run == 2, seconds=3)
+    # The new run is as old as the edit, not as the moment the old run ended.
+    assert sim.status.version_since == seen
+    assert sim.status.next_version_since is None
+
+
+def test_no_edit_no_next_run() -> None:
+    sim = started(CANARY, pause_step())
+    sim.run_until(Phase.PAUSED)
+    sim.change_spec(paused=True)  # not a new version: the run goes on
+    sim.tick()
+    assert sim.status.next_version_since is None
+
+
+def body(
+    name: str,
+    phase: str,
+    created: str = "2026-12-07T10:00:00Z",
+    policy: str = "Queue",
+    **status: Any,
+) -> dict[str, Any]:
+    generation = int(status.pop("generation", 1))
+    observed = status.pop("observedGeneration", generation)
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "shop",
+            # Specs are parsed once per (uid, generation): one uid per spec here.
+            "uid": f"uid-{name}-{policy}",
+            "generation": generation,
+            "creationTimestamp": created,
+        },
+        "spec": {
+            "target": {"deployment": "web"},
+            "images": [{"container": "app", "image": "web:2"}],
+            "steps": [{"canary": {"replicas": 1}}],
+            "concurrency": {"policy": policy},
+        },
+        "status": {"phase": phase, "observedGeneration": observed, **status},
+    }
+
+
+def seen(b: dict[str, Any]) -> Candidate:
+    found = candidate(b)
+    assert found is not None
+    return found
+
+
+def test_a_new_rollout_arrives_at_its_creation_ordered_within_the_second_by_queuing() -> None:
+    c = seen(body("b", "Queued", queuedAt="2026-12-07T10:00:00.400000Z"))
+    assert c.arrival == ("2026-12-07T10:00:00Z", "2026-12-07T10:00:00.400000Z", "b")
+    fresh = seen({**body("n", "Pending"), "status": {}})
+    assert fresh.applied == "2026-12-07T10:00:00Z" and fresh.queued_at == UNSEEN
+
+
+def test_an_edited_rollout_arrives_when_its_edit_was_seen() -> None:
+    edited = body(
+        "a",
+        "Queued",
+        created="2026-12-07T09:00:00Z",
+        versionSince="2026-12-07T10:00:00.700000Z",
+        queuedAt="2026-12-07T10:00:01.000000Z",
+        run=2,
+    )
+    c = seen(edited)
+    assert c.arrival == ("2026-12-07T10:00:00Z", "2026-12-07T10:00:00.700000Z", "a")
+    assert c.run == 2
+    unrecorded = seen(body("a", "Queued", generation=3, observedGeneration=2))
+    assert unrecorded.applied == UNSEEN  # an edit not yet recorded: the latest of all
+
+
+def test_queue_an_old_rollouts_edit_waits_behind_a_rollout_applied_before_it() -> None:
+    """a (created at 9:00) runs; b is applied at 10:00:00.4 and waits; a's image is
+    edited at 10:00:00.7: once a's run ends, b goes first, then a's run 2."""
+    b = seen(body("b", "Queued", queuedAt="2026-12-07T10:00:00.400000Z"))
+    a_run2 = seen(
+        body(
+            "a",
+            "Queued",
+            created="2026-12-07T09:00:00Z",
+            versionSince="2026-12-07T10:00:00.700000Z",
+            queuedAt="2026-12-07T10:00:02.000000Z",
+            run=2,
+        )
+    )
+    assert [c.name for c in queue.order([a_run2, b], None)] == ["b", "a"]
+    assert queue.view(b, [a_run2, b], None, lock_free=True).may_acquire
+    assert not queue.view(a_run2, [a_run2, b], None, lock_free=True).may_acquire
+
+
+def test_supersede_the_next_run_of_a_running_rollout_supersedes_an_older_waiter() -> None:
+    """Under Supersede, b (3.0) waits while a runs; a is edited to 4.0 after b was
+    applied: b is superseded at once, whatever the moment a's run ends, so 4.0 (the
+    last applied) is what ends on the target."""
+    b = seen(body("b", "Queued", policy="Supersede", queuedAt="2026-12-07T10:00:00.400000Z"))
+    a = seen(
+        body(
+            "a",
+            "CleaningUp",
+            created="2026-12-07T09:00:00Z",
+            policy="Supersede",
+            nextVersionSince="2026-12-07T10:00:00.700000Z",
+        )
+    )
+    assert queue.newest_waiting([a, b]) == a
+    view = queue.view(b, [a, b], a.uid, lock_free=False)
+    assert view.superseded_by == "a"
+
+
+def test_supersede_a_waiter_applied_after_the_edit_is_the_newest() -> None:
+    b = seen(body("b", "Queued", policy="Supersede", queuedAt="2026-12-07T10:00:01.400000Z"))
+    a = seen(
+        body(
+            "a",
+            "Progressing",
+            created="2026-12-07T09:00:00Z",
+            policy="Supersede",
+            nextVersionSince="2026-12-07T10:00:00.700000Z",
+        )
+    )
+    assert queue.newest_waiting([a, b]) == b
+    assert queue.view(b, [a, b], a.uid, lock_free=False).superseded_by is None
+
+
+def test_an_ended_rollouts_stale_next_version_counts_for_nothing() -> None:
+    ended = Candidate(
+        name="a",
+        uid="uid-a",
+        applied="2026-12-07T09:00:00Z",
+        phase=Phase.SUCCEEDED,
+        policy=ConcurrencyPolicy.SUPERSEDE,
+        next_applied="2026-12-07T11:00:00.000000Z",
+    )
+    assert ended.next_arrival is None
+    assert queue.newest_waiting([ended]) is None
