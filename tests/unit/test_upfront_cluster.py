@@ -112,11 +112,11 @@ def virtual_service(name: str, host: str, subset: str | None = None) -> JsonObj:
     }
 
 
-def destination_rule(canary_labels: dict[str, str]) -> JsonObj:
+def destination_rule(canary_labels: dict[str, str], host: str = "web") -> JsonObj:
     return {
         "metadata": {"name": "web"},
         "spec": {
-            "host": "web",
+            "host": host,
             "subsets": [
                 {"name": "stable", "labels": {"app": "web", "track": "stable"}},
                 {"name": "canary", "labels": canary_labels},
@@ -161,6 +161,12 @@ async def test_the_istio_destination_rule_is_checked_up_front(cluster: Cluster) 
         "spec.trafficRouting.istio.virtualServices[0]: VirtualService web has no HTTP route "
         "to stable"
     ]
+    # The stable destinations are told by the DestinationRule's host, not the Service's.
+    cluster.kube.put(f"{DESTINATION_RULES}/web", destination_rule(canary, host="web-all"))
+    cluster.kube.put(f"{VIRTUAL_SERVICES}/web", virtual_service("web", "web", "stable"))
+    assert len(await problems_of(cluster, r)) == 1
+    cluster.kube.put(f"{VIRTUAL_SERVICES}/web", virtual_service("web", "web-all", "stable"))
+    assert await problems_of(cluster, r) == []
 
 
 async def test_a_cleanup_that_could_never_succeed_ends_the_run_before_anything(
