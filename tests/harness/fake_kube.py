@@ -6,7 +6,9 @@ What it models, and how far:
 - resourceVersion: one counter for the whole store, stamped on every write; a write
   naming a resourceVersion (PUT, a merge patch's or an apply's metadata, a DELETE's
   preconditions) that is not the stored one is a 409, raised as `Conflict` exactly like
-  `Kube.request` does; a missing object is `ApiException(status=404)`;
+  `Kube.request` does; so is a DELETE's or PUT's uid that is not the stored one (a
+  patch naming another uid is a 422, as the API server answers); a missing object is
+  `ApiException(status=404)`;
 - PUT/PATCH of an object leave its `status` alone; PUT of `<object>/status` changes
   only the status (both bump the resourceVersion); `generation` goes up with the spec;
 - merge patch is RFC 7386 (null deletes); server-side apply is create-or-merge (no
@@ -22,9 +24,11 @@ What it models, and how far:
 
 Each request is logged in `requests` as e.g. "GET deployments/web", "GET pods" (a
 list), "PATCH canaryrollouts/r", "PUT canaryrollouts/r/status", "POST jobs?dryRun";
+`bodies` has each write's logged name and the body sent (a DELETE's preconditions);
 `fail_next` makes the next matching request fail after being logged. Views made with
 `view()` share the store and keep their own log (e.g. the cached and the fresh Kube);
-`store.requests` has every view's, in the order sent.
+`store.requests` has every view's, in the order sent, and `store.sent` the same with
+the view that sent each.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class Store:
     uids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     version: int = 0
     requests: list[str] = field(default_factory=list)  # every view's, in order
+    sent: list[tuple[Any, str]] = field(default_factory=list)  # (the view, its request)
 
     def stamp(self, obj: JsonObj) -> JsonObj:
         self.version = next(self.versions)
@@ -107,6 +112,7 @@ class FakeKube(Kube):
         self.store = store or Store()
         self.requests: list[str] = []
         self.deletions: list[tuple[str, str]] = []  # (what, propagationPolicy)
+        self.bodies: list[tuple[str, Any]] = []  # (logged request, body sent): writes
         self._failures: list[tuple[str, str, Exception]] = []
 
     def view(self) -> FakeKube:
@@ -147,7 +153,9 @@ class FakeKube(Kube):
     def clear(self) -> None:
         self.requests.clear()
         self.store.requests.clear()
+        self.store.sent.clear()
         self.deletions.clear()
+        self.bodies.clear()
 
     # ---------------------------------------------------------------- the server
 
@@ -171,6 +179,9 @@ class FakeKube(Kube):
         entry = f"{method} {target}" + ("?dryRun" if dry else "")
         self.requests.append(entry)
         self.store.requests.append(entry)
+        self.store.sent.append((self, entry))
+        if method != "GET":
+            self.bodies.append((entry, copy_json(body)))
         for failure in self._failures:
             if failure[0] == method and target.startswith(failure[1]):
                 self._failures.remove(failure)
@@ -225,6 +236,12 @@ class FakeKube(Kube):
         if current is None:
             raise _error(404, "Not Found")
         wanted = (body.get("preconditions") if method == "DELETE" else body.get("metadata")) or {}
+        if wanted.get("uid") not in (None, current["metadata"].get("uid")):
+            # As the API server answers (checked on a real one): a DELETE's or PUT's uid
+            # precondition is a 409; a patch may not change the uid, a 422.
+            if method == "PATCH":
+                raise _error(422, "metadata.uid: Invalid value: field is immutable")
+            raise _error(409, "the UID in the precondition does not match the UID in record")
         if wanted.get("resourceVersion") not in (None, current["metadata"]["resourceVersion"]):
             raise _error(409, "the object has been modified")
         if method == "DELETE":

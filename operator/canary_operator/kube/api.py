@@ -315,12 +315,19 @@ class Kube:
         resource_path: str,
         propagation: str = "Background",
         resource_version: str | None = None,
+        uid: str | None = None,
     ) -> bool:
-        """Delete; False if it was already gone. With `resource_version`, only that
-        version is deleted (a changed object raises Conflict)."""
+        """Delete; False if it was already gone. With `uid`, only that object is deleted
+        (one deleted and made again under its name raises Conflict); with
+        `resource_version`, only that version of it."""
         body: JsonObj = {"propagationPolicy": propagation}
-        if resource_version is not None:
-            body["preconditions"] = {"resourceVersion": resource_version}
+        preconditions = {
+            key: value
+            for key, value in (("uid", uid), ("resourceVersion", resource_version))
+            if value is not None
+        }
+        if preconditions:
+            body["preconditions"] = preconditions
         try:
             await self.request("DELETE", resource_path, body)
             return True
@@ -408,15 +415,20 @@ class ReadOnce(WrappedKube):
 
 
 class FencedWrites(WrappedKube):
-    """Reads as the Kube behind it; the first write waits for `confirm` (the fencing
-    check that the run still holds its lock), every later one shares that answer. An
-    action that finds nothing to write (a reset already done, objects already being
-    deleted) then costs no fencing read, and one that writes confirms right before."""
+    """Reads as the Kube behind it; each write (not a dry run) waits for `confirm`, the
+    fencing check that the run still holds its lock, started after that write was
+    issued: no answer is ever shared by writes made one after another (a write after a
+    list, or after a 409, is confirmed again). Writes issued together (an action's
+    `asyncio.gather` of independent objects) share one confirmation, which starts on
+    the event loop's next turn, after every one of them was issued. An action that
+    finds nothing to write (a reset already done, objects already being deleted) costs
+    no fencing read."""
 
     def __init__(self, kube: Kube, confirm: Callable[[], Awaitable[None]]) -> None:
         super().__init__(kube)
         self._confirm = confirm
-        self._confirmed: asyncio.Future[None] | None = None
+        self._pending: asyncio.Future[None] | None = None  # not started yet
+        self.confirmations = 0  # how many were made (started)
 
     async def get(self, resource_path: str) -> JsonObj | None:
         return await self.direct.get(resource_path)
@@ -427,8 +439,33 @@ class FencedWrites(WrappedKube):
         return await self.direct.list(resource_path, label_selector)
 
     async def sending(self, method: str, query: Any) -> None:
-        if method != "GET" and not is_dry_run(query):
-            if self._confirmed is None:
-                self._confirmed = asyncio.ensure_future(self._confirm())
-            # Shielded: concurrent writes of one action share one check.
-            await asyncio.shield(self._confirmed)
+        if method == "GET" or is_dry_run(query):
+            return
+        pending = self._pending
+        if pending is None:
+            loop = asyncio.get_running_loop()
+            pending = self._pending = loop.create_future()
+            loop.call_soon(self._start, pending)
+        # Shielded: one write cancelled (its gather failed) leaves the check to the others.
+        await asyncio.shield(pending)
+
+    def _start(self, pending: asyncio.Future[None]) -> None:
+        """Start the confirmation every write issued so far waits for; a later write
+        waits for a confirmation of its own."""
+        self._pending = None
+        self.confirmations += 1
+        check = asyncio.ensure_future(self._confirm())
+
+        def settle(done: asyncio.Future[None]) -> None:
+            if pending.cancelled():
+                return
+            if done.cancelled():
+                pending.cancel()
+            elif (error := done.exception()) is not None:
+                pending.set_exception(error)
+            else:
+                pending.set_result(None)
+
+        check.add_done_callback(settle)
+        # Retrieved even when every waiter was cancelled (no "never retrieved" warning).
+        pending.add_done_callback(lambda f: f.cancelled() or f.exception())
