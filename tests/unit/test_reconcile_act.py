@@ -1,10 +1,11 @@
-"""reconcile/act.py: each write to the target fenced (confirmed right before its first
-write that the run still holds its lock), and what a failed action means for the plan
-that asked for it (act_on). On the fake cluster, with the real engine.
+"""reconcile/act.py: each write to the target fenced (confirmed right before it, each
+write on its own, that the run still holds its lock), and what a failed action means
+for the plan that asked for it (act_on). On the fake cluster, with the real engine.
 
-The first five tests are those of the old tests/unit/test_reconciler_fencing.py, with
-the same assertions: "confirm" is now the fresh read of the Lease, "DELETE a" the
-delete of Job a. (Against the real API server: e2e/test_exclusion.py,
+The first five tests are those of the old tests/unit/test_reconciler_fencing.py:
+"confirm" is now the fresh read of the Lease, "DELETE a" the delete of Job a; the lock
+taken in the same reconcile no longer stands in for the first write's confirmation.
+(More in test_fence_each_write.py; against the real API server: e2e/test_exclusion.py,
 e2e/test_cached_reads.py.)"""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from canary_operator.engine.types import (
 from canary_operator.kube.rollouts import FINALIZER, rollout_path
 from canary_operator.lock.run_lock import LockLost
 from canary_operator.reconcile import act
+from canary_operator.reconcile.canary import RUN_ANNOTATION
 from canary_operator.reconcile.context import ReconcileContext
 from canary_operator.reconcile.decide import decide
 from tests.harness.reconcile_fixtures import (
@@ -38,6 +40,7 @@ from tests.harness.reconcile_fixtures import (
     NAME,
     NS,
     SERVICES,
+    UID,
     Cluster,
     fake_cluster,
 )
@@ -58,8 +61,9 @@ async def running(cluster: Cluster, acquired: bool = False) -> ReconcileContext:
     ctx = await cluster.observed(await cluster.progressing())
     ctx.obs = replace(ctx.obs, lock=replace(ctx.obs.lock, acquired=acquired))
     assert ctx.obs.lock.held and ctx.obs.lock.token == 1
+    run = {RUN_ANNOTATION: f"{UID}/{ctx.rollout.status.run}"}
     for name in ("a", "b"):
-        cluster.kube.put(f"{JOBS}/{name}", {"metadata": {"name": name}})
+        cluster.kube.put(f"{JOBS}/{name}", {"metadata": {"name": name, "annotations": run}})
     cluster.clear()
     return ctx
 
@@ -79,24 +83,35 @@ def writes(cluster: Cluster) -> list[str]:
     return [r for r in cluster.kube.store.requests if r == CONFIRM or not r.startswith("GET")]
 
 
+def each_confirmed(requests: list[str]) -> bool:
+    """Every write comes right after a fencing read (nothing between them)."""
+    return all(
+        i > 0 and requests[i - 1] == CONFIRM
+        for i, r in enumerate(requests)
+        if not r.startswith("GET")
+    )
+
+
 # ------------------------------------------- ported from test_reconciler_fencing.py
 
 
-async def test_every_action_that_writes_confirms_right_before_its_first_write(
-    cluster: Cluster,
-) -> None:
+async def test_every_write_is_confirmed_right_before_it(cluster: Cluster) -> None:
     ctx = await running(cluster, acquired=False)
     await act_on(ctx, [DeleteJob("a"), DeleteJob("b")])
     assert writes(cluster) == [CONFIRM, "DELETE jobs/a", CONFIRM, "DELETE jobs/b"]
     assert cluster.fresh.requests == [CONFIRM, CONFIRM]  # the fence reads the API server
 
 
-async def test_a_lock_taken_in_this_reconcile_confirms_the_first_action_only(
+async def test_a_lock_taken_in_this_reconcile_is_read_again_before_the_first_write(
     cluster: Cluster,
 ) -> None:
+    """The acquisition does not stand in for the first write's fencing read: the
+    start's dry-runs and webhooks may sit between the two. (Whether the Fence's first
+    call reads the Lease or not, act makes it read before the first write.)"""
     ctx = await running(cluster, acquired=True)
     await act_on(ctx, [DeleteJob("a"), DeleteJob("b")])
-    assert writes(cluster) == ["DELETE jobs/a", CONFIRM, "DELETE jobs/b"]
+    assert writes(cluster)[-4:] == [CONFIRM, "DELETE jobs/a", CONFIRM, "DELETE jobs/b"]
+    assert each_confirmed(cluster.kube.store.requests)
 
 
 async def test_a_lost_lock_stops_the_write(cluster: Cluster) -> None:
@@ -181,7 +196,7 @@ async def test_a_lost_lock_is_a_lock_lost_plan(cluster: Cluster) -> None:
     assert error is None
     assert result.status.outcome is not None
     assert result.status.outcome.result == Result.LOCK_LOST
-    assert "no longer held with token 1" in (result.status.outcome.message or "")
+    assert "no longer held" in (result.status.outcome.message or "")
     # It asks for nothing that touches the target.
     assert all(isinstance(a, Emit) for a in result.actions)
     assert writes(cluster) == [CONFIRM]

@@ -10,6 +10,7 @@ import pytest
 
 from canary_operator.engine.types import DeleteCanaryObjects
 from canary_operator.kube import objects
+from canary_operator.kube.api import FencedWrites
 from canary_operator.reconcile import canary, views
 from tests.harness.reconcile_fixtures import (
     DEPLOYMENTS,
@@ -101,14 +102,39 @@ async def test_no_canary_without_a_target(cluster: Cluster) -> None:
 
 # ---------------------------------------------------------------------- cleanup
 
+RUN = f"{UID}/1"  # the run of cluster.running()
+OTHER = "uid-other/1"
 
-def job(name: str, purpose: str, owner: str) -> Any:
+
+def job(name: str, purpose: str, owner: str, run: str = RUN) -> Any:
     labels = {objects.MANAGED_BY: objects.OPERATOR, **WEB, objects.PURPOSE_LABEL: purpose}
-    return {"metadata": {"name": name, "labels": labels, "ownerReferences": [{"uid": owner}]}}
+    return {
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {canary.RUN_ANNOTATION: run},
+            "ownerReferences": [{"uid": owner}],
+        }
+    }
 
 
-def pod(name: str, role: str) -> Any:
-    return {"metadata": {"name": name, "labels": {**WEB, objects.ROLE_LABEL: role}}}
+def pod(name: str, role: str, run: str = RUN) -> Any:
+    labels = {**WEB, objects.ROLE_LABEL: role}
+    return {
+        "metadata": {"name": name, "labels": labels, "annotations": {canary.RUN_ANNOTATION: run}}
+    }
+
+
+async def test_the_canary_and_its_pods_carry_the_run(cluster: Cluster) -> None:
+    await cluster.running()
+    for where in (CANARY, f"{SERVICES}/web-canary"):
+        made = cluster.kube.stored(where)
+        assert made is not None
+        assert made["metadata"]["annotations"][canary.RUN_ANNOTATION] == RUN
+    deployment = cluster.kube.stored(CANARY)
+    assert deployment is not None
+    template = deployment["spec"]["template"]["metadata"]
+    assert template["annotations"][canary.RUN_ANNOTATION] == RUN
 
 
 async def test_cleanup_deletes_in_order_and_keeps_failed_jobs_by_relabelling(
@@ -118,19 +144,24 @@ async def test_cleanup_deletes_in_order_and_keeps_failed_jobs_by_relabelling(
     kube = cluster.kube
     kube.put(f"{JOBS}/failed-smoke", job("failed-smoke", "test", UID))
     kube.put(f"{JOBS}/passed-smoke", job("passed-smoke", "test", UID))
-    kube.put(f"{JOBS}/theirs", job("theirs", "test", "uid-other"))  # a kept name, not ours
     kube.put(f"{JOBS}/purge", job("purge", "cleanup", UID))  # a user cleanup Job
     kube.put(f"{PODS}/c1", pod("c1", "canary"))
     kube.put(f"{PODS}/stable", {"metadata": {"name": "stable", "labels": {"app": "web"}}})
+    listed = {
+        where: (kube.stored(where) or {})["metadata"]["uid"]
+        for where in (CANARY, f"{SERVICES}/web-canary", f"{JOBS}/passed-smoke", f"{PODS}/c1")
+    }
     cluster.clear()
-    await canary.delete(ctx, DeleteCanaryObjects(keep_jobs=("failed-smoke", "theirs")), kube)
+    await canary.delete(ctx, DeleteCanaryObjects(keep_jobs=("failed-smoke",)), kube, RUN)
     assert kube.deletions == [
         ("deployments/web-canary", "Foreground"),
         ("services/web-canary", "Background"),
         ("jobs/passed-smoke", "Background"),
-        ("jobs/theirs", "Background"),
         ("pods/c1", "Background"),
     ]
+    # Each deletion only of the object as listed (its uid).
+    sent = [body["preconditions"] for entry, body in kube.bodies if entry.startswith("DELETE")]
+    assert sent == [{"uid": uid} for uid in listed.values()]
     kept = kube.stored(f"{JOBS}/failed-smoke")
     assert kept is not None
     assert kept["metadata"]["labels"][objects.PURPOSE_LABEL] == views.EVIDENCE
@@ -141,7 +172,7 @@ async def test_cleanup_deletes_in_order_and_keeps_failed_jobs_by_relabelling(
     assert "PATCH jobs/failed-smoke" in kube.requests
     # A second cleanup finds the kept Job no more: it is evidence now.
     kube.clear()
-    await canary.delete(ctx, DeleteCanaryObjects(), kube)
+    await canary.delete(ctx, DeleteCanaryObjects(), kube, RUN)
     assert kube.deletions == [] and kube.stored(f"{JOBS}/failed-smoke") is not None
 
 
@@ -152,5 +183,78 @@ async def test_cleanup_leaves_what_is_already_going(cluster: Cluster) -> None:
     going["metadata"].update(deletionTimestamp="2026-12-07T00:00:00Z", finalizers=["x"])
     cluster.kube.put(CANARY, going)
     cluster.clear()
-    await canary.delete(ctx, DeleteCanaryObjects(), cluster.kube)
+    await canary.delete(ctx, DeleteCanaryObjects(), cluster.kube, RUN)
     assert cluster.kube.deletions == [("services/web-canary", "Background")]
+
+
+def another_runs(cluster: Cluster) -> list[str]:
+    """Objects of another run (of another rollout) of the same target, as the cache
+    shows them; returns their paths."""
+    made = [
+        (f"{JOBS}/theirs", job("theirs", "test", "uid-other", OTHER)),
+        (f"{PODS}/their-pod", pod("their-pod", "canary", OTHER)),
+        (f"{JOBS}/unmarked", job("unmarked", "test", "uid-other")),  # before runs were marked
+    ]
+    unmarked = made[2][1]["metadata"]
+    del unmarked["annotations"]
+    for where, body in made:
+        cluster.kube.put(where, body)
+    return [where for where, _ in made]
+
+
+async def test_a_runs_cleanup_never_deletes_an_object_of_another_run(cluster: Cluster) -> None:
+    ctx = await cluster.running()
+    theirs = another_runs(cluster)
+    cluster.kube.put(f"{PODS}/c1", pod("c1", "canary"))
+    cluster.clear()
+    with pytest.raises(canary.NotThisRun) as raised:
+        await canary.delete(ctx, DeleteCanaryObjects(), cluster.kube, RUN)
+    # This run's objects went; the others' are named, and left alone.
+    assert [what for what, _ in cluster.kube.deletions] == [
+        "deployments/web-canary",
+        "services/web-canary",
+        "pods/c1",
+    ]
+    assert all(cluster.kube.stored(where) is not None for where in theirs)
+    assert "job theirs" in str(raised.value) and "pod their-pod" in str(raised.value)
+    assert "job unmarked" in str(raised.value)
+
+
+async def test_a_recovery_deletes_what_a_previous_holder_left(cluster: Cluster) -> None:
+    ctx = await cluster.running()
+    theirs = another_runs(cluster)
+    cluster.clear()
+    await canary.delete(ctx, DeleteCanaryObjects(), cluster.kube, None)
+    assert all(cluster.kube.stored(where) is None for where in theirs)
+    assert cluster.kube.stored(CANARY) is None
+
+
+async def test_an_object_made_again_since_it_was_listed_is_not_deleted(cluster: Cluster) -> None:
+    """A process frozen after the confirmation of its delete (the one window fencing
+    leaves), while the next run made the canary Service again under its name: the
+    deletion names the uid as listed, and the API server refuses it."""
+    ctx = await cluster.running()
+    service = f"{SERVICES}/web-canary"
+    old = cluster.kube.stored(service)
+    assert old is not None
+    confirmations: list[None] = []
+
+    async def next_run_meanwhile() -> None:
+        confirmations.append(None)
+        if len(confirmations) != 2:  # the first is the canary Deployment's delete's
+            return
+        del cluster.kube.store.objects[("", "services", old["metadata"]["namespace"], "web-canary")]
+        again = {k: v for k, v in old.items() if k != "metadata"}
+        again["metadata"] = {
+            k: v for k, v in old["metadata"].items() if k not in ("uid", "resourceVersion")
+        }
+        again["metadata"]["annotations"] = {canary.RUN_ANNOTATION: "uid-next/1"}
+        cluster.kube.put(service, again)
+
+    fenced = FencedWrites(cluster.kube, next_run_meanwhile)
+    cluster.clear()
+    await canary.delete(ctx, DeleteCanaryObjects(), fenced, RUN)
+    now = cluster.kube.stored(service)
+    assert now is not None and now["metadata"]["uid"] != old["metadata"]["uid"]
+    assert "DELETE services/web-canary" in cluster.kube.requests  # sent, and refused
+    assert ("services/web-canary", "Background") not in cluster.kube.deletions

@@ -1,6 +1,7 @@
 """Carrying out a plan's actions: each write to the target fenced (confirmed right
-before it that the run still holds its lock), background checks started under the
-lock; and what a failed action means for the plan that asked for it."""
+before it, each write on its own, that the run still holds its lock), background
+checks started under the lock; and what a failed action means for the plan that
+asked for it."""
 
 from __future__ import annotations
 
@@ -81,7 +82,10 @@ def _failed(ctx: ReconcileContext, result: Plan, exc: Exception) -> tuple[Plan, 
 
 
 async def act(ctx: ReconcileContext, result: Plan) -> None:
+    # Reads the Lease on each call, also the first after the lock was taken in this
+    # reconcile: the start's dry-runs and webhooks may sit between the two.
     fence = ctx.run_lock.fence(ctx.obs.lock)
+    run = result.status.run
     for action in result.actions:
         if isinstance(action, Emit) or after_status(action):
             continue
@@ -92,26 +96,31 @@ async def act(ctx: ReconcileContext, result: Plan) -> None:
                 checks.start(ctx, action)
             continue
         if not isinstance(action, TARGET_EFFECTS):
-            await execute(ctx, action)
+            await execute(ctx, action, run=run)
             continue
-        # Confirmed right before its first write; an action that finds its work done
-        # (an unchanged canary, a reset already written, objects already going) writes
+        # Each write confirmed right before it; an action that finds its work done (an
+        # unchanged canary, a reset already written, objects already going) writes
         # nothing and needs no confirmation.
         fenced = FencedWrites(ctx.deps.kube, fence)
         if isinstance(action, EnsureCanary):
             # Only what the cache does not show as last applied; independent objects
-            # (Deployment(s), Service) applied at once.
-            stale = await canary.to_apply(ctx, action.replicas)
+            # (Deployment(s), Service) applied at once, after one confirmation that
+            # starts once all of them were issued.
+            stale = await canary.to_apply(ctx, action.replicas, run)
             await asyncio.gather(*(fenced.apply(where, m) for where, m in stale))
             continue
-        await execute(ctx, action, fenced)
+        await execute(ctx, action, fenced, run)
 
 
-async def execute(ctx: ReconcileContext, action: Action, writes: Kube | None = None) -> None:
+async def execute(
+    ctx: ReconcileContext, action: Action, writes: Kube | None = None, run: int | None = None
+) -> None:
     """Carry out one action; `writes` is the Kube its reads and writes go through (for
-    a write to the target: one that confirms the lock first)."""
+    a write to the target: one that confirms the lock before each write); `run` is the
+    run of the plan that asks for it (by default, the run as read)."""
     deps, rollout = ctx.deps, ctx.rollout
     kube = writes or deps.kube
+    this_run = canary.run_of(ctx, rollout.status.run if run is None else run)
     match action:
         case Emit():
             status.announce(deps, rollout, action)
@@ -131,10 +140,12 @@ async def execute(ctx: ReconcileContext, action: Action, writes: Kube | None = N
         case ResetRoute():
             await ctx.router(ctx.obs.lock.token, kube).reset()
         case DeleteCanaryObjects():
-            await canary.delete(ctx, action, kube)
+            # A recovery deletes what a previous holder left; a run's own cleanup,
+            # only what this run made.
+            await canary.delete(ctx, action, kube, None if canary.recovering(ctx) else this_run)
         case EnsureJob():
-            await jobs.ensure(ctx, action, kube)
+            await jobs.ensure(ctx, action, kube, this_run)
         case DeleteJob(name=name):
-            await jobs.delete(ctx, name, kube)
+            await jobs.delete(ctx, name, kube, this_run)
         case PromoteStable():
             await stable.promote(ctx, action, kube)

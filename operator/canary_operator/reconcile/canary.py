@@ -1,23 +1,89 @@
 """The canary's objects: the Deployment(s) and Service a run applies (only what the
-cache does not show as last applied), and their deletion by cleanup."""
+cache does not show as last applied), and their deletion by cleanup.
+
+Each object a run makes carries the run (RUN_ANNOTATION, "<rollout uid>/<run>"; the
+canary's pods carry it through their template), so that a run's cleanup deletes its
+own objects and nothing of another run; only the recovery cleanup of a run that has
+not started yet deletes whatever a previous holder left. Every deletion names the
+uid of the object as read: one deleted and made again under its name since (by the
+next run) is not touched."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
+
+from canary_operator.api.models import Phase
 from canary_operator.engine.types import DeleteCanaryObjects
 from canary_operator.kube import objects
-from canary_operator.kube.api import JsonObj, Kube, path
+from canary_operator.kube.api import Conflict, JsonObj, Kube, path
 from canary_operator.reconcile import views
 from canary_operator.reconcile.context import ReconcileContext
 
+RUN_ANNOTATION = "canary-operator.dev/run"
 
-async def to_apply(ctx: ReconcileContext, replicas: int) -> list[tuple[str, JsonObj]]:
+
+class NotThisRun(ValueError):
+    """A run's cleanup found objects of another run, and left them alone."""
+
+    def __init__(self, run: str, others: list[str]) -> None:
+        super().__init__(
+            f"left alone, made by another run than this one ({run}): " + ", ".join(others)
+        )
+
+
+def run_of(ctx: ReconcileContext, run: int) -> str:
+    """The value of RUN_ANNOTATION on what run `run` of this rollout makes."""
+    return f"{ctx.rollout.uid}/{run}"
+
+
+def mark(manifest: JsonObj, run: str) -> JsonObj:
+    """The manifest, annotated with the run that makes it (and its pod template, if
+    it has one: the pods then carry it too)."""
+    metas = [manifest.setdefault("metadata", {})]
+    template = (manifest.get("spec") or {}).get("template")
+    if isinstance(template, dict) and manifest.get("kind") == "Deployment":
+        metas.append(template.setdefault("metadata", {}))
+    for meta in metas:
+        meta["annotations"] = {**(meta.get("annotations") or {}), RUN_ANNOTATION: run}
+    return manifest
+
+
+def recovering(ctx: ReconcileContext) -> bool:
+    """Whether a cleanup now is a recovery: a run that has not started (Pending or
+    Queued, holding the lock) makes the target clean of whatever a previous holder
+    left. Any other cleanup is a run's own."""
+    return ctx.rollout.status.phase in (Phase.PENDING, Phase.QUEUED)
+
+
+def made_by(ctx: ReconcileContext, obj: JsonObj, run: str) -> bool:
+    """Whether `obj` was made by `run` of this rollout. Objects made before runs were
+    marked count as the rollout's (its ownerReference or, for a pod, its rollout
+    label)."""
+    meta = obj["metadata"]
+    marked = (meta.get("annotations") or {}).get(RUN_ANNOTATION)
+    if marked is not None:
+        return bool(marked == run)
+    rollout = ctx.rollout
+    made = objects.owned_metadata(rollout.spec, "canary", "", "", rollout.name, rollout.uid)
+    label = (meta.get("labels") or {}).get(objects.ROLLOUT_LABEL)
+    return views.owned_by(obj, rollout.uid) or label == made["labels"][objects.ROLLOUT_LABEL]
+
+
+async def to_apply(
+    ctx: ReconcileContext, replicas: int, run: int | None = None
+) -> list[tuple[str, JsonObj]]:
     """The canary's objects (Deployment, baseline Deployment, Service) that the cache
     does not show as last applied: each manifest carries a digest of itself, so a
     step re-asserting an unchanged canary writes nothing (and needs no fencing
     read). The cache holds the answer of our last write; someone else's change
-    (a scale, a deletion) shows as a difference, and the object is applied again."""
+    (a scale, a deletion) shows as a difference, and the object is applied again.
+    `run`: the run the plan is for (its status may start it: the status as read
+    then still has the last run)."""
+    marked = run_of(ctx, ctx.rollout.status.run if run is None else run)
     stale = []
-    for where, manifest in await _wanted(ctx, replicas):
+    for where, wanted in await _wanted(ctx, replicas):
+        manifest = mark(wanted, marked)
         digest = objects.stamp_digest(manifest)
         have = await ctx.deps.kube.get(where)
         if not objects.applied_as(have, digest, manifest):
@@ -58,40 +124,76 @@ async def _wanted(ctx: ReconcileContext, replicas: int) -> list[tuple[str, JsonO
     return wanted
 
 
-async def delete(ctx: ReconcileContext, action: DeleteCanaryObjects, kube: Kube) -> None:
+async def delete(
+    ctx: ReconcileContext, action: DeleteCanaryObjects, kube: Kube, run: str | None
+) -> None:
     """Cleanup's deletions: canary and baseline Deployments, the canary Service, the
-    test Jobs (those kept for their logs are relabelled instead), and the pods."""
+    test Jobs (those kept for their logs are relabelled instead), and the pods.
+    `run`: the run whose objects these are (a run's own cleanup); None for a
+    recovery, which deletes whatever a previous holder left. Objects of another run
+    are left alone, and named (NotThisRun) once this run's are deleted."""
     ns, spec = ctx.namespace, ctx.rollout.spec
     target = objects.target_selector(spec)
+    others: list[str] = []
     deployments = path("apps", "v1", "deployments", ns)
-    for deployment in await kube.list(deployments, f"{target},{objects.ROLE_LABEL}"):
-        await _delete_unless_going(kube, deployments, deployment, "Foreground")
+    listed = await kube.list(deployments, f"{target},{objects.ROLE_LABEL}")
+    others += await _delete_each(ctx, kube, deployments, listed, run, "Foreground")
     services = path("", "v1", "services", ns)
-    for service in await kube.list(services, f"{target},{objects.ROLE_LABEL}"):
-        await _delete_unless_going(kube, services, service)
-    await _delete_test_jobs(ctx, frozenset(action.keep_jobs), kube)
+    listed = await kube.list(services, f"{target},{objects.ROLE_LABEL}")
+    others += await _delete_each(ctx, kube, services, listed, run)
+    others += await _delete_test_jobs(ctx, frozenset(action.keep_jobs), kube, run)
     # Pods of a deleted ReplicaSet go through the garbage collector; delete them
     # directly too, so verification does not wait on it.
     pods = path("", "v1", "pods", ns)
-    for pod in await kube.list(pods, objects.any_role_selector(spec)):
-        await _delete_unless_going(kube, pods, pod)
+    listed = await kube.list(pods, objects.any_role_selector(spec))
+    others += await _delete_each(ctx, kube, pods, listed, run)
+    if others:
+        raise NotThisRun(run or "", others)
 
 
-async def _delete_test_jobs(ctx: ReconcileContext, keep: frozenset[str], kube: Kube) -> None:
+async def _delete_test_jobs(
+    ctx: ReconcileContext, keep: frozenset[str], kube: Kube, run: str | None
+) -> list[str]:
     spec = ctx.rollout.spec
     jobs = path("batch", "v1", "jobs", ctx.namespace)
-    for job in await kube.list(
+    listed = await kube.list(
         jobs, f"{objects.operator_jobs_selector(spec)},{objects.PURPOSE_LABEL}=test"
-    ):
-        name = job["metadata"]["name"]
-        if name in keep and views.owned_by(job, ctx.rollout.uid):
+    )
+    going = []
+    for job in listed:
+        meta = job["metadata"]
+        if meta["name"] in keep and views.owned_by(job, ctx.rollout.uid):
             # Kept for its logs (keepFailedJobs): relabelled so that no cleanup, of this
-            # rollout or a later one, deletes it; it goes with its owner.
-            await kube.merge_patch(
-                f"{jobs}/{name}", {"metadata": {"labels": {objects.PURPOSE_LABEL: views.EVIDENCE}}}
-            )
+            # rollout or a later one, deletes it; it goes with its owner. The uid: the
+            # Job as read (a patch may not change it, so another Job of that name since
+            # is refused).
+            relabel = {"uid": meta["uid"], "labels": {objects.PURPOSE_LABEL: views.EVIDENCE}}
+            await kube.merge_patch(f"{jobs}/{meta['name']}", {"metadata": relabel})
             continue
-        await _delete_unless_going(kube, jobs, job)
+        going.append(job)
+    return await _delete_each(ctx, kube, jobs, going, run)
+
+
+async def _delete_each(
+    ctx: ReconcileContext,
+    kube: Kube,
+    collection: str,
+    listed: Iterable[JsonObj],
+    run: str | None,
+    propagation: str = "Background",
+) -> list[str]:
+    """Delete each object listed from `collection` that `run` made (with None, each);
+    returns the others, by kind and name. The deletions are issued at once: they share
+    one fencing read, which starts after all of them were issued (kube/api.py
+    FencedWrites), so a cleanup of many pods costs one read, not one per pod."""
+    others, ours = [], []
+    for obj in listed:
+        if run is None or made_by(ctx, obj, run):
+            ours.append(obj)
+        else:
+            others.append(f"{collection.rsplit('/', 1)[-1][:-1]} {obj['metadata']['name']}")
+    await asyncio.gather(*(_delete_unless_going(kube, collection, o, propagation) for o in ours))
+    return others
 
 
 async def _delete_unless_going(
@@ -99,6 +201,15 @@ async def _delete_unless_going(
 ) -> None:
     """Delete `obj` (listed from `collection`) unless it is already being deleted (a
     Foreground deletion waits for its pods): cleanup asks for this on every reconcile
-    until every canary object is gone, and each repeat would cost a fencing read."""
-    if not obj["metadata"].get("deletionTimestamp"):
-        await kube.delete(f"{collection}/{obj['metadata']['name']}", propagation)
+    until every canary object is gone, and each repeat would cost a fencing read.
+
+    Only the object as listed: its uid is the deletion's precondition, so an object
+    made again under that name since (by the next run, after this one lost its lock)
+    is not deleted; that Conflict means there is nothing of ours left to delete."""
+    meta = obj["metadata"]
+    if meta.get("deletionTimestamp"):
+        return
+    try:
+        await kube.delete(f"{collection}/{meta['name']}", propagation, uid=meta.get("uid"))
+    except Conflict:
+        return

@@ -1,5 +1,6 @@
 """Test and cleanup Jobs a plan asks for: created once (an earlier reconcile's create
-stands), owned by the rollout, with the canary's Service address in their environment."""
+stands), owned by the rollout and marked with its run, with the canary's Service
+address in their environment; deleted only as read (its uid), and only this run's."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import contextlib
 from canary_operator.engine.types import EnsureJob
 from canary_operator.kube import objects
 from canary_operator.kube.api import Conflict, Kube, path
-from canary_operator.reconcile import views
+from canary_operator.reconcile import canary, views
 from canary_operator.reconcile.context import ReconcileContext
 
 
-async def ensure(ctx: ReconcileContext, action: EnsureJob, kube: Kube) -> None:
+async def ensure(ctx: ReconcileContext, action: EnsureJob, kube: Kube, run: str) -> None:
+    """`run`: the run that makes it (canary.RUN_ANNOTATION)."""
     rollout, ns, spec = ctx.rollout, ctx.namespace, ctx.rollout.spec
     target = ctx.targets.target
     if target is None:
@@ -32,8 +34,17 @@ async def ensure(ctx: ReconcileContext, action: EnsureJob, kube: Kube) -> None:
         service_port=views.first_port(service),
     )
     with contextlib.suppress(Conflict):  # created by an earlier reconcile
-        await kube.create(path("batch", "v1", "jobs", ns), manifest)
+        await kube.create(path("batch", "v1", "jobs", ns), canary.mark(manifest, run))
 
 
-async def delete(ctx: ReconcileContext, name: str, kube: Kube) -> None:
-    await kube.delete(path("batch", "v1", "jobs", ctx.namespace, name))
+async def delete(ctx: ReconcileContext, name: str, kube: Kube, run: str) -> None:
+    """The Job `name` as the cache shows it, if `run` made it: deleted with its uid as
+    the precondition (another Job of that name since is not touched)."""
+    where = path("batch", "v1", "jobs", ctx.namespace, name)
+    job = await kube.get(where)
+    if job is None or job["metadata"].get("deletionTimestamp"):
+        return
+    if not canary.made_by(ctx, job, run):
+        raise canary.NotThisRun(run, [f"job {name}"])
+    with contextlib.suppress(Conflict):  # not the Job read: nothing of ours to delete
+        await kube.delete(where, uid=job["metadata"].get("uid"))
