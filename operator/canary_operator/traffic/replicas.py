@@ -59,7 +59,12 @@ class ReplicasRouter:
         # the answer of that write), then nothing is left to write.
         canary = await self.kube.get(self._deployment(self.canary))
         if canary is not None and _replicas(canary) != 0:
-            await self.kube.merge_patch(self._deployment(self.canary), {"spec": {"replicas": 0}})
+            # The canary as read: a patch may not change the uid, so one made again under
+            # its name since (by another run) is refused, not scaled down.
+            uid = {"uid": canary["metadata"]["uid"]} if canary["metadata"].get("uid") else {}
+            await self.kube.merge_patch(
+                self._deployment(self.canary), {"metadata": uid, "spec": {"replicas": 0}}
+            )
 
     async def canary_labels_to_drop(self, service_selector: dict[str, str]) -> set[str]:
         """None: the stable Service reaching canary pods is how this router works."""
@@ -141,9 +146,11 @@ async def _fresh(
 ) -> None:
     """Read-then-write, again on a 409: the Deployment controller writes the target's
     status all the time, and each write changes the resourceVersion the patch is
-    conditional on. (The lock was confirmed right before: the retry re-reads.) The
-    first read may come from the cache (nothing to write is then the common case and
-    costs no request); a retry reads from the API server (`fresh`)."""
+    conditional on. The first read may come from the cache (nothing to write is then
+    the common case and costs no request); a retry reads from the API server
+    (`fresh`). Each write, a retry's too, goes through `kube`, which (in a reconcile,
+    kube/api.py FencedWrites) confirms the lock again right before it: a retry is
+    never covered by the first attempt's confirmation."""
     for attempt in range(attempts):
         try:
             await write(kube if attempt == 0 else fresh or kube)
