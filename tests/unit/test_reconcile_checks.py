@@ -18,6 +18,7 @@ from canary_operator.api.models import (
     MeasurementStatus,
     WebhookSpec,
 )
+from canary_operator.checks.webhook import lock_headers, with_lock
 from canary_operator.engine.types import CallWebhook, CheckResult, Measure, Plan, Rollout
 from canary_operator.kube.api import path
 from canary_operator.reconcile import act, checks
@@ -174,3 +175,36 @@ async def test_a_check_starts_under_the_lock_and_only_once(cluster: Cluster) -> 
     cluster.clear()
     await act.act(ctx, plan)  # known (answered, not yet recorded): neither fenced nor started
     assert cluster.fresh.requests == [] and cluster.kube.requests == []
+
+
+async def test_webhooks_are_told_the_lock_and_its_fencing_token(cluster: Cluster) -> None:
+    """So that a system outside the cluster can fence too: a call carrying a lower
+    token than one it has seen comes from a run that lost its lock."""
+    ctx = await cluster.running()
+    assert ctx.obs.lock.held and ctx.obs.lock.token == 1
+    async with FakeServer(Reply(200, {"value": 0.5})) as server:
+        forged = {"name": "x-canary-lock-token", "value": "99"}  # the spec cannot set it
+        action = webhook(url=f"{server.url}/smoke", headers=[forged])
+        checks.start(ctx, action)
+        assert (await answer(cluster, ctx, action.key)).ok
+        provider = {"webhook": {"url": f"{server.url}/metrics"}}
+        measure = Measure(key="s1-m1", analysis=analysis(provider=provider), roles=("canary",))
+        checks.start(ctx, measure)
+        measured = await answer(cluster, ctx, measure.key)
+        assert measured.values == {"errors": {"canary": 0.5}}, measured
+        assert len(server.requests) == 2
+        for sent in server.requests:
+            told = {k.lower(): v for k, v in sent.headers.items()}
+            assert told["x-canary-lock-lease"] == f"{NS}/cro-lock-web"
+            assert told["x-canary-lock-token"] == "1"
+
+
+def test_the_lock_headers_win_over_the_specs_and_there_are_none_without_a_lock() -> None:
+    lock = lock_headers(NS, "cro-lock-web", 3)
+    assert lock == {"X-Canary-Lock-Lease": f"{NS}/cro-lock-web", "X-Canary-Lock-Token": "3"}
+    assert with_lock({"x-canary-lock-token": "99", "X-Token": "t"}, lock) == {
+        "X-Token": "t",
+        **lock,
+    }
+    assert lock_headers(NS, "cro-lock-web", None) == {}
+    assert with_lock({"X-Token": "t"}, {}) == {"X-Token": "t"}

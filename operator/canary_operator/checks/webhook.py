@@ -4,6 +4,12 @@ Each call has the spec's ``timeout``. Connection errors, timeouts and 5xx answer
 the transient 408 / 429) are retried up to ``retries`` times with a short doubling
 backoff; any other answer (4xx, 3xx: redirects are not followed) fails at once.
 
+Every call made for a run that holds its lock carries the lock's fencing token
+(``lock_headers``): ``X-Canary-Lock-Lease: <namespace>/<Lease name>`` and
+``X-Canary-Lock-Token: <the Lease's leaseTransitions when the run took it>``. A system
+outside the cluster can fence on them: remember the highest token seen per Lease and
+refuse a call with a lower one (a run that lost its lock, still calling).
+
 Also the HTTP helpers shared with the webhook metric provider.
 """
 
@@ -21,14 +27,18 @@ from canary_operator.checks.render import render_body
 from canary_operator.redact import redact_url, scrub
 
 __all__ = [
+    "LOCK_LEASE_HEADER",
+    "LOCK_TOKEN_HEADER",
     "MAX_BACKOFF",
     "RETRY_BACKOFF",
     "describe_error",
     "display_url",
+    "lock_headers",
     "post_json",
     "resolve_headers",
     "run_webhook",
     "snippet",
+    "with_lock",
 ]
 
 RETRY_BACKOFF = 0.5
@@ -36,6 +46,23 @@ RETRY_BACKOFF = 0.5
 MAX_BACKOFF = 4.0
 _RETRYABLE_4XX = frozenset({408, 429})
 _SNIPPET = 200
+LOCK_LEASE_HEADER = "X-Canary-Lock-Lease"
+LOCK_TOKEN_HEADER = "X-Canary-Lock-Token"
+
+
+def lock_headers(namespace: str, lease: str, token: int | None) -> dict[str, str]:
+    """The headers that tell an endpoint which lock the call is made under, and with
+    which fencing token (none when the run holds no lock)."""
+    if token is None:
+        return {}
+    return {LOCK_LEASE_HEADER: f"{namespace}/{lease}", LOCK_TOKEN_HEADER: str(token)}
+
+
+def with_lock(headers: Mapping[str, str], lock: Mapping[str, str]) -> dict[str, str]:
+    """The spec's headers and the lock's; the lock's win over a header of the same
+    name (in any case) that the spec sets."""
+    names = {name.lower() for name in lock}
+    return {**{k: v for k, v in headers.items() if k.lower() not in names}, **lock}
 
 
 async def post_json(

@@ -19,7 +19,7 @@ from canary_operator.analysis.queries import render_query
 from canary_operator.api.models import MeasurementStatus, parse_duration
 from canary_operator.api.models import MetricProvider as MetricProviderSpec
 from canary_operator.api.timestamps import iso
-from canary_operator.checks.webhook import resolve_headers, run_webhook
+from canary_operator.checks.webhook import lock_headers, resolve_headers, run_webhook, with_lock
 from canary_operator.engine.types import CallWebhook, CheckResult, Measure, Observed, Rollout
 from canary_operator.kube import objects
 from canary_operator.kube.api import Kube, describe, path
@@ -28,14 +28,18 @@ from canary_operator.redact import scrub
 
 
 def start(ctx: ReconcileContext, action: CallWebhook | Measure) -> None:
-    """Start a webhook call or a measurement in the background."""
+    """Start a webhook call or a measurement in the background. Webhooks (tests,
+    cleanup steps, metric providers) are told the run's lock and fencing token in
+    headers (checks/webhook.py lock_headers)."""
     rollout, kube = ctx.rollout, ctx.deps.kube
+    lock = ctx.obs.lock
+    fencing = lock_headers(ctx.namespace, lock.name, lock.token if lock.held else None)
     if isinstance(action, CallWebhook):
         context = {**webhook_context(rollout, ctx.obs), "step": action.step_label}
         ctx.deps.checks.ensure(
             ctx.ref,
             action.key,
-            lambda: call_webhook(kube, rollout, action, context),
+            lambda: call_webhook(kube, rollout, action, context, fencing),
             lambda exc: CheckResult(
                 False, scrub(f"webhook call failed: {describe(exc)}", [action.webhook.url or ""])
             ),
@@ -44,7 +48,7 @@ def start(ctx: ReconcileContext, action: CallWebhook | Measure) -> None:
         ctx.deps.checks.ensure(
             ctx.ref,
             action.key,
-            lambda: measure(kube, rollout, action),
+            lambda: measure(kube, rollout, action, fencing),
             lambda exc: MeasurementStatus(
                 at=iso(datetime.now(UTC)), error=f"measurement failed: {exc}"
             ),
@@ -72,12 +76,17 @@ def webhook_context(rollout: Rollout, obs: Observed | None) -> dict[str, Any]:
 
 
 async def call_webhook(
-    kube: Kube, rollout: Rollout, action: CallWebhook, context: dict[str, Any]
+    kube: Kube,
+    rollout: Rollout,
+    action: CallWebhook,
+    context: dict[str, Any],
+    fencing: dict[str, str] | None = None,
 ) -> CheckResult:
     try:
         headers = await resolve_headers(
             action.webhook.headers, lambda n, k: secret(kube, rollout.namespace, n, k)
         )
+        headers = with_lock(headers, fencing or {})
     except ValueError as exc:
         return CheckResult(False, str(exc))
     url = action.webhook.url
@@ -107,8 +116,11 @@ async def secret(kube: Kube, namespace: str, name: str, key: str) -> str | None:
     return base64.b64decode(raw).decode() if raw is not None else None
 
 
-async def measure(kube: Kube, rollout: Rollout, action: Measure) -> MeasurementStatus:
-    """One measurement of every metric of an analysis step, for each role it compares."""
+async def measure(
+    kube: Kube, rollout: Rollout, action: Measure, fencing: dict[str, str] | None = None
+) -> MeasurementStatus:
+    """One measurement of every metric of an analysis step, for each role it compares;
+    a webhook provider is sent `fencing` (the lock's headers) too."""
     spec, ns = rollout.spec, rollout.namespace
     deployments = {
         "canary": objects.canary_name(spec),
@@ -122,7 +134,7 @@ async def measure(kube: Kube, rollout: Rollout, action: Measure) -> MeasurementS
             measurement.error = f"metric {metric.name}: no provider configured"
             return measurement
         try:
-            provider = await _provider(kube, rollout, provider_spec)
+            provider = await _provider(kube, rollout, provider_spec, fencing or {})
             for role in action.roles:
                 variables = {
                     "role": role,
@@ -142,7 +154,9 @@ async def measure(kube: Kube, rollout: Rollout, action: Measure) -> MeasurementS
     return measurement
 
 
-async def _provider(kube: Kube, rollout: Rollout, spec: MetricProviderSpec) -> MetricProvider:
+async def _provider(
+    kube: Kube, rollout: Rollout, spec: MetricProviderSpec, fencing: dict[str, str]
+) -> MetricProvider:
     if spec.prometheus is not None:
         return PrometheusProvider(
             spec.prometheus.address, parse_duration(spec.prometheus.timeout).total_seconds()
@@ -152,5 +166,7 @@ async def _provider(kube: Kube, rollout: Rollout, spec: MetricProviderSpec) -> M
         spec.webhook.headers, lambda n, k: secret(kube, rollout.namespace, n, k)
     )
     return WebhookMetricProvider(
-        spec.webhook.url, parse_duration(spec.webhook.timeout).total_seconds(), headers
+        spec.webhook.url,
+        parse_duration(spec.webhook.timeout).total_seconds(),
+        with_lock(headers, fencing),
     )
