@@ -225,7 +225,9 @@ def _what(e: Seen, before: dict[str, Any] | None) -> str:
     if e.type == "ADDED":
         return "created"
     if e.type == "DELETED":
-        return "deleted"
+        # After a deletionTimestamp: the garbage collector finishing what that began.
+        deleting = before is not None and before["metadata"].get("deletionTimestamp")
+        return "" if deleting else "deleted"
     if before is None:
         return "changed"
     if obj["metadata"].get("deletionTimestamp") and not before["metadata"].get("deletionTimestamp"):
@@ -390,3 +392,14 @@ class Evidence:
             for e in self.watches[resource].snapshot()
             if e.name == write.name and rv_of(e.object) == write.rv
         )
+
+
+def timeline(ev: Evidence, lease: str, target: str) -> str:
+    """The Lease's states and the target's writes, merged in commit order (to read a
+    failure)."""
+    lines = [
+        (h.rv, f"  lease {lease}: {h.identity or '-'} token {h.token}")
+        for h in ev.lease_timeline().states.get(lease, [])
+    ]
+    lines += [(w.rv, f"  {w}") for w in ev.writes([target]) if w.target == target]
+    return "\n".join(text for _, text in sorted(lines))
