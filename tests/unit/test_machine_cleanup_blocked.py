@@ -6,6 +6,7 @@ growing delay, and finishes once a human let the objects go."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -353,3 +354,30 @@ def test_replayed_after_a_restart_the_verdict_is_the_same_and_not_said_again() -
     sim.restart()
     result = sim.tick(seconds=5)
     assert sim.status == status and "CleanupBlocked" not in reasons(result.actions)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_waits_and_a_late_way_out_keep_the_promises(seed: int) -> None:
+    """Looks at random moments (a wake-up, a timer), the way out at a random one: the
+    lock is held until the pods are gone, every look plans the next within [1 s, 30 s],
+    the Event is said once if and only if the cleanup was blocked, and it ends verified."""
+    rng = random.Random(seed)
+    sim = stuck(grace=rng.choice([0, 5, 30]))
+    let_go_after = rng.uniform(0, 120)
+    started = sim.world.now
+    was_blocked = False
+    while sim.phase() == Phase.CLEANING_UP:
+        planned = sim.plans[-1].requeue_after or 1
+        sim.tick(seconds=rng.choice([planned, rng.uniform(0, planned)]))
+        if sim.phase() != Phase.CLEANING_UP:
+            break
+        result = sim.plans[-1]
+        assert not of_type(result.actions, ReleaseLock) and sim.world.holder == ME
+        assert result.requeue_after is not None
+        assert RECHECK_MIN <= result.requeue_after <= RECHECK_MAX, result.requeue_after
+        was_blocked = was_blocked or blocked_reason(sim) == "CleanupBlocked"
+        if (sim.world.now - started).total_seconds() >= let_go_after and sim.world.pods_linger:
+            world_of(sim).let_go()
+    assert sim.phase() == Phase.ABORTED and is_true(sim.status, "CleanupVerified")
+    assert sim.events().count("CleanupBlocked") == (1 if was_blocked else 0)
+    assert sim.events().count("CleanupUnblocked") == (1 if was_blocked else 0)
