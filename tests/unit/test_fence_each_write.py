@@ -304,7 +304,7 @@ async def test_a_recovery_deletes_what_a_previous_holder_left(cluster: Cluster) 
     cluster.kube.put(f"{PODS}/b-pod", pod("b-pod", "uid-b/1"))
     queued = ctx.rollout.status.model_copy(update={"phase": Phase.QUEUED})
     ctx.rollout = replace(ctx.rollout, status=queued)
-    assert canary.recovering(ctx)
+    assert canary.recovering(ctx.rollout.status.phase)
     cluster.clear()
     await act_on(ctx, [DeleteCanaryObjects()])
     assert all(cluster.kube.stored(where) is None for where in theirs)
@@ -321,3 +321,19 @@ async def test_only_the_run_of_the_plan_marks_what_it_makes(cluster: Cluster) ->
     stale = await canary.to_apply(ctx, 1, run=2)
     assert {m["metadata"]["annotations"][canary.RUN_ANNOTATION] for _, m in stale} == {f"{UID}/2"}
     assert NAME  # the rollout's name is in the label, the run in the annotation
+
+
+async def test_the_plan_not_the_status_as_read_says_whether_a_cleanup_is_a_recovery(
+    cluster: Cluster,
+) -> None:
+    """A rollout read as ended whose plan starts its next run (a spec change, a retry)
+    and holds the lock recovers the target: what run 1 left goes, though the plan is
+    run 2's."""
+    ctx = await cluster.running()
+    ended = ctx.rollout.status.model_copy(update={"phase": Phase.SUCCEEDED})
+    ctx.rollout = replace(ctx.rollout, status=ended)
+    starting = ended.model_copy(update={"phase": Phase.QUEUED, "run": ended.run + 1})
+    cluster.clear()
+    await act.act(ctx, Plan(status=starting, actions=[DeleteCanaryObjects()]))
+    assert cluster.kube.stored(f"{DEPLOYMENTS}/web-canary") is None
+    assert cluster.kube.stored(f"{SERVICES}/web-canary") is None

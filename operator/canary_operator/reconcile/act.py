@@ -9,7 +9,7 @@ import asyncio
 import logging
 from dataclasses import replace
 
-from canary_operator.api.models import Phase
+from canary_operator.api.models import CanaryRolloutStatus, Phase
 from canary_operator.engine import machine
 from canary_operator.engine.types import (
     CHECK_ACTIONS,
@@ -85,7 +85,7 @@ async def act(ctx: ReconcileContext, result: Plan) -> None:
     # Reads the Lease on each call, also the first after the lock was taken in this
     # reconcile: the start's dry-runs and webhooks may sit between the two.
     fence = ctx.run_lock.fence(ctx.obs.lock)
-    run = result.status.run
+    planned = result.status
     for action in result.actions:
         if isinstance(action, Emit) or after_status(action):
             continue
@@ -96,7 +96,7 @@ async def act(ctx: ReconcileContext, result: Plan) -> None:
                 checks.start(ctx, action)
             continue
         if not isinstance(action, TARGET_EFFECTS):
-            await execute(ctx, action, run=run)
+            await execute(ctx, action, planned=planned)
             continue
         # Each write confirmed right before it; an action that finds its work done (an
         # unchanged canary, a reset already written, objects already going) writes
@@ -106,21 +106,26 @@ async def act(ctx: ReconcileContext, result: Plan) -> None:
             # Only what the cache does not show as last applied; independent objects
             # (Deployment(s), Service) applied at once, after one confirmation that
             # starts once all of them were issued.
-            stale = await canary.to_apply(ctx, action.replicas, run)
+            stale = await canary.to_apply(ctx, action.replicas, planned.run)
             await asyncio.gather(*(fenced.apply(where, m) for where, m in stale))
             continue
-        await execute(ctx, action, fenced, run)
+        await execute(ctx, action, fenced, planned)
 
 
 async def execute(
-    ctx: ReconcileContext, action: Action, writes: Kube | None = None, run: int | None = None
+    ctx: ReconcileContext,
+    action: Action,
+    writes: Kube | None = None,
+    planned: CanaryRolloutStatus | None = None,
 ) -> None:
     """Carry out one action; `writes` is the Kube its reads and writes go through (for
-    a write to the target: one that confirms the lock before each write); `run` is the
-    run of the plan that asks for it (by default, the run as read)."""
+    a write to the target: one that confirms the lock before each write); `planned` is
+    the status of the plan that asks for it (its run, its phase; by default the status
+    as read)."""
     deps, rollout = ctx.deps, ctx.rollout
     kube = writes or deps.kube
-    this_run = canary.run_of(ctx, rollout.status.run if run is None else run)
+    planned = planned or rollout.status
+    this_run = canary.run_of(ctx, planned.run)
     match action:
         case Emit():
             status.announce(deps, rollout, action)
@@ -142,7 +147,8 @@ async def execute(
         case DeleteCanaryObjects():
             # A recovery deletes what a previous holder left; a run's own cleanup,
             # only what this run made.
-            await canary.delete(ctx, action, kube, None if canary.recovering(ctx) else this_run)
+            recovery = canary.recovering(planned.phase)
+            await canary.delete(ctx, action, kube, None if recovery else this_run)
         case EnsureJob():
             await jobs.ensure(ctx, action, kube, this_run)
         case DeleteJob(name=name):

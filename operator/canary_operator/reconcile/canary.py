@@ -49,11 +49,12 @@ def mark(manifest: JsonObj, run: str) -> JsonObj:
     return manifest
 
 
-def recovering(ctx: ReconcileContext) -> bool:
-    """Whether a cleanup now is a recovery: a run that has not started (Pending or
-    Queued, holding the lock) makes the target clean of whatever a previous holder
-    left. Any other cleanup is a run's own."""
-    return ctx.rollout.status.phase in (Phase.PENDING, Phase.QUEUED)
+def recovering(planned: Phase) -> bool:
+    """Whether a cleanup a plan asks for is a recovery: the plan leaves the run not
+    started yet (Pending or Queued, holding the lock; the status as read may be the
+    end of the previous run), and it makes the target clean of whatever a previous
+    holder left. Any other cleanup (CleaningUp) is a run's own."""
+    return planned in (Phase.PENDING, Phase.QUEUED)
 
 
 def made_by(ctx: ReconcileContext, obj: JsonObj, run: str) -> bool:
