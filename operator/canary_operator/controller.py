@@ -98,7 +98,7 @@ class Controller:
             cache.DEPLOYMENTS, handlers=[lambda _t, body: self.on_deployment(body)]
         )
         services = self.cache.add(cache.SERVICES)
-        pods = self.cache.add(cache.PODS, label_selector=objects.ROLE_LABEL)
+        pods = self.cache.add(cache.PODS, label_selector=objects.ROLE_LABEL, handlers=[self.on_pod])
         jobs = self.cache.add(
             cache.JOBS,
             label_selector=f"{objects.MANAGED_BY}={objects.OPERATOR}",
@@ -232,6 +232,16 @@ class Controller:
         name = labels.get(objects.ROLLOUT_LABEL)
         if name:
             self.queue.add((body["metadata"]["namespace"], name))
+
+    def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A canary pod gone: the cleanup waiting for it goes on now, not at its next
+        look (which backs off to 30 s while a pod will not go). Other pod events wake
+        nobody: what a run waits for shows in its Deployment's status."""
+        labels = body["metadata"].get("labels") or {}
+        name, ns = labels.get(objects.ROLLOUT_LABEL), body["metadata"]["namespace"]
+        seen = self.index.candidate(ns, name) if event_type == "DELETED" and name else None
+        if seen is not None and seen.phase == Phase.CLEANING_UP:
+            self.queue.add((ns, seen.name))
 
     def on_deployment(self, body: dict[str, Any]) -> None:
         self.on_owned(body)

@@ -10,6 +10,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from canary_operator.controller import QUEUE_REFRESH_SECONDS, Controller
+from canary_operator.kube import objects
 from canary_operator.kube.api import Kube
 from canary_operator.lock.lease import HOLDER_ANNOTATION, LOCK_KEY_ANNOTATION, lease_name
 
@@ -139,3 +140,25 @@ async def test_a_target_change_wakes_its_run_now_and_the_others_later(
     controller.on_deployment(target)
     assert sorted(queue.now) == ["a", "new"]
     assert sorted(queue.later) == [("b", QUEUE_REFRESH_SECONDS), ("old", QUEUE_REFRESH_SECONDS)]
+
+
+async def test_a_canary_pod_gone_wakes_only_a_cleanup_waiting_for_it(
+    controller: Controller,
+) -> None:
+    """A cleanup blocked by a pod that would not go looks again at most every 30 s; the
+    pod's deletion wakes it at once. Pod events of a run under way wake nobody."""
+    queue: RecordingQueue = controller.queue  # type: ignore[assignment]
+    controller.on_rollout("ADDED", rollout("a", "2026-01-01T00:00:01Z", "CleaningUp"))
+    controller.on_rollout("ADDED", rollout("b", "2026-01-01T00:00:02Z", "Progressing"))
+    queue.clear()
+
+    def pod(owner: str) -> dict[str, Any]:
+        labels = {objects.ROLE_LABEL: "canary", objects.ROLLOUT_LABEL: owner}
+        return {"metadata": {"name": f"{owner}-pod", "namespace": NS, "labels": labels}}
+
+    controller.on_pod("MODIFIED", pod("a"))
+    controller.on_pod("DELETED", pod("b"))
+    controller.on_pod("DELETED", pod("gone"))
+    assert queue.now == [] and queue.later == []
+    controller.on_pod("DELETED", pod("a"))
+    assert queue.now == ["a"] and queue.later == []
