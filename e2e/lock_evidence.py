@@ -31,6 +31,7 @@ ROLLOUT_LABEL = "canary-operator.dev/rollout"
 ROLE_LABEL = "canary-operator.dev/role"
 FENCING = "canary-operator.dev/fencing-token"
 HOLDER_IDENTITY = "canary-operator.dev/holder-identity"
+RUN_ANNOTATION = "canary-operator.dev/run"  # <uid>/<run> of the plan that made the object
 CONTROLLER_PREFIXES = (
     "deployment.kubernetes.io/",
     "batch.kubernetes.io/",
@@ -143,6 +144,13 @@ class Write:
     token: int | None  # for the stable: the fencing token it carries
     owner_write: bool  # the object belongs to the writer (always, but for deletes)
     object: dict[str, Any]
+
+    @property
+    def run(self) -> int | None:
+        """The writer's run, when the object names it (`canary-operator.dev/run`)."""
+        return parse_holder((self.object["metadata"].get("annotations") or {}).get(RUN_ANNOTATION))[
+            1
+        ]
 
     @property
     def lease(self) -> str:
@@ -272,6 +280,12 @@ def check_writes_under_lock(writes: list[Write], leases: Leases, rollouts: Rollo
         if held.uid == writer_uid:
             if w.token is not None and held.token != w.token:
                 violations.append(f"{w}: token {w.token}, the Lease's is {held.token}")
+            elif (
+                w.what in {"created", "changed"}
+                and None not in (w.run, held.run)
+                and w.run != held.run
+            ):
+                violations.append(f"{w}: made by run {w.run}, the Lease names run {held.run}")
             continue
         holder = rollouts.name_of(held.uid)
         if w.what in {"deleting", "deleted"} and rollouts.phase_at(w.writer, w.rv) in TERMINAL:
