@@ -87,15 +87,18 @@ def describe(exchanges: list[Exchange]) -> list[str]:
     return [f"{e.request.method} {e.request.path} -> {e.status}" for e in exchanges]
 
 
-def untouched_until(ev: Evidence, owner: str, until_rv: int) -> list[str]:
-    """Writes to `owner`'s canary objects, after their creation and before revision
-    `until_rv` (the moment the test asked `owner` to end)."""
+def untouched_until(ev: Evidence, owner: str, asked: Seen) -> list[str]:
+    """Writes to `owner`'s canary objects after their creation and before `asked`, the
+    event of the test's request that `owner` end (by revision; the time the watch
+    received each is given too), and any write of them by another rollout."""
     writes = ev.writes()
     mine = {w.uid for w in writes if w.writer == owner and w.what == "created"}
+    until = rv_of(asked.object)
     return [
-        f"{w} (object of {owner})"
+        f"{w} (object of {owner}), before rv {until} (received "
+        f"{ev.received(w) - asked.at:+.2f}s from the abort's event)"
         for w in writes
-        if w.uid in mine and w.what != "created" and w.rv < until_rv
+        if w.uid in mine and w.what != "created" and w.rv < until
     ] + [
         f"{w}: {owner}'s canary object rewritten by {w.writer}"
         for w in writes
@@ -155,7 +158,7 @@ def test_a_process_frozen_after_its_first_delete_touches_nothing_of_the_next_run
         abort(kube_cluster, ns, "r2")
         asked = abort_event(ev, "r2")
         ev.rollouts.wait("r2", verified_end, 60)
-        broken = untouched_until(ev, "r2", rv_of(asked.object))
+        broken = untouched_until(ev, "r2", asked)
         assert_verdict(ev)
     assert frozen.ok, f"the held DELETE failed: {frozen.status}"
     assert not late, f"A wrote after it was let go: {describe(late or [])}"
@@ -208,7 +211,7 @@ def test_a_process_whose_dry_runs_take_15s_writes_nothing_after_its_run_lost_the
         abort(kube_cluster, ns, "r2")
         asked = abort_event(ev, "r2")
         ev.rollouts.wait("r2", verified_end, 60)
-        broken = untouched_until(ev, "r2", rv_of(asked.object))
+        broken = untouched_until(ev, "r2", asked)
         a_writes = target_writes_of(proxy, ns, a_froze)
         assert_verdict(ev)
     print(f"A's dry-runs delayed: {len(sent)}; A's target writes after: {describe(a_writes)}")
