@@ -1,7 +1,7 @@
 """A soak of the lock under stalls: issue 23, "Must show" 3.
 
 Two standalone operator processes (no leader election) run N rollouts over two
-targets (`CANARY_E2E_SOAK_ROLLOUTS`, default 8) while one of them, chosen at random,
+targets (`CANARY_E2E_SOAK_ROLLOUTS`, default 12) while one of them, chosen at random,
 is SIGSTOPped for 2-25 s every few seconds (then SIGCONT; never both at once). A
 process stopped mid-action resumes with whatever it had decided before. From watches
 started before anything (`e2e/lock_evidence.py`): every write to a target object is
@@ -30,14 +30,15 @@ from tests.harness.cluster import Cluster, wait_for
 pytestmark = pytest.mark.cluster
 
 OLD = "registry.example.com/web:1.0"
-ROLLOUTS = int(os.environ.get("CANARY_E2E_SOAK_ROLLOUTS", "8"))
+ROLLOUTS = int(os.environ.get("CANARY_E2E_SOAK_ROLLOUTS", "12"))
 TARGETS = ["s1", "s2"]
 DEADLINE = 200.0  # seconds for every rollout to end; the test stays under ~4 minutes
 STEPS: list[dict[str, Any]] = [
     {"canary": {"replicas": 1}},
     m.job_test("smoke", duration="2s"),
+    {"pause": {"duration": "4s"}},
     {"setWeight": 50},
-    {"pause": {"duration": "2s"}},
+    {"pause": {"duration": "4s"}},
     {"promote": {}},
 ]
 
