@@ -22,6 +22,8 @@ B is started once A is frozen. Evidence comes from watches started before anythi
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,8 +61,9 @@ def start(
     operators: list[OperatorProcess],
     log: Path,
     proxy: ApiProxy | None = None,
+    extra: list[str] | None = None,
 ) -> OperatorProcess:
-    args = ["--http-port", "0"]
+    args = ["--http-port", "0", *(extra or [])]
     if proxy is not None:
         args += ["--kubeconfig", str(proxy.kubeconfig)]
     op = OperatorProcess(cluster, ns, log, args=args).start()
@@ -228,6 +231,67 @@ def wait_answered(exchange: Exchange, timeout: float) -> None:
     while not exchange.answered:
         assert time.monotonic() < deadline, f"{exchange.request.path} never answered"
         time.sleep(0.1)
+
+
+# ------------------------------------- (a) again, with leader election and SIGSTOP
+
+
+def test_a_leader_stopped_20s_after_its_first_delete_touches_nothing_of_the_next_run(
+    proxy: ApiProxy,
+    kube_cluster: Cluster,
+    namespace: str,
+    operators: list[OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    """Two replicas with leader election. The leader (A, behind the proxy) is stopped
+    (SIGSTOP) right after its first canary DELETE of r1's cleanup was committed, and
+    stays stopped at least 20 s: until its leader Lease has gone to B and B has ended
+    r1 and started r2. Then SIGCONT: A resumes mid-action, before its elector can tell
+    it lost the lead."""
+    ns = namespace
+    held = proxy.hold_response("the leader's first canary DELETE", deletes(ns, "web-canary"))
+    elect = ["--leader-elect", "--leader-election-namespace", ns, "--leader-election-id", "leader"]
+    with Evidence(kube_cluster, ns) as ev:
+        ev.ready(m.app("web", replicas=2, image=OLD), deployments=["web"], services=["web"])
+        a = start(kube_cluster, ns, operators, tmp_path / "operator-a.log", proxy, elect)
+        kube_cluster.apply(m.rollout("r1", HELD, image=V2), ns)
+        ev.rollouts.wait("r1", lambda e: e.phase == "Paused", 60)
+        start(kube_cluster, ns, operators, tmp_path / "operator-b.log", None, elect)
+        kube_cluster.apply(m.rollout("r2", HELD, image=V3), ns)
+        ev.rollouts.wait("r2", lambda e: e.phase == "Queued", 30)
+        abort(kube_cluster, ns, "r1")
+        frozen = held.wait_engaged(60)
+        assert a.proc is not None
+        os.killpg(a.proc.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            held.release()  # the answer waits in the socket for a process that is stopped
+            ev.rollouts.wait("r1", verified_end, 90)
+            ev.rollouts.wait("r2", lambda e: e.phase == "Paused", 60)
+            time.sleep(max(0.0, stopped + 20 - time.monotonic()))  # the fault: 20 s at least
+        finally:
+            os.killpg(a.proc.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        leader = kube_cluster.get_json("lease", "leader", "-n", ns)["spec"]["holderIdentity"]
+        late = absent_for(lambda: target_writes_of(proxy, ns, resumed), AFTERMATH)
+        abort(kube_cluster, ns, "r2")
+        asked = abort_event(ev, "r2")
+        ev.rollouts.wait("r2", verified_end, 60)
+        broken = untouched_until(ev, "r2", asked)
+        assert_verdict(ev)
+    print(
+        f"A stopped {resumed - stopped:.1f}s after {frozen.request.method} "
+        f"{frozen.request.path}; leader while A was stopped: {leader}"
+    )
+    # A ran again (it asked the API server something) before it stepped down: a
+    # process that loses the lead exits, as client-go's leader election has it.
+    after = [e for e in proxy.exchanges() if e.started >= resumed and not e.request.watch]
+    print(f"A after SIGCONT: {describe(after)[:8]}; still running: {a.running()}")
+    assert after, "A sent nothing after SIGCONT: it never resumed mid-action"
+    assert not late, f"A wrote after it resumed: {describe(late or [])}"
+    assert not broken, "\n".join(broken)
+    r2 = get_rollout(kube_cluster, ns, "r2")["status"]
+    assert r2["phase"] == "Aborted" and r2["outcome"]["result"] == "Aborted", r2["outcome"]
 
 
 # ------------------------------------------------- (5) an old run's late release
