@@ -11,6 +11,7 @@ can be sent twice if it dies between a delivery and its `sent` mark.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -65,54 +66,107 @@ def parse_key(key: str) -> tuple[Fired, str] | None:
     return Fired(parts[1], int(parts[0]), occurrence), parts[-1]
 
 
+@dataclass
+class _Batch:
+    """Marks of one rollout not yet written, and who waits for them."""
+
+    namespace: str
+    name: str
+    states: dict[str, str] = field(default_factory=dict)
+    waiting: list[asyncio.Future[None]] = field(default_factory=list)
+
+
 class Ledger:
-    """Writes delivery states to the rollouts (best effort; conditional writes)."""
+    """Writes delivery states to the rollouts (best effort; conditional writes).
+
+    One writer per rollout: marks asked for while a write of that rollout is under way
+    go out together in its next write, so the deliveries of one transition (one per
+    service) cost one read and one write, and a delivery to one endpoint never waits
+    behind a queue of marks for the others."""
 
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._batches: dict[str, _Batch] = {}  # uid -> marks not yet being written
+        self._writers: dict[str, asyncio.Task[None]] = {}
 
     async def mark(self, delivery: Delivery, state: str) -> None:
-        """Record a delivery's state on the rollout (best effort; conditional write)."""
-        lock = self._locks.setdefault(delivery.uid, asyncio.Lock())
-        rollout = rollout_path(delivery.namespace, delivery.name)
-        async with lock:
-            for attempt in range(LEDGER_TRIES):
-                if attempt:
-                    # Another writer won: a run that ends writes its status several times
-                    # within a second (and drops its finalizer); let the burst pass.
-                    await asyncio.sleep(LEDGER_RETRY_SECONDS * attempt)
-                try:
-                    body = await asyncio.wait_for(self.kube.get(rollout), 10)
-                    if body is None or body["metadata"].get("uid") != delivery.uid:
-                        return
-                    entries = ledger(body)
-                    if entries.get(delivery.key) == state:
-                        return
-                    entries.pop(delivery.key, None)
-                    entries[delivery.key] = state
-                    while len(entries) > LEDGER_LIMIT:
-                        entries.pop(next(iter(entries)))
-                    patch = {
-                        "metadata": {
-                            "resourceVersion": body["metadata"]["resourceVersion"],
-                            "annotations": {LEDGER_ANNOTATION: json.dumps(entries)},
-                        }
+        """Record a delivery's state on the rollout; returns once it is written (or
+        could not be: logged)."""
+        uid = delivery.uid
+        batch = self._batches.get(uid)
+        if batch is None:
+            batch = self._batches[uid] = _Batch(delivery.namespace, delivery.name)
+        batch.states.pop(delivery.key, None)
+        batch.states[delivery.key] = state
+        written = asyncio.get_running_loop().create_future()
+        batch.waiting.append(written)
+        if uid not in self._writers:
+            self._writers[uid] = asyncio.get_running_loop().create_task(self._write_all(uid))
+        await written
+
+    async def stop(self) -> None:
+        writers = list(self._writers.values())
+        for task in writers:
+            task.cancel()
+        for task in writers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _write_all(self, uid: str) -> None:
+        batch: _Batch | None = None
+        try:
+            while (batch := self._batches.pop(uid, None)) is not None:
+                await self._write(uid, batch)
+                _resolve(batch)
+        finally:
+            self._writers.pop(uid, None)
+            for left in (batch, self._batches.pop(uid, None)):
+                if left is not None:
+                    _resolve(left)
+
+    async def _write(self, uid: str, batch: _Batch) -> None:
+        rollout = rollout_path(batch.namespace, batch.name)
+        for attempt in range(LEDGER_TRIES):
+            if attempt:
+                # Another writer won: a run that ends writes its status several times
+                # within a second (and drops its finalizer); let the burst pass.
+                await asyncio.sleep(LEDGER_RETRY_SECONDS * attempt)
+            try:
+                body = await asyncio.wait_for(self.kube.get(rollout), 10)
+                if body is None or body["metadata"].get("uid") != uid:
+                    return
+                entries = ledger(body)
+                changed = {k: v for k, v in batch.states.items() if entries.get(k) != v}
+                if not changed:
+                    return
+                for key, state in changed.items():
+                    entries.pop(key, None)
+                    entries[key] = state
+                while len(entries) > LEDGER_LIMIT:
+                    entries.pop(next(iter(entries)))
+                patch = {
+                    "metadata": {
+                        "resourceVersion": body["metadata"]["resourceVersion"],
+                        "annotations": {LEDGER_ANNOTATION: json.dumps(entries)},
                     }
-                    await asyncio.wait_for(self.kube.merge_patch(rollout, patch), 10)
-                    return
-                except Conflict:
-                    continue
-                except Exception as exc:
-                    log.warning(
-                        "notification ledger of %s/%s: %s", delivery.namespace, delivery.name, exc
-                    )
-                    return
-            log.warning(
-                "notification ledger of %s/%s: %s not marked %s (%d conflicts in a row)",
-                delivery.namespace,
-                delivery.name,
-                delivery.key,
-                state,
-                LEDGER_TRIES,
-            )
+                }
+                await asyncio.wait_for(self.kube.merge_patch(rollout, patch), 10)
+                return
+            except Conflict:
+                continue
+            except Exception as exc:
+                log.warning("notification ledger of %s/%s: %s", batch.namespace, batch.name, exc)
+                return
+        log.warning(
+            "notification ledger of %s/%s: %s not marked (%d conflicts in a row)",
+            batch.namespace,
+            batch.name,
+            ", ".join(f"{k} {v}" for k, v in batch.states.items()),
+            LEDGER_TRIES,
+        )
+
+
+def _resolve(batch: _Batch) -> None:
+    for waiter in batch.waiting:
+        if not waiter.done():
+            waiter.set_result(None)

@@ -1,61 +1,41 @@
-"""Background delivery of notifications: a queue of its own, retries with backoff,
-one message per trigger per run and service.
+"""Background delivery of notifications: which triggers fired, one message per
+trigger per run and service, each delivered by a task of its own.
 
 Nothing here runs on the reconcile path: the reconciler's hook (`transition`) only
 computes which triggers fired and schedules tasks; every HTTP call, every read of the
 configuration and every ledger write happens in those tasks, each with its own time
 limit. A chat endpoint that hangs or answers 500 delays only its own messages: no
-step, cleanup or lock waits on it.
+step, cleanup or lock waits on it, and neither does any other endpoint (each has
+bounds of its own: endpoints.py).
 
 Dedupe: in this process, a delivery key (run/trigger[/occurrence]/service) is sent
-once. Across restarts, the key is recorded on the rollout (ledger.py). One attempt
-and the backoff between attempts are in sender.py.
+once. Across restarts, the key is recorded on the rollout (ledger.py). How one message
+goes out is in delivery.py; one attempt and the backoff between attempts in sender.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, Protocol
-
-import aiohttp
+from typing import Any
 
 from canary_operator.api.models import CanaryRolloutStatus, Phase
-from canary_operator.kube.api import JsonObj, Kube, path
-from canary_operator.notifications import config, payloads, sender, triggers
-from canary_operator.notifications.config import ConfigError, NotificationConfig
-from canary_operator.notifications.ledger import (
-    FAILED,
-    PENDING,
-    SENT,
-    Delivery,
-    Ledger,
-    ledger,
-    parse_key,
-)
+from canary_operator.kube.api import JsonObj, Kube
+from canary_operator.notifications import config, triggers
+from canary_operator.notifications.config import ConfigError
+from canary_operator.notifications.delivery import Courier, EventSink, NotificationMetrics
+from canary_operator.notifications.endpoints import DEFAULT_LIMITS, Limits
+from canary_operator.notifications.ledger import FAILED, PENDING, SENT, Delivery, ledger, parse_key
+from canary_operator.notifications.reader import ConfigReader
 from canary_operator.notifications.sender import DEFAULT_BACKOFF, Backoff
-from canary_operator.notifications.templating import TemplateError
 from canary_operator.notifications.triggers import Fired
 
 log = logging.getLogger(__name__)
-
-
-class EventSink(Protocol):
-    async def emit(
-        self, namespace: str, name: str, uid: str, reason: str, message: str, warning: bool
-    ) -> None: ...
-
-
-class NotificationMetrics(Protocol):
-    def notification(self, service: str, trigger: str, result: str) -> None: ...
-
-    def notifications_in_flight(self, n: int) -> None: ...
 
 
 class Notifier:
@@ -65,26 +45,22 @@ class Notifier:
         events: EventSink,
         metrics: NotificationMetrics | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
-        concurrency: int = 16,
+        limits: Limits = DEFAULT_LIMITS,
         config_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.kube = kube
         self.events = events
         self.metrics = metrics
-        self.backoff = backoff
-        self.config_ttl = config_ttl
-        self.clock = clock
-        self._http = asyncio.Semaphore(concurrency)  # held only while a request is open
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()  # (uid, key) taken
         self._said: OrderedDict[tuple[str, str], None] = OrderedDict()  # config problems told
         self._seen_uids: set[str] = set()
         self._timers: dict[tuple[str, int], asyncio.Task[None]] = {}  # (uid, run) lock-waiting
         self._bodies: dict[str, JsonObj] = {}  # uid -> latest body seen
-        self._configs: dict[str, tuple[float, NotificationConfig | ConfigError]] = {}
-        self._ledger = Ledger(kube)
-        self._session: aiohttp.ClientSession | None = None
+        self._configs = ConfigReader(kube, config_ttl, clock)
+        self.courier = Courier(
+            kube, events, metrics, backoff, limits, self._configs, self._spawn, self._tell_once
+        )
         # Only a running controller (the leader) notifies: a standby replica sees the
         # same watch events and must not resume or time anything.
         self._stopped = True
@@ -103,9 +79,7 @@ class Notifier:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.courier.stop()
 
     async def idle(self) -> None:
         """Wait until no delivery is in flight (tests)."""
@@ -165,7 +139,7 @@ class Notifier:
             )
             if recorded.get(delivery.key) in (SENT, FAILED) or not self._take(delivery):
                 continue
-            self._spawn(self._deliver(body, delivery))
+            self._spawn(self.courier.deliver(body, delivery))
 
     def _take(self, delivery: Delivery) -> bool:
         key = (delivery.uid, delivery.key)
@@ -192,7 +166,7 @@ class Notifier:
             delivery = Delivery(meta["namespace"], meta["name"], meta["uid"], fired, sub)
             if self._take(delivery):
                 log.info("%s/%s: resuming notification %s", meta["namespace"], meta["name"], key)
-                self._spawn(self._deliver(body, delivery))
+                self._spawn(self.courier.deliver(body, delivery))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -234,7 +208,7 @@ class Notifier:
         task.add_done_callback(lambda _t: self._timers.pop(key, None))
 
     async def _lock_wait(self, namespace: str, uid: str, run: int, queued_at: str) -> None:
-        cfg = await self._config(namespace)
+        cfg = await self._configs.get(namespace)
         if isinstance(cfg, ConfigError):
             return  # said when a delivery needs it
         after = cfg.lock_waiting_after().total_seconds()
@@ -257,101 +231,7 @@ class Notifier:
 
     # --------------------------------------------------------------- deliver
 
-    async def _deliver(self, body: JsonObj, delivery: Delivery) -> None:
-        ns, trigger, sub = delivery.namespace, delivery.fired.trigger, delivery.subscription
-        cfg = await self._config(ns)
-        try:
-            if isinstance(cfg, ConfigError):
-                raise cfg
-            service = cfg.services.get(sub.service)
-            if service is None:
-                raise ConfigError(
-                    f"no service {sub.service!r} in ConfigMap {config.CONFIGMAP} "
-                    f"(known: {', '.join(sorted(cfg.services)) or 'none'})"
-                )
-            template = cfg.templates[cfg.triggers[trigger].template]
-            ctx = payloads.context(body, trigger, delivery.extra)
-            data, content_type = payloads.payload(service, template, ctx, sub)
-        except (ConfigError, TemplateError, ValueError) as exc:
-            self._count(sub.service, trigger, "invalid")
-            self._tell_once(body, f"{delivery.key}/invalid", f"notification {delivery.key}: {exc}")
-            return
-        await self._ledger.mark(delivery, PENDING)
-        started = self.clock()
-        attempt = 0
-        while True:
-            ok, retry, detail = await self._post(service, data, content_type)
-            if ok:
-                self._count(service.name, trigger, "sent")
-                await self._ledger.mark(delivery, SENT)
-                return
-            self._count(service.name, trigger, "failed")
-            given_up = not retry or self.clock() - started >= self.backoff.give_up_after
-            if attempt == 0 and not given_up:
-                await self._event(
-                    delivery,
-                    "NotificationFailed",
-                    f"{trigger} to {service.type}/{service.name}: {detail}; retrying with backoff",
-                )
-            if given_up:
-                self._count(service.name, trigger, "abandoned")
-                await self._event(
-                    delivery,
-                    "NotificationAbandoned",
-                    f"{trigger} to {service.type}/{service.name} not delivered after "
-                    f"{attempt + 1} attempt(s): {detail}",
-                )
-                await self._ledger.mark(delivery, FAILED)
-                return
-            await asyncio.sleep(self.backoff.delay(attempt))
-            attempt += 1
-
-    async def _post(
-        self, service: config.Service, data: bytes, content_type: str
-    ) -> tuple[bool, bool, str]:
-        """(delivered, worth retrying, what happened)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        async with self._http:
-            return await sender.post(self._session, service, data, content_type)
-
-    # --------------------------------------------------------- configuration
-
-    async def _config(self, namespace: str) -> NotificationConfig | ConfigError:
-        cached = self._configs.get(namespace)
-        if cached is not None and self.clock() - cached[0] < self.config_ttl:
-            return cached[1]
-        result: NotificationConfig | ConfigError
-        try:
-            cm = await self.kube.get(path("", "v1", "configmaps", namespace, config.CONFIGMAP))
-            secret = await self.kube.get(path("", "v1", "secrets", namespace, config.SECRET))
-        except Exception as exc:  # permissions, API down: a config problem, said once
-            result = ConfigError(f"cannot read the notification configuration: {exc}")
-        else:
-            if cm is None:
-                result = ConfigError(f"no ConfigMap {config.CONFIGMAP} in namespace {namespace}")
-            else:
-                decoded = {
-                    k: base64.b64decode(v).decode(errors="replace")
-                    for k, v in ((secret or {}).get("data") or {}).items()
-                }
-                try:
-                    result = config.parse(cm.get("data") or {}, decoded)
-                except ConfigError as exc:
-                    result = exc
-        self._configs[namespace] = (self.clock(), result)
-        return result
-
     # ------------------------------------------------------------- events
-
-    async def _event(self, delivery: Delivery, reason: str, message: str) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                self.events.emit(
-                    delivery.namespace, delivery.name, delivery.uid, reason, message, True
-                ),
-                10,
-            )
 
     def _tell_once(self, body: JsonObj, key: str, message: str) -> None:
         meta = body["metadata"]
@@ -377,10 +257,6 @@ class Notifier:
                 )
 
         self._spawn(tell())
-
-    def _count(self, service: str, trigger: str, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.notification(service, trigger, result)
 
 
 def _parse_time(text: str) -> datetime:

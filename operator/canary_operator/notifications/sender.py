@@ -21,7 +21,9 @@ class Backoff:
     give_up_after: float = 3600.0
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.cap, self.initial * self.factor**attempt))
+        # min() first: factor**attempt overflows a float long before a day of attempts.
+        grown = self.initial * float(self.factor) ** min(attempt, 64)
+        return float(min(self.cap, grown))
 
 
 DEFAULT_BACKOFF = Backoff()
