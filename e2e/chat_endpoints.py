@@ -3,7 +3,8 @@ tests of notifications. Paths: ``/slack/...`` answers 200 ``ok`` as Slack's inco
 webhooks do (https://api.slack.com/messaging/webhooks), ``/teams/...`` answers 200
 ``1`` as Teams incoming webhooks do (MicrosoftDocs/msteams-docs, msteams-platform/
 webhooks-and-connectors/how-to/connectors-using.md, "Post a message to the webhook
-using cURL"), ``/broken/...`` answers 500 for as long as the server lives. Each
+using cURL"), ``/broken/...`` answers 500 for as long as the server lives,
+``/hang/...`` accepts the request and never answers (until the server closes). Each
 endpoint refuses (400) a body that breaks its service's documented rules, like the
 real one would, so a wrong shape shows as a failed delivery as well as a failed
 assertion. Loopback only."""
@@ -11,9 +12,11 @@ assertion. Loopback only."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
+from types import TracebackType
 from typing import Any
 
 from e2e.local_http import LocalEndpoints
@@ -24,6 +27,7 @@ class Received:
     path: str
     body: Any  # parsed JSON (None if not JSON)
     at: float  # monotonic
+    wall: float = 0.0  # time.time(): to compare with timestamps the operator wrote
 
 
 def slack_problem(doc: Any) -> str | None:
@@ -67,6 +71,7 @@ class ChatEndpoints(LocalEndpoints):
     def __init__(self) -> None:
         super().__init__()
         self.received: list[Received] = []
+        self._closing = threading.Event()
 
     def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
         try:
@@ -74,8 +79,11 @@ class ChatEndpoints(LocalEndpoints):
         except ValueError:
             doc = None
         with self._lock:
-            self.received.append(Received(request.path, doc, time.monotonic()))
+            self.received.append(Received(request.path, doc, time.monotonic(), time.time()))
         kind = request.path.strip("/").split("/")[0]
+        if kind == "hang":
+            self._closing.wait()
+            return
         if kind == "broken":
             status, text = 500, "internal error"
         elif kind == "slack":
@@ -87,6 +95,15 @@ class ChatEndpoints(LocalEndpoints):
         else:
             status, text = 200, "ok"
         self.answer(request, status, text.encode(), "text/plain")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing.set()  # the hanging requests end (unanswered)
+        super().__exit__(exc_type, exc, tb)
 
     def to(self, prefix: str) -> list[Received]:
         with self._lock:
