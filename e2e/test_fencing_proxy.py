@@ -34,7 +34,7 @@ import pytest
 from e2e import manifests as m
 from e2e.api_proxy import ApiProxy, Exchange, deletes, is_dry_run, releases_lease
 from e2e.conftest import OperatorProcess, get_rollout, stable_image
-from e2e.lock_evidence import Evidence, rv_of
+from e2e.lock_evidence import Evidence, rv_of, timeline
 from e2e.test_lock_keys import absent_for, run_of
 from e2e.watch import RUNNING, TERMINAL, Seen, verified_end
 from tests.harness.cluster import Cluster, wait_for
@@ -84,6 +84,20 @@ def target_writes_of(proxy: ApiProxy, ns: str, since: float) -> list[Exchange]:
         and f"/namespaces/{ns}/" in e.request.path
         and any(kind in e.request.path for kind in TARGET_KINDS)
     ]
+
+
+def a_wrote(proxy: ApiProxy, ns: str) -> str:
+    """A's target writes: the revision the API server answered, and whose object."""
+
+    def owner(e: Exchange) -> str:
+        labels = (e.answer.get("metadata") or {}).get("labels") or {}
+        return str(labels.get("canary-operator.dev/rollout"))
+
+    return "\n".join(
+        f"  rv {e.resource_version}: {e.request.method} {e.request.path.rsplit('/', 2)[-2:]} "
+        f"-> {e.status} ({owner(e)})"
+        for e in target_writes_of(proxy, ns, 0.0)
+    )
 
 
 def describe(exchanges: list[Exchange]) -> list[str]:
@@ -162,6 +176,9 @@ def test_a_process_frozen_after_its_first_delete_touches_nothing_of_the_next_run
         asked = abort_event(ev, "r2")
         ev.rollouts.wait("r2", verified_end, 60)
         broken = untouched_until(ev, "r2", asked)
+        if broken:
+            print(f"--- web\n{timeline(ev, 'cro-lock-web', 'web')}")
+            print(f"--- what A wrote (answer rv)\n{a_wrote(proxy, ns)}")
         assert_verdict(ev)
     assert frozen.ok, f"the held DELETE failed: {frozen.status}"
     assert not late, f"A wrote after it was let go: {describe(late or [])}"
