@@ -201,10 +201,11 @@ async def test_hanging_and_failing_endpoints_delay_only_their_own_messages(hangi
         async with running(notifier):
             for body in bodies:
                 fail(notifier, body)
-            await routes.until(lambda: len(routes.received) == 10)
-            # Every hanging endpoint holds its bound of open requests, none of them ended,
-            # and the rest of its messages wait: the recorder waited for none of it.
-            assert routes.hanging == {f"hang{i}": limits.in_flight for i in range(hanging)}
+            saturated = {f"hang{i}": limits.in_flight for i in range(hanging)}
+            # The recorder has all ten while every hanging endpoint holds its bound of
+            # open requests (none can end before its 120 s timeout; GUARD is 20 s) and
+            # the rest of its messages wait: the recorder waited for none of it.
+            await routes.until(lambda: len(routes.received) == 10 and routes.hanging == saturated)
             for i in range(hanging):
                 endpoint = notifier.courier.endpoints.of(NS, f"hang{i}")
                 assert (endpoint.held, endpoint.in_flight) == (10, limits.in_flight)
