@@ -138,11 +138,13 @@ def _write_secret(directory: Path, name: str, data: str) -> str:
     return str(target)
 
 
-class ApiProxy:
+class Credentials:
+    """The API server's URL, CA and client credentials, from the cluster's kubeconfig
+    (certificate files in a private temporary directory until `close()`)."""
+
     def __init__(self, cluster: Cluster, directory: Path | None = None) -> None:
-        self.cluster = cluster
         self._own_dir = directory is None
-        self.dir = Path(directory or tempfile.mkdtemp(prefix="api-proxy-"))
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="api-credentials-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         config: dict[str, Any] = yaml.safe_load(cluster.kubeconfig.read_text())
         contexts = {c["name"]: c["context"] for c in config["contexts"]}
@@ -151,20 +153,38 @@ class ApiProxy:
             c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"]
         )
         user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
-        self.upstream = str(cluster_entry["server"]).rstrip("/")
-        self._ssl = ssl.create_default_context()
+        self.server = str(cluster_entry["server"]).rstrip("/")
+        self.ssl = ssl.create_default_context()
         if "certificate-authority-data" in cluster_entry:
             ca = _write_secret(self.dir, "ca.crt", cluster_entry["certificate-authority-data"])
-            self._ssl = ssl.create_default_context(cafile=ca)
+            self.ssl = ssl.create_default_context(cafile=ca)
         elif "certificate-authority" in cluster_entry:
-            self._ssl = ssl.create_default_context(cafile=cluster_entry["certificate-authority"])
-        self._headers: dict[str, str] = {}
+            self.ssl = ssl.create_default_context(cafile=cluster_entry["certificate-authority"])
+        self.headers: dict[str, str] = {}
         if "client-certificate-data" in user:
             cert = _write_secret(self.dir, "client.crt", user["client-certificate-data"])
             key = _write_secret(self.dir, "client.key", user["client-key-data"])
-            self._ssl.load_cert_chain(cert, key)
+            self.ssl.load_cert_chain(cert, key)
         elif "token" in user:
-            self._headers["Authorization"] = f"Bearer {user['token']}"
+            self.headers["Authorization"] = f"Bearer {user['token']}"
+
+    def close(self) -> None:
+        if self._own_dir and self.dir.exists():
+            for child in self.dir.iterdir():
+                child.unlink(missing_ok=True)
+            self.dir.rmdir()
+
+
+class ApiProxy:
+    def __init__(self, cluster: Cluster, directory: Path | None = None) -> None:
+        self.cluster = cluster
+        self._own_dir = directory is None
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="api-proxy-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.credentials = Credentials(cluster, self.dir)
+        self.upstream = self.credentials.server
+        self._ssl = self.credentials.ssl
+        self._headers = self.credentials.headers
         self.rules: list[Rule] = []
         self.log: list[Exchange] = []
         self._log_lock = threading.Lock()

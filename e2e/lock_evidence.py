@@ -1,6 +1,7 @@
 """Evidence that every write to a target was made under its target's lock, from watches.
 
-The tests watch Leases, Deployments, Services, Jobs and CanaryRollouts of their
+The tests watch (`e2e/raw_watch.py`: resumed from the last resourceVersion if a stream
+ends) Leases, Deployments, Services, Jobs and CanaryRollouts of their
 namespace from before anything is created. On an etcd-backed API server (the dev
 cluster, kind) every resourceVersion is the etcd revision of that write, one counter
 for all kinds, so the writes of different kinds can be put in the order the API server
@@ -23,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from e2e.raw_watch import RawWatch
 from e2e.watch import TERMINAL, Seen, Watch
 from tests.harness.cluster import Cluster
 
@@ -343,7 +345,7 @@ class Evidence:
     def __init__(self, cluster: Cluster, namespace: str) -> None:
         self.cluster = cluster
         self.namespace = namespace
-        self.watches = {r: Watch(cluster, namespace, r) for r in self.KINDS}
+        self.watches = {r: RawWatch(cluster, namespace, r) for r in self.KINDS}
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Evidence:
@@ -393,7 +395,16 @@ class Evidence:
             )
         return sorted(out, key=lambda w: w.rv)
 
+    def assert_complete(self) -> None:
+        """No watch lost events (a stream that ended was resumed where it was)."""
+        gaps = [f"{r}: {g}" for r, w in self.watches.items() for g in w.gaps]
+        assert not gaps, "the watches missed events, the evidence is incomplete: " + "; ".join(gaps)
+
+    def resumes(self) -> int:
+        return sum(w.resumes for w in self.watches.values())
+
     def verdict(self, stable_targets: Iterable[str] = ()) -> Verdict:
+        self.assert_complete()
         return check_writes_under_lock(
             self.writes(stable_targets), self.lease_timeline(), self.rollout_timeline()
         )

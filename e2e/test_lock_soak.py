@@ -130,7 +130,8 @@ def test_two_operators_stalled_at_random_never_write_a_target_outside_its_lock(
         f"\nseed {seed}: {len(names)} rollouts over {len(TARGETS)} targets in {took:.0f}s; "
         f"{len(staller.stalls)} stalls, {stalled:.0f}s stopped in all "
         f"(longest {max((s for _, s in staller.stalls), default=0):.1f}s); {verdict.figures()}; "
-        f"takeovers {takeovers}\nphases {phases}\nholders {holders}"
+        f"takeovers {takeovers}; watch streams resumed {ev.resumes()} times"
+        f"\nphases {phases}\nholders {holders}"
     )
     assert operators[0].running() and operators[1].running()
     assert staller.stalls, "no stall happened: the soak proved nothing"
