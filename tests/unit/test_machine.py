@@ -63,6 +63,7 @@ from canary_operator.engine.types import (
     Rollout,
     RouteView,
     SetRouteWeight,
+    UndoPromotion,
     WorkloadView,
 )
 from canary_operator.engine.weights import replicas_weight
@@ -86,6 +87,7 @@ SIDE_EFFECTS = (
     DeleteJob,
     ResetRoute,
     DeleteCanaryObjects,
+    UndoPromotion,
 )
 # A run in progress never takes the lock again (only one about to start, or owing a
 # cleanup, does): the reconciler's rule, mirrored by the simulated world.

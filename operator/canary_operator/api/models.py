@@ -1006,8 +1006,28 @@ class FailedCleanupStep(StatusModel):
     at: str
 
 
+class PromotionUndo(StatusModel):
+    """A promotion this run started and did not complete (its promote step had not
+    succeeded), undone by its cleanup: the target's pod template and its promotion
+    record put back as they were before it (annotation
+    canary-operator.dev/pre-promotion, written with the promotion)."""
+
+    promoted: str = Field(description="The version the promotion put on the target.")
+    restores: str = Field(description="The version the target ran before it.")
+    template_hash: str = Field(description="Hash of the pod template put back.")
+    undone_at: str | None = Field(
+        default=None, description="When the target was seen back on its template."
+    )
+
+
 class CleanupStatus(StatusModel):
-    stage: str = Field(default="Routing", description="Routing, Deleting, UserSteps, Verifying.")
+    stage: str = Field(
+        default="Routing",
+        description="UndoingPromotion, Routing, Deleting, UserSteps, Verifying.",
+    )
+    promotion_undo: PromotionUndo | None = Field(
+        default=None, description="An incomplete promotion of this run, undone by cleanup."
+    )
     user_step: int = 0
     failed_steps: list[FailedCleanupStep] | None = Field(
         default=None, description="Best-effort (required: false) steps that failed."

@@ -13,6 +13,7 @@ from canary_operator.engine.evidence import step_statuses
 from canary_operator.engine.labels import job_name
 from canary_operator.engine.lock_records import record_lock, record_queue
 from canary_operator.engine.outcomes import finish
+from canary_operator.engine.promotion_undo import promotion_undone, undone_text
 from canary_operator.engine.start import leftovers, new_run, pending
 from canary_operator.engine.steps import webhook_step
 from canary_operator.engine.types import DeleteCanaryObjects, EnsureJob, ReleaseLock, ResetRoute
@@ -34,7 +35,9 @@ def cleaning_up(ctx: Context) -> None:
         return
     # The run lost its lock; it was taken again (first in the queue) for the cleanup.
     record_lock(ctx, " for cleanup")
-    if _backing_off(ctx) or not _target_reset(ctx) or not _user_steps_done(ctx):
+    if _backing_off(ctx) or not promotion_undone(ctx):
+        return
+    if not _target_reset(ctx) or not _user_steps_done(ctx):
         return
     # Verify: the router reads 100 % stable and no canary pod remains.
     if obs.canary_pods > 0:
@@ -152,12 +155,17 @@ def _verified(ctx: Context) -> None:
     verified = "100% stable, no canary left" + (
         f"; best-effort cleanup steps failed: {skipped}" if skipped else ""
     )
+    outcome = status.outcome
+    assert outcome is not None
+    if cleanup.promotion_undo is not None:
+        # What the run did to the target's version, said with how it ended.
+        undone = undone_text(ctx, cleanup.promotion_undo)
+        verified += f"; {undone}"
+        outcome.message += f"; {undone}"
     ctx.set_condition("CleanupVerified", True, "Verified", verified)
     ctx.event("CleanupFinished", "cleanup verified: 100% stable, no canary objects left")
     ctx.act(ReleaseLock())
     ctx.event("LockReleased", f"released lock {ctx.obs.lock.name}")
-    outcome = status.outcome
-    assert outcome is not None
     if outcome.result == Result.SPEC_CHANGED and not ctx.rollout.deleting:
         new_run(ctx, "previous run cleaned up; the new spec queues")
         pending(ctx)
@@ -170,6 +178,9 @@ def _force_release(ctx: Context) -> None:
     cleanup = ctx.status.cleanup
     assert cleanup is not None and ctx.status.outcome is not None
     why = f"cleanup not verified ({cleanup.last_error or 'forced'}); lock force-released"
+    undo = cleanup.promotion_undo
+    if undo is not None and undo.undone_at is None:
+        why += f"; promotion to {undo.promoted} not undone"
     cleanup.stage = "ForceReleased"
     cleanup.finished_at = iso(ctx.now)
     ctx.set_condition("CleanupVerified", False, "ForceReleased", why)

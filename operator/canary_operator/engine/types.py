@@ -20,6 +20,8 @@ from canary_operator.api.models import (
     MeasurementStatus,
     WebhookSpec,
 )
+from canary_operator.engine.promotion_records import PrePromotion as PrePromotion
+from canary_operator.engine.promotion_records import PromotionRecord as PromotionRecord
 
 
 @dataclass(frozen=True)
@@ -64,22 +66,6 @@ class LockView:
 
 
 @dataclass(frozen=True)
-class PromotionRecord:
-    """What the operator wrote on the target when it last promoted it (annotation
-    canary-operator.dev/promotion): which rollout, run and version, and how old that
-    version is (`version_since`, the promoting spec's age), so later runs can tell
-    whether they are older than what is live."""
-
-    rollout: str
-    uid: str
-    run: int
-    fingerprint: str
-    images: Mapping[str, str]  # container -> image, as promoted
-    version_since: str
-    promoted_at: str
-
-
-@dataclass(frozen=True)
 class StableRecord:
     """What the operator wrote on the target before it first scaled it down (replicas
     router, mode Shift; annotation canary-operator.dev/stable-replicas): the replicas to
@@ -110,6 +96,9 @@ class WorkloadView:
     # (ReplicaFailure, image errors, unschedulable): waiting would not cure it.
     failure: str | None = None
     stable_record: StableRecord | None = None  # on the target only (see StableRecord)
+    # On the target only: its pod template's hash, and what its last promotion replaced.
+    template_hash: str | None = None
+    pre_promotion: PrePromotion | None = None
 
     @property
     def rolled_out(self) -> bool:
@@ -301,6 +290,14 @@ class PromoteStable:
 
 
 @dataclass(frozen=True)
+class UndoPromotion:
+    """Put the target back as it was before the promotion by run `run_id` (its pod
+    template and promotion record, from its PrePromotion), if it still carries it."""
+
+    run_id: str
+
+
+@dataclass(frozen=True)
 class CallWebhook:
     """Have this webhook called in the background (once per key; asking again while
     it runs or after it answered does nothing)."""
@@ -339,6 +336,7 @@ Action = (
     | EnsureJob
     | DeleteJob
     | PromoteStable
+    | UndoPromotion
     | CallWebhook
     | Measure
     | Emit
@@ -356,6 +354,7 @@ TARGET_EFFECTS = (
     EnsureJob,
     DeleteJob,
     PromoteStable,
+    UndoPromotion,
 )
 
 

@@ -80,10 +80,14 @@ def older_than_live(ctx: Context) -> str | None:
 def record_live(ctx: Context) -> None:
     """status.live: what the target runs, from its promotion record, and whether it
     still runs it (a client-side `kubectl apply` of an older manifest reverts the
-    images and keeps the record: that shows as drift)."""
+    images and keeps the record: that shows as drift). A target seen without a record
+    (its only promotion undone) runs no promoted version: status.live goes."""
     target = ctx.obs.target
     record: PromotionRecord | None = target.promotion if target is not None else None
-    if target is None or record is None:
+    if target is None:
+        return
+    if record is None:
+        ctx.status.live = None
         return
     now_runs = {c: target.images.get(c, "") for c in record.images}
     drifted = (

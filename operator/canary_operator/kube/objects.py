@@ -27,6 +27,9 @@ PROMOTED_BY = "canary-operator.dev/promoted-by"
 FENCING = "canary-operator.dev/fencing-token"
 # JSON: which rollout/run promoted which images, and how old that version is.
 PROMOTION = "canary-operator.dev/promotion"
+# JSON, written with a promotion: what it replaced (the run promoting, the pod template,
+# the previous promotion record and promoted-by), so that a cleanup can undo it.
+PRE_PROMOTION = "canary-operator.dev/pre-promotion"
 # JSON on the target while a Shift run (replicas router) has it scaled down: the replicas
 # to restore, the replicas last written and the floor (engine.types.StableRecord).
 STABLE_REPLICAS = "canary-operator.dev/stable-replicas"
@@ -125,6 +128,13 @@ def template_images(template: JsonObj) -> dict[str, str]:
         str(c.get("name")): str(c.get("image", ""))
         for c in (template.get("spec") or {}).get("containers") or []
     }
+
+
+def template_hash(template: JsonObj) -> str:
+    """A short hash of a pod template as the API server returns it: equal templates
+    (a template put back as it was read) have equal hashes."""
+    text = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _owned_template(target: JsonObj, manager: str) -> tuple[set[str], bool]:

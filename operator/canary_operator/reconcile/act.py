@@ -30,6 +30,7 @@ from canary_operator.engine.types import (
     ResetRoute,
     ScaleStable,
     SetRouteWeight,
+    UndoPromotion,
 )
 from canary_operator.kube.api import FencedWrites, Kube, describe
 from canary_operator.kube.rollouts import add_finalizer, has_finalizer, remove_finalizer
@@ -155,3 +156,5 @@ async def execute(
             await jobs.delete(ctx, name, kube, this_run)
         case PromoteStable():
             await stable.promote(ctx, action, kube)
+        case UndoPromotion():
+            await stable.undo(ctx, action, kube)

@@ -37,7 +37,10 @@ async def _answer(ctx: ReconcileContext, need: Need) -> None:
         # About to declare the cleanup verified: that promise (100 % stable, no canary
         # object left) is checked against the API server, not against caches that may
         # not have seen a pod created a moment ago. The router reads through it too.
-        obs = await observe(ctx, ReadOnce(ctx.deps.fresh), lock=ctx.obs.lock)
+        # The target too: an undone promotion is verified on it as the server has it.
+        once = ReadOnce(ctx.deps.fresh)
+        ctx.targets.target = await once.get(target_path(ctx))
+        obs = await observe(ctx, once, lock=ctx.obs.lock)
     elif need == Need.LOCK:
         # A new run that passed its checks asks for its lock in this round rather than
         # one trip through the work queue later; only the head of a free lock gets it.

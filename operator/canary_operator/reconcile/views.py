@@ -7,7 +7,13 @@ import json
 from typing import Any
 
 from canary_operator.api.timestamps import parse_time
-from canary_operator.engine.types import JobView, Lingering, PromotionRecord, WorkloadView
+from canary_operator.engine.types import (
+    JobView,
+    Lingering,
+    PrePromotion,
+    PromotionRecord,
+    WorkloadView,
+)
 from canary_operator.kube import objects
 from canary_operator.kube.api import JsonObj
 from canary_operator.traffic.replicas import stable_record
@@ -48,6 +54,8 @@ def workload(body: JsonObj | None, pods: list[JsonObj] | None = None) -> Workloa
         images=objects.template_images(body["spec"].get("template") or {}),
         failure=workload_failure(body, pods) if pods is not None else None,
         stable_record=stable_record(body),
+        template_hash=objects.template_hash(body["spec"].get("template") or {}),
+        pre_promotion=pre_promotion(body),
     )
 
 
@@ -156,6 +164,34 @@ def promotion(body: JsonObj) -> PromotionRecord | None:
         )
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def pre_promotion(body: JsonObj) -> PrePromotion | None:
+    """What the target's last promotion replaced (None when absent or unreadable)."""
+    data = pre_promotion_data(body)
+    if data is None:
+        return None
+    template = data["template"]
+    return PrePromotion(
+        run_id=str(data["run"]),
+        images=objects.template_images(template),
+        template_hash=objects.template_hash(template),
+    )
+
+
+def pre_promotion_data(body: JsonObj) -> dict[str, Any] | None:
+    """The annotation canary-operator.dev/pre-promotion as written with a promotion:
+    run, template, and the previous promotion record and promoted-by (None if absent)."""
+    raw = (body["metadata"].get("annotations") or {}).get(objects.PRE_PROMOTION)
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("template"), dict):
+        return None
+    if not isinstance(data.get("run"), str):
+        return None
+    return data
 
 
 def job(body: JsonObj) -> JobView:
