@@ -7,7 +7,8 @@ import random
 import pytest
 
 from canary_operator.api.models import ConcurrencyPolicy, Phase
-from canary_operator.lock.queue import Candidate, QueueView, newest_waiting, order, view
+from canary_operator.index import candidate
+from canary_operator.lock.queue import UNSEEN, Candidate, QueueView, newest_waiting, order, view
 
 QUEUE, SUPERSEDE = ConcurrencyPolicy.QUEUE, ConcurrencyPolicy.SUPERSEDE
 OWING = [Phase.PROGRESSING, Phase.PAUSED, Phase.CLEANING_UP]
@@ -236,3 +237,163 @@ def test_the_index_knows_which_uids_are_active() -> None:
     assert index.active("ns", "u2") and not index.active("ns", "u1")
     index.update(body("u2", "Queued"), deleted=True)
     assert not index.active("ns", "u2")
+
+
+# ------------------------------------------------------- runs arrive when applied
+
+
+def rollout_body(
+    name: str,
+    created: str,
+    status: dict[str, object] | None,
+    generation: int = 1,
+    policy: ConcurrencyPolicy = QUEUE,
+) -> dict[str, object]:
+    return {
+        "metadata": {
+            "namespace": "ns",
+            "name": name,
+            # Specs are parsed once per (uid, generation): one uid per spec here.
+            "uid": f"uid-{name}-{policy.value}-{generation}",
+            "generation": generation,
+            "creationTimestamp": created,
+        },
+        "spec": {
+            "target": {"deployment": "web"},
+            "steps": [{"canary": {}}],
+            "concurrency": {"policy": policy.value},
+        },
+        **({"status": status} if status is not None else {}),
+    }
+
+
+def as_queued(body: dict[str, object]) -> Candidate:
+    found = candidate(body)
+    assert found is not None
+    return found
+
+
+def edited(
+    name: str,
+    created: str,
+    since: str,
+    policy: ConcurrencyPolicy = QUEUE,
+    phase: str = "Queued",
+) -> Candidate:
+    """Rollout `name`, created at `created`, whose spec was edited (run 2), the edit
+    recorded by the operator at `since`."""
+    status = {"phase": phase, "observedGeneration": 2, "versionSince": since, "run": 2}
+    return as_queued(rollout_body(name, created, status, generation=2, policy=policy))
+
+
+def new(name: str, created: str, policy: ConcurrencyPolicy = QUEUE) -> Candidate:
+    status = {"phase": "Queued", "observedGeneration": 1, "versionSince": created}
+    return as_queued(rollout_body(name, created, status, policy=policy))
+
+
+def test_the_index_dates_a_run_by_when_its_spec_was_applied() -> None:
+    created = "2026-12-07T10:00:00Z"
+    # A new rollout not yet seen by the operator: its creation.
+    fresh = as_queued(rollout_body("n", created, None))
+    assert (fresh.applied, fresh.queued_at, fresh.run) == (created, UNSEEN, 1)
+    # A status without observedGeneration (written before it was kept): its creation.
+    old = as_queued(rollout_body("o", created, {"phase": "Queued", "run": 3}))
+    assert (old.applied, old.run) == (created, 3)
+    # Recorded, no edit: versionSince is the creation.
+    assert new("r", created).applied == created
+    # observedGeneration != generation: an edit the operator has not recorded yet.
+    unseen = as_queued(
+        rollout_body("e", created, {"phase": "Succeeded", "observedGeneration": 1}, generation=2)
+    )
+    assert unseen.applied == UNSEEN
+    # An edit recorded with microseconds: the second it was applied; within that
+    # second, the moment itself.
+    since = "2026-12-07T10:05:07.123456Z"
+    run2 = edited("e", created, since)
+    assert run2.applied == "2026-12-07T10:05:07Z" and run2.run == 2
+    assert run2.arrival == ("2026-12-07T10:05:07Z", since, "e")
+    # So it ranks after a rollout created in the second before, before one created in
+    # the next (creationTimestamps have whole seconds).
+    ranked = order([new("y", "2026-12-07T10:05:08Z"), run2, new("x", "2026-12-07T10:05:06Z")], None)
+    assert names(ranked) == ["x", "e", "y"]
+
+
+def test_an_edit_of_an_old_rollout_ranks_behind_a_rollout_that_waited_before_it() -> None:
+    """a was created long ago; b was applied and waits; then a's image is edited: a's
+    run 2 arrives after b, whatever the age of rollout a."""
+    b = new("b", "2026-12-07T10:03:00Z")
+    a2 = edited("a", "2026-12-07T09:00:00Z", "2026-12-07T10:05:00.500000Z")
+    for candidates in ([a2, b], [b, a2]):
+        assert names(order(candidates, None)) == ["b", "a"]
+        assert view(b, candidates, None, True).may_acquire
+        position = view(a2, candidates, None, True)
+        assert position.position == 2 and not position.may_acquire
+    # An edit applied before b arrived keeps its place ahead of b.
+    early = edited("a", "2026-12-07T09:00:00Z", "2026-12-07T10:02:59.999999Z")
+    assert names(order([b, early], None)) == ["a", "b"]
+
+
+def test_within_one_second_the_moment_the_operator_saw_each_run_decides() -> None:
+    b = as_queued(
+        rollout_body(
+            "b",
+            "2026-12-07T10:05:00Z",
+            {"phase": "Queued", "queuedAt": "2026-12-07T10:05:00.400000Z"},
+        )
+    )
+    a2 = edited("a", "2026-12-07T09:00:00Z", "2026-12-07T10:05:00.700000Z")
+    assert b.applied == a2.applied
+    assert names(order([a2, b], None)) == ["b", "a"]
+
+
+@pytest.mark.parametrize("edit_last", [True, False])
+def test_supersede_the_last_applied_run_is_the_one_that_runs(edit_last: bool) -> None:
+    """Both wait: b (3.0) and a's run 2 (4.0, an edit of an older rollout). The one
+    applied last runs and the other is superseded by it, in whichever order the
+    rollouts are looked at."""
+    b = new("b", "2026-12-07T10:03:00Z", SUPERSEDE)
+    since = "2026-12-07T10:05:00.500000Z" if edit_last else "2026-12-07T10:01:00.500000Z"
+    a2 = edited("a", "2026-12-07T09:00:00Z", since, SUPERSEDE)
+    last, other = (a2, b) if edit_last else (b, a2)
+    for candidates in ([a2, b], [b, a2]):
+        assert newest_waiting(candidates) == last
+        result = {c.name: view(c, candidates, None, True) for c in candidates}
+        assert result[last.name].may_acquire and result[last.name].superseded_by is None
+        assert result[other.name].superseded_by == last.name
+        assert not result[other.name].may_acquire
+
+
+def test_an_edit_not_yet_recorded_ranks_last_and_under_supersede_is_the_newest() -> None:
+    status = {"phase": "Queued", "observedGeneration": 1, "run": 2}
+    for policy in (QUEUE, SUPERSEDE):
+        unseen = as_queued(
+            rollout_body("a", "2026-12-07T09:00:00Z", status, generation=2, policy=policy)
+        )
+        later = new("z", "2026-12-07T23:59:59Z", policy)
+        assert unseen.applied == UNSEEN
+        assert names(order([unseen, later], None)) == ["z", "a"]
+        if policy == SUPERSEDE:
+            assert newest_waiting([unseen, later]) == unseen
+            assert view(later, [unseen, later], None, True).superseded_by == "a"
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_supersede_always_runs_the_last_applied_whatever_the_order_seen(seed: int) -> None:
+    rng = random.Random(seed)
+    candidates = [
+        Candidate(
+            name=f"r{i}",
+            uid=f"uid-r{i}",
+            applied=f"2026-12-07T10:{rng.randint(0, 3):02d}:00Z",
+            queued_at=f"2026-12-07T10:00:00.{rng.randint(0, 999999):06d}Z",
+            phase=rng.choice(WAITING),
+            policy=SUPERSEDE,
+        )
+        for i in range(rng.randint(2, 6))
+    ]
+    last = max(candidates, key=lambda c: (c.applied, c.queued_at, c.name))
+    for _ in range(3):
+        rng.shuffle(candidates)
+        assert heads(candidates) == [last.name]
+        result = views(candidates)
+        assert all(result[c.name].superseded_by == last.name for c in candidates if c != last)

@@ -39,11 +39,11 @@ class FlakyApi(FakeApi):
 
 def rollout(name: str) -> Candidate:
     return Candidate(
-        name=name, uid=f"uid-{name}", created="2026-01-01T00:00:00Z", phase=Phase.QUEUED
+        name=name, uid=f"uid-{name}", applied="2026-01-01T00:00:00Z", phase=Phase.QUEUED
     )
 
 
-async def alive(namespace: str, name: str, uid: str) -> bool:
+async def alive(namespace: str, name: str, identity: str | None) -> bool:
     return True
 
 
@@ -77,7 +77,8 @@ async def test_renews_each_held_lease_when_due_and_not_before() -> None:
     for key in ("web", "api"):
         assert version(kube, key) != before[key]
         spec = kube.objects[lease_path(key)]["spec"]
-        assert spec["holderIdentity"] == f"uid-r-{key}" and spec["leaseTransitions"] == 1
+        # The run's identity and token, unchanged: a renewal is no new acquisition.
+        assert spec["holderIdentity"] == f"uid-r-{key}/1" and spec["leaseTransitions"] == 1
     assert lock.renewer.renew_due() == []
 
 
@@ -138,7 +139,7 @@ async def test_a_lease_taken_by_another_holder_is_lost_and_its_rollout_woken() -
     kube, clock = FakeApi(), Clock()
     lock = await acquire(kube, clock, "web")
     taken = copy.deepcopy(kube.objects[lease_path("web")])
-    taken["spec"].update(holderIdentity="uid-intruder", leaseTransitions=2)
+    taken["spec"].update(holderIdentity="uid-intruder/1", leaseTransitions=2)
     await kube.replace(lease_path("web"), taken)  # a human's edit, say
     lost: list[tuple[str, str]] = []
     lock.renewer.on_lost = lambda ns, name: lost.append((ns, name))
@@ -146,7 +147,28 @@ async def test_a_lease_taken_by_another_holder_is_lost_and_its_rollout_woken() -
     await finish(lock.renewer.renew_due())
     assert lost == [(NS, "r-web")]
     assert not lock.renewer.holds(NS, lease_name("web"))
-    assert kube.objects[lease_path("web")]["spec"]["holderIdentity"] == "uid-intruder"
+    assert kube.objects[lease_path("web")]["spec"]["holderIdentity"] == "uid-intruder/1"
+
+
+async def test_a_later_run_of_the_same_rollout_holding_the_lease_is_a_loss_for_this_run() -> None:
+    """The holder is the run: run 2 of the same rollout (same uid) holding the lease is
+    not run 1 renewed, neither in a 409's fresh read nor in a watch event."""
+    kube, clock = FakeApi(), Clock()
+    lock = await acquire(kube, clock, "web", "api")
+    for key in ("web", "api"):
+        taken = copy.deepcopy(kube.objects[lease_path(key)])
+        taken["spec"].update(holderIdentity=f"uid-r-{key}/2", leaseTransitions=2)
+        await kube.replace(lease_path(key), taken)
+    lost: list[tuple[str, str]] = []
+    lock.renewer.on_lost = lambda ns, name: lost.append((ns, name))
+    lock.renewer.seen(kube.objects[lease_path("api")])  # the watch
+    assert lost == [(NS, "r-api")] and not lock.renewer.holds(NS, lease_name("api"))
+    clock.now += lock.renewer.renew_every
+    await finish(lock.renewer.renew_due())  # the 409, then the fresh read
+    assert lost == [(NS, "r-api"), (NS, "r-web")]
+    assert not lock.renewer.holds(NS, lease_name("web"))
+    for key in ("web", "api"):
+        assert kube.objects[lease_path(key)]["spec"]["holderIdentity"] == f"uid-r-{key}/2"
 
 
 async def test_the_watch_tells_of_a_lost_lease_and_of_renewals_by_others() -> None:
