@@ -130,6 +130,10 @@ def make_spec(*steps: dict[str, Any], router: str = "replicas", **fields: Any) -
     }
     if router == "gatewayAPI":
         body["trafficRouting"] = {"gatewayAPI": {"httpRoute": "web"}}
+    else:
+        # The simulated World below models mode Add (the stable is never scaled); mode
+        # Shift, the default of a new rollout, has its own World in test_machine_shift.py.
+        body["trafficRouting"] = {"replicas": {"mode": "Add"}}
     body.update(fields)
     return CanaryRolloutSpec.model_validate(body)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from canary_operator.api.models import CanaryRolloutSpec, Phase
+from canary_operator.api.models import CanaryRolloutSpec, Phase, Result
 from canary_operator.engine.types import (
     Action,
     DeleteCanaryObjects,
@@ -44,6 +44,7 @@ from canary_operator.engine.weights import (
     plan_shift_canary,
     plan_weight,
     replicas_weight,
+    shift_reach,
     stable_floor,
 )
 from tests.unit.test_machine import NOW, checked_plan, held, job_test, make_rollout, make_spec
@@ -255,6 +256,16 @@ def test_each_step_has_the_planned_split_and_promotion_restores_the_stable(
         steps = [{"canary": {"replicas": 1}}, *({"setWeight": w} for w in weights)]
         run = start(shift_spec(*steps, {"promote": {}}, floor=floor), n, floor)
         end = run.drive()
+        unreachable = [w for w in weights if shift_reach(n, w, floor)]
+        if unreachable:
+            # A floor that keeps a weight more than a pod away is refused before the
+            # run touches anything (it used to run, reaching the floor's closest share).
+            assert end.status.outcome is not None, f"N={n} floor={floor}"
+            assert end.status.outcome.result == Result.INVALID, end.status
+            assert f"setWeight: {unreachable[0]} % reaches" in (end.status.outcome.message or "")
+            assert run.world.created == {"canary": 0, "stable": 0}
+            assert run.world.stable.replicas == n and run.world.record is None
+            continue
         assert end.status.phase == Phase.SUCCEEDED, end.status
         first = plan_shift_canary(n, 1, floor)
         expected = [(first.canary_replicas, first.stable_replicas, first.expected_weight)]

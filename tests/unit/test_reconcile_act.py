@@ -166,11 +166,13 @@ async def test_the_finalizer_removed_is_known_at_once(cluster: Cluster) -> None:
 
 
 async def scaled_by_someone(cluster: Cluster) -> tuple[ReconcileContext, Plan]:
-    """A run whose canary someone scaled: the plan re-applies it (a fenced write)."""
+    """A run whose canary someone scaled down: the plan re-applies it (a fenced write).
+    (Down, not up: mode Shift, the default, would keep a larger canary until its step's
+    sizes are settled, growing before shrinking.)"""
     await cluster.progressing()
     canary = cluster.kube.stored(f"{DEPLOYMENTS}/web-canary")
     assert canary is not None
-    canary["spec"]["replicas"] = 5
+    canary["spec"]["replicas"] = 0
     cluster.kube.put(f"{DEPLOYMENTS}/web-canary", canary)
     ctx = await cluster.observed(cluster.rollout())
     plan = await decide(ctx)

@@ -122,6 +122,12 @@ class ReplicasMode(StrEnum):
     SHIFT = "Shift"
 
 
+# The replicas router's mode for a rollout's first run when its spec names none. It was
+# Add before status.replicasMode existed; a rollout that ran then keeps Add (see
+# docs/traffic-routing.md, "Upgrade: the default mode").
+DEFAULT_REPLICAS_MODE = ReplicasMode.SHIFT
+
+
 class ReplicasRouting(ApiModel):
     """No traffic router: traffic follows the canary's share of ready pods behind the
     stable Service."""
@@ -130,34 +136,32 @@ class ReplicasRouting(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "!has(self.minStableReplicas) || (has(self.mode) && self.mode == 'Shift')",
+                    "!has(self.minStableReplicas) || !has(self.mode) || self.mode == 'Shift'",
                     "minStableReplicas applies to mode Shift only",
                     ".minStableReplicas",
                 )
             ]
         }
     )
-    mode: ReplicasMode = Field(
-        default=ReplicasMode.ADD,
-        description="Add (the default): the stable Deployment keeps all its pods and the "
-        "canary is added beside it (a weight W needs about N*W/(100-W) canary pods). Shift: "
-        "the canary scales up while the stable scales down, so the two together stay at the "
-        "stable's replicas (one pod more where that is closer to the weight), as Argo "
-        "Rollouts' basic canary does; cleanup, promotion and every failure scale the stable "
-        "back to its original replicas before the canary goes.",
+    mode: ReplicasMode | None = Field(
+        default=None,
+        description="Shift (the default for a new rollout): the canary scales up while the "
+        "stable scales down, so the two together stay at the stable's replicas (one pod more "
+        "where that is closer to the weight), as Argo Rollouts' basic canary does; cleanup, "
+        "promotion and every failure scale the stable back to its original replicas before "
+        "the canary goes. Add: the stable Deployment keeps all its pods and the canary is "
+        "added beside it (a weight W needs about N*W/(100-W) canary pods; use it with an "
+        "HPA). Unset: the mode of the rollout's previous run, Shift for its first run, Add for "
+        "a rollout an operator older than this field ran (status.replicasMode shows it).",
     )
     min_stable_replicas: int | None = Field(
         default=None,
         ge=1,
         le=1000,
         description="Shift only: the stable keeps at least this many pods (default 1; "
-        "never more than it had). A higher floor caps the canary's share: a setWeight step "
-        "then reaches the closest share it allows (status.weight shows it).",
+        "never more than it had). A setWeight step the floor keeps more than one pod away "
+        "from its weight is refused before the run touches anything.",
     )
-
-    @property
-    def shift(self) -> bool:
-        return self.mode == ReplicasMode.SHIFT
 
     @property
     def stable_floor(self) -> int:
@@ -347,7 +351,7 @@ class TrafficRouting(ApiModel):
         }
     )
     replicas: ReplicasRouting | None = Field(
-        default=None, description="Weight by pod count (the default; mode Add)."
+        default=None, description="Weight by pod count (the default router)."
     )
     gateway_api: GatewayAPIRouting | None = Field(
         default=None, alias="gatewayAPI", description="Weight by Gateway API HTTPRoute."
@@ -823,10 +827,19 @@ class CanaryRolloutSpec(ApiModel):
         return self.traffic_routing.kind if self.traffic_routing else ROUTER_REPLICAS
 
     @property
-    def shift(self) -> ReplicasRouting | None:
-        """The replicas router's options when it shifts pods from stable to canary."""
-        routing = self.traffic_routing.replicas if self.traffic_routing else None
-        return routing if routing is not None and routing.shift else None
+    def replicas_routing(self) -> ReplicasRouting | None:
+        return self.traffic_routing.replicas if self.traffic_routing else None
+
+    @property
+    def replicas_mode(self) -> ReplicasMode | None:
+        """The replicas router's mode as the spec names it (None: not named)."""
+        routing = self.replicas_routing
+        return routing.mode if routing is not None else None
+
+    @property
+    def stable_floor(self) -> int:
+        routing = self.replicas_routing
+        return routing.stable_floor if routing is not None else 1
 
     def run_fingerprint(self) -> str:
         """Hash of everything that defines a run; control fields are left out so that
@@ -835,6 +848,9 @@ class CanaryRolloutSpec(ApiModel):
         import json
 
         body = self.model_dump(by_alias=True, exclude={"paused", "abort"}, exclude_none=True)
+        replicas = body.get("trafficRouting", {}).get("replicas")
+        if replicas is not None:  # as before mode lost its default: no new run on upgrade
+            replicas.setdefault("mode", ReplicasMode.ADD.value)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -1094,6 +1110,12 @@ class CanaryRolloutStatus(StatusModel):
         default=None, description="Holding, or the position in the lock's queue and the holder."
     )
     stable_replicas: int | None = None
+    replicas_mode: ReplicasMode | None = Field(
+        default=None,
+        description="The replicas router's mode of this run (recorded at its start, kept to "
+        "its end) and, with no mode in the spec, of the next: Shift from a rollout's first "
+        "run, Add for a run started by an operator older than this field.",
+    )
     queue: QueueStatus | None = None
     lock: LockStatus | None = None
     outcome: Outcome | None = None

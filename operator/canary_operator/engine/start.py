@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from canary_operator.api.models import (
+    DEFAULT_REPLICAS_MODE,
+    ROUTER_REPLICAS,
     TERMINAL_PHASES,
     CanaryRolloutStatus,
     Phase,
@@ -18,7 +20,7 @@ from canary_operator.engine.annotations import RETRY_ANNOTATION, retry_requested
 from canary_operator.engine.context import POLL_WAITING, Context
 from canary_operator.engine.lock_records import record_lock, record_queue
 from canary_operator.engine.outcomes import end_without_run
-from canary_operator.engine.spec_checks import spec_problems
+from canary_operator.engine.spec_checks import reach_problems, spec_problems
 from canary_operator.engine.steps import progressing
 from canary_operator.engine.types import (
     DeleteCanaryObjects,
@@ -28,6 +30,7 @@ from canary_operator.engine.types import (
     Rollout,
 )
 from canary_operator.engine.versions import older_than_live, record_version_age
+from canary_operator.engine.weights import run_mode
 
 
 def terminal(ctx: Context) -> None:
@@ -72,6 +75,7 @@ def new_run(ctx: Context, message: str, run: int | None = None) -> None:
         version_since=old.version_since,
         next_version_since=old.next_version_since,
         live=old.live,
+        replicas_mode=old.replicas_mode,  # the next run's, if its spec names no mode
     )
     ctx.status = fresh
     ctx.plan.status = fresh
@@ -96,13 +100,17 @@ def start_refusal(ctx: Context, when: str, validated: bool) -> tuple[Result, str
     problems = [*spec_problems(spec), *obs.policy_problems]
     if validated:
         problems += obs.spec_problems
-    if problems:
-        return Result.INVALID, "; ".join(problems)
     if obs.target is None:
+        if problems:
+            return Result.INVALID, "; ".join(problems)
         return (
             Result.TARGET_NOT_FOUND,
             f"target Deployment {spec.target.deployment!r} not found",
         )
+    mode = run_mode(spec.replicas_mode, ctx.status.replicas_mode)
+    problems += reach_problems(spec, mode, obs.target.replicas)
+    if problems:
+        return Result.INVALID, "; ".join(problems)
     # Before anything touches the target, also right after the lock is taken (while it
     # is held no other run can promote): a version older than the live one never runs.
     older = older_than_live(ctx)
@@ -117,6 +125,10 @@ def pending(ctx: Context, holding: bool = False) -> None:
     it back. A new run of an ended rollout is never holding: its old run's lock is
     being released."""
     rollout, status, obs = ctx.rollout, ctx.status, ctx.obs
+    if status.run == 0 and status.replicas_mode is None:
+        # A rollout's first run. One that ran before has a run number; without a
+        # recorded mode, an operator whose default was Add ran it, and it keeps Add.
+        status.replicas_mode = DEFAULT_REPLICAS_MODE
     status.run = max(status.run, 1)
     record_version_age(ctx)
     status.observed_generation = rollout.generation
@@ -204,6 +216,8 @@ def _start(ctx: Context) -> None:
     status.deadline_at = iso(ctx.now + timedelta(seconds=spec.progress_deadline_seconds))
     assert obs.target is not None
     status.stable_replicas = obs.target.replicas
+    if spec.router_kind == ROUTER_REPLICAS:  # kept to the run's end (traffic_steps.py)
+        status.replicas_mode = run_mode(spec.replicas_mode, status.replicas_mode)
     status.current_step = 0
     status.steps = [fresh_step_status(s) for s in spec.steps]
     ctx.enter(Phase.PROGRESSING, "started")
@@ -220,4 +234,11 @@ def fresh_step_status(step: Step) -> StepStatus:
 
 
 def leftovers(obs: Observed) -> bool:
-    return obs.canary is not None or obs.canary_service or obs.canary_pods > 0
+    """Canary objects on the target, or test Jobs (a previous run's: a run deletes
+    only its own in its cleanup, so the recovery before a run starts takes the rest)."""
+    return (
+        obs.canary is not None
+        or obs.canary_service
+        or obs.canary_pods > 0
+        or any(not job.cleanup and not job.kept for job in obs.jobs.values())
+    )

@@ -3,6 +3,7 @@ Deployments' sizes), the promotion."""
 
 from __future__ import annotations
 
+from canary_operator.api.models import ReplicasMode
 from canary_operator.api.timestamps import precise
 from canary_operator.engine.context import POLL_RUNNING, Context, StepResult
 from canary_operator.engine.labels import run_id
@@ -19,8 +20,18 @@ from canary_operator.engine.weights import (
     plan_shift,
     plan_shift_canary,
     plan_weight,
+    run_mode,
     stable_floor,
 )
+
+
+def _shifts(ctx: Context) -> bool:
+    """Whether this run moves pods from the stable (replicas router, mode Shift): the
+    mode recorded at its start (engine/start.py), kept whatever the default becomes."""
+    spec = ctx.rollout.spec
+    if spec.router_kind != "replicas":
+        return False
+    return run_mode(spec.replicas_mode, ctx.status.replicas_mode) == ReplicasMode.SHIFT
 
 
 def _stable_replicas(ctx: Context) -> int:
@@ -40,7 +51,7 @@ def ensure_canary(ctx: Context, replicas: int) -> StepResult:
     failure = _workload_failure(ctx)
     if failure:
         return False, failure
-    if ctx.rollout.spec.shift is not None:
+    if _shifts(ctx):
         original, floor = _shift_sizes(ctx)
         wanted = plan_shift_canary(original, replicas, floor)
         if not _shift_to(ctx, wanted.canary_replicas, wanted.stable_replicas):
@@ -66,15 +77,15 @@ def _canary_minimum(ctx: Context) -> int:
 def _shift_sizes(ctx: Context) -> tuple[int, int]:
     """Mode Shift: the stable's original replicas (as recorded on it, or adopted from
     whoever scaled it since: see original_replicas) and its floor."""
-    target, shift = ctx.obs.target, ctx.rollout.spec.shift
-    assert target is not None and shift is not None
+    target = ctx.obs.target
+    assert target is not None
     record = target.stable_record
     original = original_replicas(
         target.replicas,
         record.original if record else None,
         record.written if record else None,
     )
-    return original, stable_floor(original, shift.stable_floor)
+    return original, stable_floor(original, ctx.rollout.spec.stable_floor)
 
 
 def _settled_at(view: WorkloadView | None, replicas: int) -> bool:
@@ -113,7 +124,7 @@ def _shift_to(ctx: Context, canary: int, stable: int) -> bool:
 
 def set_weight(ctx: Context, weight: int) -> StepResult:
     spec = ctx.rollout.spec
-    if spec.shift is not None:
+    if _shifts(ctx):
         return _shift_weight(ctx, weight)
     try:
         wp = plan_weight(spec.router_kind, _stable_replicas(ctx), weight, _canary_minimum(ctx))

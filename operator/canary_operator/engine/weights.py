@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from canary_operator.api.models import ReplicasMode
+
 
 @dataclass(frozen=True)
 class WeightPlan:
@@ -32,6 +34,14 @@ def plan_weight(router_kind: str, stable_replicas: int, weight: int, minimum: in
         raise ValueError("the replicas router cannot send 100% to the canary")
     canary = max(1, math.ceil(n * weight / (100 - weight)))
     return WeightPlan(canary, replicas_weight(n, canary))
+
+
+def run_mode(asked: ReplicasMode | None, recorded: ReplicasMode | None) -> ReplicasMode:
+    """The replicas router's mode of a run: the spec's, else the one recorded in status
+    (this run's, set at its start, or the previous run's), else Add: a run that an
+    operator older than status.replicasMode started, whose default was Add. (A rollout's
+    first run records DEFAULT_REPLICAS_MODE before it starts: engine/start.py.)"""
+    return asked or recorded or ReplicasMode.ADD
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,36 @@ def original_replicas(current: int, recorded_original: int | None, written: int 
     if recorded_original is None or written is None or current != written:
         return current
     return recorded_original
+
+
+def shift_reach(original: int, weight: int, min_stable: int) -> str | None:
+    """Why mode Shift cannot bring `weight` within one pod of the `original` stable's
+    replicas, or None. Without a floor every weight strictly between 0 and 100 is
+    within one pod (the closest split is: 3 replicas, 10 % -> 1 + 3 = 25 %, as Argo
+    Rollouts' basic canary does), so only a floor that keeps too many stable pods (or
+    100 %) is refused."""
+    if weight <= 0:
+        return None
+    if weight >= 100:
+        return "100 % is not reachable with the replicas router (use a promote step)"
+    n = max(original, 1)
+    plan = plan_shift(n, weight, min_stable)
+    if _within_a_pod(plan, weight):
+        return None
+    floor = stable_floor(n, min_stable)
+    fits = [f for f in range(floor - 1, 0, -1) if _within_a_pod(plan_shift(n, weight, f), weight)]
+    needs = f"minStableReplicas {fits[0]} at most" if fits else "a lower minStableReplicas"
+    return (
+        f"{weight} % reaches {plan.expected_weight} % on {n} replicas "
+        f"({plan.canary_replicas} canary + {plan.stable_replicas} stable): "
+        f"minStableReplicas {floor} keeps {floor} of the {n} stable pods; "
+        f"{weight} % needs {needs}"
+    )
+
+
+def _within_a_pod(plan: ShiftPlan, weight: int) -> bool:
+    total = plan.canary_replicas + plan.stable_replicas
+    return abs(Fraction(100 * plan.canary_replicas, total) - weight) <= Fraction(100, total)
 
 
 def replicas_weight(stable_ready: int, canary_ready: int) -> int:
