@@ -324,3 +324,35 @@ async def test_one_transition_is_one_pending_write_and_one_configuration_read() 
     for i in range(5):
         first = next(written for path, written in kube.writes if path.endswith(f"/web{i}"))
         assert first == {f"1/on-failed/{s}": "pending" for s in subscribed}
+
+
+class StalledKube(WatchedKube):
+    """An API server that answers no read of a rollout until `answer` is set."""
+
+    def __init__(self, objects: dict[str, JsonObj]) -> None:
+        super().__init__(objects)
+        self.answer = asyncio.Event()
+
+    async def get(self, resource_path: str) -> JsonObj | None:
+        if resource_path.startswith(ROLLOUTS):
+            await self.answer.wait()
+        return await super().get(resource_path)
+
+
+async def test_the_first_attempt_does_not_wait_for_the_pending_mark() -> None:
+    """The `pending` write and the first attempt go out together; the `sent` mark,
+    asked for after the delivery, is written after the `pending` one."""
+    async with Routes() as routes:
+        body = rollout("web0", ["rec"])
+        kube = StalledKube(cluster(services(routes.url, hanging=0, failing=0), [body]).objects)
+        notifier = Notifier(kube, Events(), None, RETRY_FAST)  # type: ignore[arg-type]
+        async with running(notifier):
+            fail(notifier, body)
+            await routes.until(lambda: len(routes.received) == 1)
+            assert kube.writes == []  # delivered while the ledger's read has no answer
+            kube.answer.set()
+            await kube.until(lambda: kube.ledger_of("web0").get("1/on-failed/rec") == "sent")
+    assert [written for _, written in kube.writes] == [
+        {"1/on-failed/rec": "pending"},
+        {"1/on-failed/rec": "sent"},
+    ]

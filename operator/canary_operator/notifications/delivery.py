@@ -1,8 +1,8 @@
 """How one message goes out: its configuration and payload, its endpoint's bounds
 (endpoints.py), its attempts with backoff, and its states in the ledger (ledger.py).
 
-`pending` is marked before the first attempt, `sent` after success, `failed` when given
-up or dropped. A message's attempts hold a slot of its endpoint only while a request
+`pending` is marked as the first attempt goes out, `sent` after success, `failed` when
+given up or dropped. A message's attempts hold a slot of its endpoint only while a request
 is open; the ledger, the Events and the backoff pauses hold nothing of any endpoint.
 """
 
@@ -121,7 +121,8 @@ class Courier:
     ) -> None:
         delivery = message.delivery
         trigger, what = delivery.fired.trigger, f"{service.type}/{service.name}"
-        await self.ledger.mark(delivery, PENDING)
+        # Not awaited: the first attempt does not wait for the API server (ledger.py).
+        self.ledger.want(delivery, PENDING)
         started = self.clock()
         attempt = 0
         while True:

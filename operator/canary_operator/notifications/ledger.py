@@ -2,10 +2,14 @@
 
 A delivery key (run/trigger[/occurrence]/service) is recorded in the annotation
 `notifications.canary-operator.dev/notified` (as Argo's notifications-engine does):
-`pending` before the first attempt, `sent` after success, `failed` when given up. A
-restarted operator re-sends what was `pending` and never what was `sent`. (A message
-can be lost if the operator dies between the status write and the `pending` mark; it
-can be sent twice if it dies between a delivery and its `sent` mark.)
+`pending` as the first attempt goes out, `sent` after success, `failed` when given up.
+A restarted operator re-sends what was `pending` and never what was `sent`. (A message
+can be lost if the operator dies after the status write, before the `pending` mark is
+written and before an attempt succeeded; it can be sent twice if it dies between a
+delivery and its `sent` mark.) The `pending` write and the first attempt go out
+together: a message never waits for the API server, and the windows above are no
+larger than with the mark first (an attempt that succeeds before its `pending` mark is
+written has been delivered; its `sent` mark is asked for after, so it is written after).
 """
 
 from __future__ import annotations
@@ -92,6 +96,12 @@ class Ledger:
     async def mark(self, delivery: Delivery, state: str) -> None:
         """Record a delivery's state on the rollout; returns once it is written (or
         could not be: logged)."""
+        await self.want(delivery, state)
+
+    def want(self, delivery: Delivery, state: str) -> asyncio.Future[None]:
+        """Ask for a delivery's state to be recorded (at once, in order: a state asked
+        for later is written later or in the same write, and wins); the future is done
+        once it is written (or could not be: logged)."""
         uid = delivery.uid
         batch = self._batches.get(uid)
         if batch is None:
@@ -102,7 +112,7 @@ class Ledger:
         batch.waiting.append(written)
         if uid not in self._writers:
             self._writers[uid] = asyncio.get_running_loop().create_task(self._write_all(uid))
-        await written
+        return written
 
     async def stop(self) -> None:
         writers = list(self._writers.values())
