@@ -100,6 +100,27 @@ async def test_a_lock_handoff_wakes_the_head_now_and_the_rest_later(controller: 
     assert "d" in [n for n, _ in queue.later]
 
 
+async def test_a_rollout_whose_earlier_run_holds_the_lock_is_woken_in_its_place(
+    controller: Controller,
+) -> None:
+    """Run 1 of a still holds the Lease (its release lost); a's run 2 waits, applied
+    before b: a is the head and woken at once, as lock/lease.py ranks it, not left out
+    as if it held the lock."""
+    queue: RecordingQueue = controller.queue  # type: ignore[assignment]
+    a = rollout("a", "2026-01-01T00:00:00Z", "Queued")
+    a["status"]["run"] = 2
+    controller.on_rollout("ADDED", a)
+    controller.on_rollout("ADDED", rollout("b", "2026-01-01T00:00:01Z", "Queued"))
+    controller.on_rollout("ADDED", rollout("c", "2026-01-01T00:00:02Z", "Queued"))
+    queue.clear()
+    controller.on_lease("ADDED", lease("uid-a/1", 1, 10))
+    assert sorted(queue.now) == ["a", "c"]  # the head, and the newest waiter (Supersede)
+    assert [n for n, _ in queue.later] == ["b"]  # second in line: later
+    queue.clear()
+    controller.on_lease("MODIFIED", lease("uid-a/2", 2, 11))  # run 2 took it
+    assert sorted(queue.now) == ["a", "b", "c"]  # the holder, the new head, the newest
+
+
 async def test_a_status_change_without_a_new_phase_wakes_only_that_rollout(
     controller: Controller,
 ) -> None:

@@ -9,10 +9,11 @@ from typing import Any
 
 from canary_operator.api.models import ConcurrencyPolicy, Phase
 from canary_operator.api.timestamps import precise
+from canary_operator.engine.types import DeleteCanaryObjects, JobView
 from canary_operator.index import candidate
 from canary_operator.lock import queue
 from canary_operator.lock.queue import UNSEEN, Candidate
-from tests.unit.test_machine import CANARY, started
+from tests.unit.test_machine import CANARY, Sim, World, effects, make_spec, started
 from tests.unit.test_machine import pause as pause_step
 
 
@@ -161,3 +162,17 @@ def test_an_ended_rollouts_stale_next_version_counts_for_nothing() -> None:
     )
     assert ended.next_arrival is None
     assert queue.newest_waiting([ended]) is None
+
+
+def test_a_previous_runs_leftover_test_job_is_recovered_before_the_run_starts() -> None:
+    """A holder that died mid-test leaves its test Job: a run's own cleanup deletes only
+    its own run's Jobs, so the recovery before the next run starts deletes it, and that
+    run's cleanup later finds nothing of another run's to back off on."""
+    left = "web-v1-x-r1-smoke"
+    sim = Sim(make_spec(), World(recovered_from="web-v1", jobs={left: JobView(left)}))
+    sim.tick()  # Pending -> Queued
+    result = sim.tick()
+    assert sim.phase() == Phase.QUEUED and "recovery" in (sim.status.message or "")
+    assert [type(a) for a in effects(result.actions)] == [DeleteCanaryObjects]
+    sim.run_until(Phase.PROGRESSING)
+    assert left not in sim.world.jobs

@@ -134,9 +134,19 @@ class _Holder:
             # ended, and its release is on its way or was lost.
             return cls(identity, name, name or identity, None, None, maybe_free=True)
         holder = {c.uid: c for c in candidates}.get(uid or "")
-        ended = holder is None or not holder.active or run not in (None, holder.run)
+        moved_on = holder is not None and run not in (None, holder.run)
+        ended = holder is None or not holder.active or moved_on
         phase = holder.phase.value if holder is not None else None
-        return cls(identity, name, name or identity, phase, uid, maybe_free=ended)
+        # A rollout gone on to a later run waits for the lock in its place in the queue
+        # (that run's arrival), like anyone else: only the holding run is left out.
+        queue_uid = None if moved_on else uid
+        return cls(identity, name, name or identity, phase, queue_uid, maybe_free=ended)
+
+
+def _earlier_run(identity: str | None, me: Candidate) -> bool:
+    """Whether `identity` names a run of `me`'s rollout before `me`'s run."""
+    run = run_of(identity)
+    return uid_of(identity) == me.uid and run is not None and run < me.run
 
 
 def _ours(identity: str, annotations: dict[str, str]) -> bool:
@@ -222,6 +232,10 @@ class LeaseLock:
         identity = holder_of(lease)[0] if lease is not None else None
         if lease is not None and is_run(identity, me.uid, me.run):
             return Look(lock_key, self._held_view(namespace, lease, me, candidates), held=True)
+        if _earlier_run(identity, me) and self.renewer.holder(namespace, name) == identity:
+            # That run ended: this process no longer keeps its lease alive (renewals
+            # would reset the grace a takeover waits for, again and again).
+            self.renewer.drop(namespace, name)
         holder = _Holder.of(lease, me, candidates)
         qv = queue.view(me, candidates, holder.queue_uid, holder.maybe_free)
         busy_view = LockView(
@@ -381,9 +395,12 @@ class LeaseLock:
         name = lease_name(lock_key)
         where = lease_path(namespace, name)
         # No renewal may race the release. The renewer's version (its own last write,
-        # or newer as seen) is what the conditional release is written against.
-        known = self.renewer.drop(namespace, name)
-        if known is not None and is_run(holder_of(known)[0], uid, run):
+        # or newer as seen) is what the conditional release is written against. The
+        # renewal of another run's lease (a later run's) goes on: not ours to stop.
+        known = None
+        if is_run(self.renewer.holder(namespace, name), uid, run):
+            known = self.renewer.drop(namespace, name)
+        if known is not None:
             try:
                 await self.kube.replace(where, _released(known, uid))
                 return True

@@ -162,6 +162,11 @@ class LeaseRenewer:
     def holds(self, namespace: str, name: str) -> bool:
         return (namespace, name) in self._held
 
+    def holder(self, namespace: str, name: str) -> str | None:
+        """The identity of the run whose lease this process renews (None if none)."""
+        held = self._held.get((namespace, name))
+        return held.holder if held is not None else None
+
     def _lost(self, held: HeldLease, lease: JsonObj | None) -> None:
         now_holder = holder_of(lease)[0] if lease is not None else None
         log.warning(

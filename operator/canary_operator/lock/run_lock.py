@@ -78,7 +78,9 @@ class Fence:
         self.view = view
 
     async def __call__(self) -> None:
-        tokens = self.view.tokens or ((self.view.name, self.view.token or 0),)
+        tokens = self.view.tokens
+        if not tokens:  # a view that holds no lock (view.name is a Lease's, not a key)
+            raise LockLost(f"lock {self.view.name} not held by this run")
         confirmed = await asyncio.gather(
             *(
                 self.lock.confirm(self.namespace, key, self.uid, self.run, token)
