@@ -25,7 +25,7 @@ from e2e import manifests as m
 from e2e.conftest import OperatorProcess
 from e2e.lock_evidence import Evidence, overlaps, timeline
 from e2e.watch import TERMINAL, Seen, verified_end
-from tests.harness.cluster import Cluster, wait_for
+from tests.harness.cluster import Cluster, WaitTimeout, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -90,6 +90,7 @@ def test_two_operators_stalled_at_random_never_write_a_target_outside_its_lock(
     ns = namespace
     seed = int(os.environ.get("CANARY_E2E_SOAK_SEED") or time.time_ns() % 1_000_000)
     rng = random.Random(seed)
+    print(f"\nsoak seed {seed}")
     names = [f"{TARGETS[i % 2]}-{i // 2}" for i in range(ROLLOUTS)]
     apps = [m.app(t, replicas=2, image=OLD) for t in TARGETS]
     with Evidence(kube_cluster, ns) as ev:
@@ -115,7 +116,11 @@ def test_two_operators_stalled_at_random_never_write_a_target_outside_its_lock(
             def all_ended() -> bool:
                 return all(ev.rollouts.first(n, ended) for n in names)
 
-            wait_for(all_ended, DEADLINE, interval=0.5, message=lambda: progress(ev, names))
+            try:
+                wait_for(all_ended, DEADLINE, interval=0.5, message=lambda: progress(ev, names))
+                stuck = ""
+            except WaitTimeout as exc:
+                stuck = str(exc)  # the evidence is still read and printed below
         took = time.monotonic() - began
         verdict = ev.verdict(TARGETS)
         leases = ev.lease_timeline()
@@ -133,14 +138,15 @@ def test_two_operators_stalled_at_random_never_write_a_target_outside_its_lock(
         f"takeovers {takeovers}; watch streams resumed {ev.resumes()} times"
         f"\nphases {phases}\nholders {holders}"
     )
-    assert operators[0].running() and operators[1].running()
-    assert staller.stalls, "no stall happened: the soak proved nothing"
-    if verdict.violations:
+    if verdict.violations or stuck:
         for t in TARGETS:
             print(f"--- {t}\n{timeline(ev, f'cro-lock-{t}', t)}")
+    assert operators[0].running() and operators[1].running()
+    assert staller.stalls, "no stall happened: the soak proved nothing"
     assert not verdict.violations, "writes outside the writer's lock:\n" + "\n".join(
         verdict.violations
     )
+    assert not stuck, stuck
     for t in TARGETS:
         ran = [n for n in names if n.startswith(f"{t}-") and phases[n] == "Succeeded"]
         # Each run that ran held the target's lock, one after the other.
