@@ -7,14 +7,28 @@ from typing import Any
 import yaml
 
 
-def app(name: str = "web", replicas: int = 3, image: str = "registry.example.com/web:1.0") -> str:
-    """A stable Deployment and its Service."""
+def app(
+    name: str = "web",
+    replicas: int = 3,
+    image: str = "registry.example.com/web:1.0",
+    min_ready_seconds: int | None = None,
+) -> str:
+    """A stable Deployment and its Service. With `min_ready_seconds` (e.g. 3600), its
+    pods are ready but not available for that long: a promotion of it stays under way."""
     docs = [
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": {"name": name, "labels": {"app": name}},
             "spec": {
+                **(
+                    {
+                        "minReadySeconds": min_ready_seconds,
+                        "progressDeadlineSeconds": min_ready_seconds + 600,
+                    }
+                    if min_ready_seconds
+                    else {}
+                ),
                 "replicas": replicas,
                 "selector": {"matchLabels": {"app": name}},
                 "template": {
@@ -149,6 +163,42 @@ def refusing_canary_webhook(namespace: str, dry_runs_too: bool) -> str:
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingWebhookConfiguration",
             "metadata": {"name": f"{prefix}-{namespace}"},
+            "webhooks": [webhook],
+        }
+    )
+
+
+def refusing_target_webhook(namespace: str, target: str = "web") -> str:
+    """An admission webhook nobody serves (loopback, a port nothing listens on; failure
+    policy Fail): every update of the target Deployment `target` (labelled app=<target>,
+    not a canary object) is answered with a 500, so a write to it cannot go through
+    until the webhook is deleted."""
+    webhook: dict[str, Any] = {
+        "name": "refuse-target.canary-operator.dev",
+        "clientConfig": {"url": "https://127.0.0.1:9/refuse"},
+        "rules": [
+            {
+                "apiGroups": ["apps"],
+                "apiVersions": ["v1"],
+                "operations": ["UPDATE"],
+                "resources": ["deployments"],
+            }
+        ],
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "objectSelector": {
+            "matchLabels": {"app": target},
+            "matchExpressions": [{"key": "canary-operator.dev/role", "operator": "DoesNotExist"}],
+        },
+        "failurePolicy": "Fail",
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 2,
+    }
+    return yaml.safe_dump(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": f"refuse-target-{namespace}"},
             "webhooks": [webhook],
         }
     )
