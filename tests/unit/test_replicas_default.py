@@ -20,9 +20,10 @@ from canary_operator.api.models import (
     Result,
 )
 from canary_operator.engine.spec_checks import reach_problems
+from canary_operator.engine.types import StableRecord
 from canary_operator.engine.weights import plan_shift, run_mode, shift_reach
 from tests.unit.test_machine import make_spec
-from tests.unit.test_machine_shift import Run, World, make_rollout
+from tests.unit.test_machine_shift import Pods, Run, World, make_rollout
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "traffic-routing.md"
 TABLE_WEIGHTS = (1, 5, 10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90, 95, 99)
@@ -120,6 +121,20 @@ def test_a_weight_the_floor_keeps_out_of_reach_is_refused_before_anything_is_tou
     assert (end.status.outcome.message or "").startswith("spec.steps[3].setWeight: 90 %")
     assert r.world.created == {"canary": 0, "stable": 0} and r.world.record is None
     assert reach_problems(spec, ReplicasMode.SHIFT, 10) == []  # 10 replicas: 8 + 2
+
+
+def test_the_reach_is_judged_on_the_size_a_previous_shift_run_recorded() -> None:
+    """A target a previous run left shifted (3 of its 10 pods, the record on it) is
+    judged at 10: the recovery restores it before the first step."""
+    spec = make_spec(
+        *STEPS, trafficRouting={"replicas": {"mode": "Shift", "minStableReplicas": 2}}
+    )
+    world = World(10)
+    world.stable = Pods(3, 3)
+    world.record = StableRecord(10, 3, 2)
+    end = Run(make_rollout(spec), world, 2).drive(capacity=3)
+    assert end.status.phase == Phase.SUCCEEDED, end.status
+    assert end.status.stable_replicas == 10
 
 
 def test_min_stable_replicas_on_a_rollout_that_keeps_mode_add_is_refused() -> None:

@@ -30,7 +30,7 @@ from canary_operator.engine.types import (
     Rollout,
 )
 from canary_operator.engine.versions import older_than_live, record_version_age
-from canary_operator.engine.weights import run_mode
+from canary_operator.engine.weights import original_replicas, run_mode
 
 
 def terminal(ctx: Context) -> None:
@@ -108,7 +108,13 @@ def start_refusal(ctx: Context, when: str, validated: bool) -> tuple[Result, str
             f"target Deployment {spec.target.deployment!r} not found",
         )
     mode = run_mode(spec.replicas_mode, ctx.status.replicas_mode)
-    problems += reach_problems(spec, mode, obs.target.replicas)
+    record = obs.target.stable_record  # a Shift run's left: the recovery restores it first
+    replicas = original_replicas(
+        obs.target.replicas,
+        record.original if record else None,
+        record.written if record else None,
+    )
+    problems += reach_problems(spec, mode, replicas)
     if problems:
         return Result.INVALID, "; ".join(problems)
     # Before anything touches the target, also right after the lock is taken (while it
