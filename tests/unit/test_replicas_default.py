@@ -126,9 +126,7 @@ def test_a_weight_the_floor_keeps_out_of_reach_is_refused_before_anything_is_tou
 def test_the_reach_is_judged_on_the_size_a_previous_shift_run_recorded() -> None:
     """A target a previous run left shifted (3 of its 10 pods, the record on it) is
     judged at 10: the recovery restores it before the first step."""
-    spec = make_spec(
-        *STEPS, trafficRouting={"replicas": {"mode": "Shift", "minStableReplicas": 2}}
-    )
+    spec = make_spec(*STEPS, trafficRouting={"replicas": {"mode": "Shift", "minStableReplicas": 2}})
     world = World(10)
     world.stable = Pods(3, 3)
     world.record = StableRecord(10, 3, 2)
