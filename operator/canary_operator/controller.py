@@ -76,7 +76,7 @@ class Controller:
                 index=self.index,
                 events=self.events,
                 checks=self.checks,
-                validator=ClusterValidator(kube),
+                validator=ClusterValidator(kube, cached=self.kube),
                 allowed_accounts=AllowedServiceAccounts.from_env(),
                 on_status_written=metrics.record if metrics is not None else None,
                 on_transition=self.notifier.transition,

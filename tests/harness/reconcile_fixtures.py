@@ -209,7 +209,7 @@ async def fake_cluster() -> AsyncIterator[Cluster]:
         index=RolloutIndex(),
         events=EventRecorder(kube),
         checks=CheckRunner(lambda ns, name: wakes.append((ns, name))),
-        validator=ClusterValidator(fresh),  # as the controller makes it: reads the API
+        validator=ClusterValidator(fresh, cached=kube),  # as the controller makes it
         allowed_accounts=AllowedServiceAccounts(),
     )
     try:

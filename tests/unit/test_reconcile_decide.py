@@ -77,11 +77,13 @@ async def test_a_new_rollout_on_a_free_lock_validates_locks_and_starts(
     assert ctx.obs.answered == {Need.VALIDATION, Need.LOCK, Need.START}
     assert plan.status.phase == Phase.PROGRESSING and plan.status.run == 1
     assert any(isinstance(a, EnsureCanary) for a in plan.actions)
-    # Through the caches: the Lease's version before the fresh read, the Lease read
-    # again to take it, the finalizer written once (the free-lock precondition), the
-    # Lease created.
+    # Through the caches: the Lease's version before the fresh read, the canary's
+    # names free for this target (validation), the Lease read again to take it, the
+    # finalizer written once (the free-lock precondition), the Lease created.
     assert cluster.kube.requests == [
         "GET leases/cro-lock-web",
+        "GET deployments/web-canary",
+        "GET services/web-canary",
         "GET leases/cro-lock-web",
         "PATCH canaryrollouts/web-v2",
         "POST leases",
@@ -154,7 +156,12 @@ async def test_validation_problems_end_the_run_before_it_touches_anything(
         "spec.target.service: Service 'web' not found in namespace shop",
     )
     assert plan.status.phase == Phase.FAILED
-    assert cluster.kube.requests == ["GET leases/cro-lock-web"]  # never asked for the lock
+    # Never asked for the lock (the cache reads: the Lease's version, the canary's names).
+    assert cluster.kube.requests == [
+        "GET leases/cro-lock-web",
+        "GET deployments/web-canary",
+        "GET services/web-canary",
+    ]
 
 
 async def test_a_spec_that_cannot_be_checked_yet_says_so_and_retries(

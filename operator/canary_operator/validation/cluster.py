@@ -18,6 +18,7 @@ from canary_operator.kube import objects
 from canary_operator.kube.api import Conflict, JsonObj, Kube, path
 from canary_operator.validation.fields import SecretUse, job_templates, name_problems, secret_uses
 from canary_operator.validation.images import image_problems
+from canary_operator.validation.names import taken_problem, target_problem
 from canary_operator.validation.refusals import api_refusal, refused_for_good
 from canary_operator.validation.routes import RouteChecks
 
@@ -54,8 +55,11 @@ class ClusterValidator:
     answer that says nothing of the spec (a timeout, a 500) is raised: the run waits
     and checks again."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, cached: Kube | None = None) -> None:
         self.kube = kube
+        # The watch-fed views, for whether a name is taken: a user's object of a
+        # canary's name is not made in the moment between a read and the run.
+        self.cached = cached or kube
 
     async def problems(
         self, rollout: Rollout, target: JsonObj, service: JsonObj | None
@@ -66,7 +70,10 @@ class ClusterValidator:
             problems.append(
                 f"spec.target.service: Service {spec.target.service!r} not found in namespace {ns}"
             )
+        if (problem := target_problem(spec, target)) is not None:
+            problems.append(problem)
         checks: list[Check] = [RouteChecks(self.kube, rollout, service).problems()]
+        checks.append(self._names(rollout))
         checks += self._secrets(rollout)
         if not problems:  # a canary of a broken template is not worth a dry-run
             checks.append(self._canary(rollout, target, service))
@@ -77,6 +84,27 @@ class ClusterValidator:
         for found in await asyncio.gather(*checks):
             problems += found
         return problems
+
+    async def _names(self, rollout: Rollout) -> list[str]:
+        """The canary's (and baseline's) names free for this target (validation/names.py)."""
+        spec, ns = rollout.spec, rollout.namespace
+        wanted = [("Deployment", "deployments", objects.canary_name(spec))]
+        wanted.append(("Service", "services", objects.canary_name(spec)))
+        if spec.baseline:
+            wanted.append(("Deployment", "deployments", objects.baseline_name(spec)))
+        found = await asyncio.gather(
+            *(
+                self.cached.get(
+                    path("apps" if kind == "Deployment" else "", "v1", plural, ns, name)
+                )
+                for kind, plural, name in wanted
+            )
+        )
+        return [
+            p
+            for (kind, _, _), obj in zip(wanted, found, strict=True)
+            if (p := taken_problem(spec, kind, obj)) is not None
+        ]
 
     def _secrets(self, rollout: Rollout) -> list[Check]:
         """One read of each Secret, however many fields name it."""
