@@ -239,7 +239,8 @@ class Metrics:
         self._notifications = Counter(
             "canary_operator_notifications_total",
             "Notification delivery attempts by service (ConfigMap name), trigger and result: "
-            "sent, failed (an attempt; retried with backoff), abandoned, invalid (config).",
+            "sent, failed (an attempt; retried with backoff), abandoned, invalid (config), "
+            "dropped (past an endpoint's bound of held messages).",
             ["service", "trigger", "result"],
             registry=r,
         )
