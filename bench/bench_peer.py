@@ -35,9 +35,11 @@ met it; it only reports, it asserts nothing.
 Run by hand (`make bench-peer`); the machine is shared, so read ratios, not seconds.
 
     .venv/bin/python bench/bench_peer.py [--reps 3] [--concurrent 50] [--handoff 5,20]
-        [--idle 1000] [--skip single|concurrent|handoff|idle ...] [--replicas-mode add|shift]
+        [--idle 1000] [--skip single|concurrent|handoff|idle ...]
+        [--replicas-mode default|add|shift]
 
-`--replicas-mode` picks canary-operator's replicas router mode: Add (the default: the
+`--replicas-mode` picks canary-operator's replicas router mode: default (the rollout
+names no `trafficRouting`: the default settings, mode Shift for a new rollout), Add (the
 stable keeps its 3 pods and the canary is added beside it, 27 canary pods at 90 %) or
 Shift (the stable scales down as the canary scales up, as Argo's basic canary does).
 """
@@ -427,7 +429,9 @@ def wait_deployments_rolled_out(
 class CanaryOperator(Controller):
     resource = "canaryrollouts.canary-operator.dev"
     bulk_args = ("--workers", "32")
-    replicas_mode = "Add"  # the replicas router's mode (Shift: the stable scales down)
+    # The replicas router's mode (Shift: the stable scales down); None: no trafficRouting
+    # in the rollout, the default settings.
+    replicas_mode: str | None = None
 
     ready_path = "/readyz"  # the work queue runs: caches synced
 
@@ -445,16 +449,18 @@ class CanaryOperator(Controller):
     def rollout_body(self, name: str, steps: bool) -> dict[str, Any]:
         weights: list[dict[str, Any]] = [{"setWeight": w} for w in WEIGHTS] if steps else []
         head: list[dict[str, Any]] = [{"canary": {"replicas": 1}}] if steps else []
+        spec: dict[str, Any] = {
+            "target": {"deployment": name, "service": name},
+            "images": [{"container": "app", "image": NEW}],
+            "steps": [*head, *weights, {"promote": {}}],
+        }
+        if self.replicas_mode is not None:
+            spec["trafficRouting"] = {"replicas": {"mode": self.replicas_mode}}
         return {
             "apiVersion": "canary-operator.dev/v1alpha1",
             "kind": "CanaryRollout",
             "metadata": {"name": name},
-            "spec": {
-                "target": {"deployment": name, "service": name},
-                "images": [{"container": "app", "image": NEW}],
-                "steps": [*head, *weights, {"promote": {}}],
-                "trafficRouting": {"replicas": {"mode": self.replicas_mode}},
-            },
+            "spec": spec,
         }
 
     def roll(self, name: str, steps: bool) -> None:
@@ -878,11 +884,12 @@ def main() -> int:
                         choices=["single", "concurrent", "handoff", "idle"])  # fmt: skip
     parser.add_argument(
         "--replicas-mode",
-        choices=["add", "shift"],
-        default="add",
-        help="canary-operator's replicas router mode: Add (the stable keeps its pods, the "
-        "canary is added beside it) or Shift (the stable scales down as the canary scales "
-        "up, as Argo Rollouts' basic canary does)",
+        choices=["default", "add", "shift"],
+        default="default",
+        help="canary-operator's replicas router mode: default (no trafficRouting in the "
+        "rollout: the default settings), Add (the stable keeps its pods, the canary is added "
+        "beside it) or Shift (the stable scales down as the canary scales up, as Argo "
+        "Rollouts' basic canary does)",
     )
     args = parser.parse_args()
     handoff_sizes = [int(n) for n in args.handoff.split(",") if n.strip()]
@@ -911,8 +918,10 @@ def main() -> int:
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         ours = CanaryOperator("canary-operator", cluster, "peer-canary", workdir)
-        ours.replicas_mode = args.replicas_mode.title()
-        print(f"canary-operator: replicas router mode {ours.replicas_mode}", flush=True)
+        if args.replicas_mode != "default":
+            ours.replicas_mode = args.replicas_mode.title()
+        shown = ours.replicas_mode or "default (no trafficRouting)"
+        print(f"canary-operator: replicas router mode {shown}", flush=True)
         argo = ArgoRollouts("argo-rollouts", cluster, "peer-argo", workdir)
         argo.binary = binary
         controllers += [ours, argo]

@@ -107,9 +107,12 @@ def assert_stable_restored(cluster: Cluster, namespace: str) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.parametrize("routing", [SHIFT, None], ids=["mode-Shift", "default-settings"])
 def test_shift_splits_pods_per_step_and_promotion_leaves_the_stable_at_its_replicas(
-    kube_cluster: Cluster, namespace: str, operator: OperatorProcess
+    kube_cluster: Cluster, namespace: str, operator: OperatorProcess, routing: Any
 ) -> None:
+    """Also with the default settings (no trafficRouting): a new rollout runs in mode
+    Shift, and the API server keeps status.replicasMode, which says so (issue 26)."""
     start_app(kube_cluster, namespace)
     existing = pod_uids(kube_cluster, namespace)
     weights = [10, 50, 90]
@@ -119,11 +122,13 @@ def test_shift_splits_pods_per_step_and_promotion_leaves_the_stable_at_its_repli
         Watch(kube_cluster, namespace, "pods") as pods,
         Watch(kube_cluster, namespace, "canaryrollouts") as rollouts,
     ):
-        kube_cluster.apply(m.rollout("r", steps, trafficRouting=SHIFT), namespace)
+        fields = {"trafficRouting": routing} if routing else {}
+        kube_cluster.apply(m.rollout("r", steps, **fields), namespace)
         body = wait_phase(kube_cluster, namespace, "r", TERMINAL, timeout=300)
         deployments.wait("web-canary", lambda e: e.type == "DELETED", timeout=30)
         end = revision(rollouts.wait("r", lambda e: e.phase == "Succeeded", timeout=30))
     assert body["status"]["phase"] == "Succeeded", body["status"]
+    assert body["status"]["replicasMode"] == "Shift"
 
     # at each step: the planned split, read from both Deployments' ready pods
     stable_events, canary_events = deployments.of("web"), deployments.of("web-canary")
@@ -142,7 +147,9 @@ def test_shift_splits_pods_per_step_and_promotion_leaves_the_stable_at_its_repli
     assert min_ready_total(deployments, started, end) >= N, "ready pods dipped below 3"
 
     created = pods_created(pods, existing)
-    print(f"pods created per rollout (mode Shift): {created}")
+    print(
+        f"pods created per rollout (mode Shift, {'explicit' if routing else 'default'}): {created}"
+    )
     # the canary's largest size; the stable: its promoted pod, then 2 more back to 3
     assert created == {"canary": 3, "stable": N}
     # mode Add would have started 27 canary pods for the 90 % step alone
