@@ -224,8 +224,10 @@ def test_an_edit_never_jumps_the_queue_and_the_last_applied_version_ends_on_the_
             f"{rollouts.name_of(h.uid).rsplit('-', 1)[1]}{h.run or ''}"
             for h in leases.holders(f"cro-lock-{t}")
         ]
+        run1 = (run1_end.object["status"].get("outcome") or {}) if run1_end else {}
         line = (
-            f"{t}: edit at +{r['offset']:.2f}s, lock holders {holders}, "
+            f"{t}: edit at +{r['offset']:.2f}s, a run 1 {run1.get('result', '?')}, "
+            f"lock holders {holders}, "
             f"a run {run_of(r['a'])} {r['a'].phase}, b {r['b'].phase}, "
             f"stable {stable_image(kube_cluster, ns, t).rsplit(':', 1)[1]}"
         )
