@@ -107,7 +107,10 @@ def test_a_group_lock_and_a_target_lock_of_one_deployment_never_run_at_once(
         ev.watches["deployments"].wait("web-canary", lambda e: e.type == "ADDED", 60)
         first_seen(ev.rollouts, first, lambda e: e.phase in RUNNING, 30)
         kube_cluster.apply(plain if group_first else grouped, ns)
-        came = first_seen(ev.rollouts, second, lambda e: e.phase in {"Queued", *RUNNING}, 30)
+        came = first_seen(
+            ev.rollouts, second, lambda e: e.phase in {"Queued", *RUNNING, *TERMINAL}, 30
+        )
+        assert came.phase not in TERMINAL, f"{second} refused: {came.object['status']}"
         for name in (first, second):
             first_seen(ev.rollouts, name, verified_end, 120)
         leases, rollouts = ev.lease_timeline(), ev.rollout_timeline()
@@ -147,7 +150,10 @@ def test_targets_whose_canary_objects_share_a_name_never_run_at_once(
         kube_cluster.apply(
             m.rollout("dash", SHORT, target="web-v1", service="web-v1", image=V3), ns
         )
-        came = first_seen(ev.rollouts, "dash", lambda e: e.phase in {"Queued", *RUNNING}, 30)
+        came = first_seen(
+            ev.rollouts, "dash", lambda e: e.phase in {"Queued", *RUNNING, *TERMINAL}, 30
+        )
+        assert came.phase not in TERMINAL, f"dash refused: {came.object['status']}"
         for name in ("dot", "dash"):
             first_seen(ev.rollouts, name, verified_end, 120)
         leases, rollouts = ev.lease_timeline(), ev.rollout_timeline()
