@@ -159,7 +159,7 @@ class Write:
         return lease_for_target(self.target)
 
     def __str__(self) -> str:
-        return f"rv {self.rv}: {self.what} {self.kind}/{self.name} by {self.writer}"
+        return f"rv {self.rv}: {self.what} {self.kind}/{self.name} by {self.writer or '<no token>'}"
 
 
 def _annotations(obj: dict[str, Any]) -> dict[str, str]:
@@ -211,8 +211,11 @@ def target_writes(
         ):
             spec_changed = meta.get("generation") != before["metadata"].get("generation")
             fence = _annotations(obj).get(FENCING)
-            if spec_changed or fence != _annotations(before).get(FENCING):
-                writer, _, token = (fence or "<no fencing token>/").rpartition("/")
+            fenced = fence != _annotations(before).get(FENCING)
+            if spec_changed or fenced:
+                # A write that does not stamp its own token (Shift's scaling of the
+                # stable) names no writer: "" (only "some run held the Lease" is checked).
+                writer, _, token = (fence or "/").rpartition("/") if fenced else ("", "", "")
                 out.append(
                     Write(
                         rv_of(obj),
@@ -256,6 +259,7 @@ class Verdict:
     writes: list[Write]
     violations: list[str]
     recovery_deletes: int
+    unattributed: int = 0
 
     def figures(self) -> str:
         by_what: dict[str, int] = {}
@@ -263,7 +267,8 @@ class Verdict:
             by_what[w.what] = by_what.get(w.what, 0) + 1
         return (
             f"{len(self.writes)} target writes checked {dict(sorted(by_what.items()))}, "
-            f"{self.recovery_deletes} recovery deletes, {len(self.violations)} violations"
+            f"{self.recovery_deletes} recovery deletes, {self.unattributed} stable writes "
+            f"without a token of their own (checked held), {len(self.violations)} violations"
         )
 
 
@@ -273,11 +278,15 @@ def check_writes_under_lock(writes: list[Write], leases: Leases, rollouts: Rollo
     holder is allowed only of an ended rollout's objects (a recovery cleanup)."""
     violations: list[str] = []
     recovery = 0
+    unattributed = 0
     for w in sorted(writes, key=lambda w: w.rv):
         held = leases.at(w.lease, w.rv)
         writer_uid = rollouts.uids.get(w.writer)
         if held is None or held.uid is None:
             violations.append(f"{w}: {w.lease} had no holder")
+            continue
+        if not w.writer:
+            unattributed += 1  # a stable write without a token of its own: a run held it
             continue
         if held.uid == writer_uid:
             if w.token is not None and held.token != w.token:
@@ -297,7 +306,7 @@ def check_writes_under_lock(writes: list[Write], leases: Leases, rollouts: Rollo
             f"{w}: {w.lease} was held by {holder} ({held.identity}, token {held.token}), "
             f"{w.writer} is {rollouts.phase_at(w.writer, w.rv) or 'not yet seen'}"
         )
-    return Verdict(writes, violations, recovery)
+    return Verdict(writes, violations, recovery, unattributed)
 
 
 def overlaps(leases: Leases, lease: str) -> list[tuple[Holding, Holding]]:
