@@ -93,6 +93,7 @@ async def test_a_new_rollout_on_a_free_lock_validates_locks_and_starts(
     # START), the dry run of the canary, then the canary's objects.
     assert cluster.fresh.requests.count("GET deployments/web") == 1
     assert sorted(cluster.fresh.requests) == [
+        "GET canaryrollouts/web-v2",  # at START: another process may have started the run
         "GET deployments/web",
         "GET deployments/web-canary",
         "GET jobs",

@@ -10,10 +10,11 @@ from dataclasses import replace
 from canary_operator.checks.evidence import job_log_tails
 from canary_operator.engine import machine
 from canary_operator.engine.types import Need, Observed, Plan
-from canary_operator.kube.api import ReadOnce, describe
+from canary_operator.kube.api import JsonObj, ReadOnce, describe
+from canary_operator.kube.rollouts import rollout_path
 from canary_operator.reconcile import status, views
 from canary_operator.reconcile.context import ReconcileContext
-from canary_operator.reconcile.errors import TRANSIENT
+from canary_operator.reconcile.errors import TRANSIENT, StaleView
 from canary_operator.reconcile.observe import observe, observe_lock, target_path
 
 # Every need once, and the plan that decides.
@@ -75,9 +76,23 @@ async def _fresh_for_start(ctx: ReconcileContext) -> Observed:
     lock = ctx.obs.lock
     if ctx.run_lock.read_stands(ctx.targets.version_before_read, lock):
         once.known(target_path(ctx), ctx.targets.target)
-    target, obs = await asyncio.gather(once.get(target_path(ctx)), observe(ctx, once, lock=lock))
+    # The rollout too: the run's lock is held, but possibly by this very run in another
+    # operator process, which may have started it already. Its canary would look like
+    # a previous holder's leftovers to a view of the run as not yet started, and the
+    # recovery would delete it (the status write's precondition comes only after).
+    rollout, target, obs = await asyncio.gather(
+        ctx.deps.fresh.get(rollout_path(ctx.namespace, ctx.rollout.name)),
+        once.get(target_path(ctx)),
+        observe(ctx, once, lock=lock),
+    )
+    if rollout is None or _version(rollout) != _version(ctx.body):
+        raise StaleView(rollout)
     ctx.targets.target, ctx.targets.fresh = target, True
     return replace(obs, target=views.workload(target))
+
+
+def _version(body: JsonObj) -> str:
+    return str(body["metadata"].get("resourceVersion"))
 
 
 async def _validation(ctx: ReconcileContext) -> Observed:

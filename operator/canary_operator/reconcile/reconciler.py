@@ -23,7 +23,7 @@ from canary_operator.kube.rollouts import rollout_path
 from canary_operator.reconcile import act, status
 from canary_operator.reconcile.context import Collaborators, ReconcileContext
 from canary_operator.reconcile.decide import decide
-from canary_operator.reconcile.errors import RetryLater
+from canary_operator.reconcile.errors import RetryLater, StaleView
 from canary_operator.reconcile.observe import observe, read_targets
 
 
@@ -51,7 +51,14 @@ class Reconciler:
         ctx = ReconcileContext.made(deps, body, spec)
         ctx.targets = await read_targets(ctx)
         ctx.obs = await observe(ctx, deps.kube)
-        result, retry_error = await act.act_on(ctx, await decide(ctx))
+        try:
+            planned = await decide(ctx)
+        except StaleView as stale:
+            # Another process moved the run on: nothing done; decide again from there.
+            if stale.fresh is not None:
+                deps.index.update(stale.fresh)
+            return 0.5
+        result, retry_error = await act.act_on(ctx, planned)
         return await self._record(ctx, result, retry_error)
 
     async def _record(
