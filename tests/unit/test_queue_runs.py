@@ -151,17 +151,32 @@ def test_supersede_a_waiter_applied_after_the_edit_is_the_newest() -> None:
     assert queue.view(b, [a, b], a.uid, lock_free=False).superseded_by is None
 
 
-def test_an_ended_rollouts_stale_next_version_counts_for_nothing() -> None:
+def test_an_ended_rollout_edited_as_its_run_ended_supersedes_an_older_waiter() -> None:
+    """The edit came while a's run was ending (its outcome already decided): a ends
+    Succeeded with the edit recorded, and its next run is about to start. b, applied
+    before the edit, is superseded now, not after it took the lock."""
     ended = Candidate(
         name="a",
         uid="uid-a",
         applied="2026-12-07T09:00:00Z",
         phase=Phase.SUCCEEDED,
         policy=ConcurrencyPolicy.SUPERSEDE,
-        next_applied="2026-12-07T11:00:00.000000Z",
+        next_applied="2026-12-07T10:00:00.700000Z",
     )
-    assert ended.next_arrival is None
-    assert queue.newest_waiting([ended]) is None
+    b = seen(body("b", "Queued", policy="Supersede", queuedAt="2026-12-07T10:00:00.400000Z"))
+    assert ended.next_arrival == ("2026-12-07T10:00:00Z", "2026-12-07T10:00:00.700000Z", "a")
+    assert queue.newest_waiting([ended, b]) == ended
+    view = queue.view(b, [ended, b], None, lock_free=True)
+    assert view.superseded_by == "a" and not view.may_acquire
+    deleting = Candidate(
+        name="a",
+        uid="uid-a",
+        applied="2026-12-07T09:00:00Z",
+        phase=Phase.SUCCEEDED,
+        deleting=True,
+        next_applied="2026-12-07T10:00:00.700000Z",
+    )
+    assert queue.newest_waiting([deleting, b]) == b  # a rollout going away runs no more
 
 
 def test_a_previous_runs_leftover_test_job_is_recovered_before_the_run_starts() -> None:

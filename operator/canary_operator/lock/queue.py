@@ -42,8 +42,9 @@ class Candidate:
 
     @property
     def next_arrival(self) -> tuple[str, str, str] | None:
-        """The arrival of the run that follows this one, already applied."""
-        if self.next_applied is None or not self.active or self.waiting:
+        """The arrival of the run that follows this one, already applied: also of an
+        ended rollout whose spec changed (its next reconcile starts that run)."""
+        if self.next_applied is None or self.waiting:
             return None
         return (f"{self.next_applied[:19]}Z", self.next_applied, self.name)
 
