@@ -6,11 +6,13 @@ recovery's to delete, not a refusal."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from canary_operator.api.models import CanaryRolloutStatus, Phase
 from canary_operator.kube import objects
 from canary_operator.kube.api import JsonObj, path
 from canary_operator.validation import ClusterValidator
@@ -85,3 +87,21 @@ async def test_a_target_that_is_another_targets_canary_is_refused(cluster: Clust
         "spec.target.deployment: Deployment 'web' is the canary canary-operator made for "
         "target 'web', not a target of its own"
     ) in problems
+
+
+async def test_a_colliding_targets_canary_waits_for_the_shared_lock_then_is_a_verdict(
+    cluster: Cluster,
+) -> None:
+    """Targets `w-eb` and `w.eb` share `cro-lock-w-eb` (one name base): while
+    this run has not the lock (Pending), the other target's canary is its run's, going
+    on; it waits behind it. Once the lock is held, a canary of that target still there
+    was left behind, and the recovery (by this target's labels) could not remove it."""
+    labels = {objects.TARGET_LABEL: "w-eb", objects.ROLE_LABEL: "canary"}
+    cluster.kube.put(f"{DEPLOYMENTS}/w-eb-canary", named("w-eb-canary", labels))
+    dotted = rollout(target={"deployment": "w.eb"})
+    validator = ClusterValidator(cluster.fresh, cached=cluster.kube)
+    stable = target()
+    assert await validator.problems(dotted, stable, service()) == []  # Pending: waits
+    held = dataclasses.replace(dotted, status=CanaryRolloutStatus(phase=Phase.QUEUED))
+    problems = await validator.problems(held, stable, service())
+    assert len(problems) == 1 and "'w-eb-canary'" in problems[0]

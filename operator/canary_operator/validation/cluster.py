@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from canary_operator.api.models import JobTemplate
+from canary_operator.api.models import JobTemplate, Phase
 from canary_operator.engine.labels import job_name
 from canary_operator.engine.types import Rollout
 from canary_operator.kube import objects
@@ -88,6 +88,8 @@ class ClusterValidator:
     async def _names(self, rollout: Rollout) -> list[str]:
         """The canary's (and baseline's) names free for this target (validation/names.py)."""
         spec, ns = rollout.spec, rollout.namespace
+        # Checked before the lock is asked for (Pending), and again once it is held.
+        lock_held = rollout.status.phase != Phase.PENDING
         wanted = [("Deployment", "deployments", objects.canary_name(spec))]
         wanted.append(("Service", "services", objects.canary_name(spec)))
         if spec.baseline:
@@ -103,7 +105,7 @@ class ClusterValidator:
         return [
             p
             for (kind, _, _), obj in zip(wanted, found, strict=True)
-            if (p := taken_problem(spec, kind, obj)) is not None
+            if (p := taken_problem(spec, kind, obj, lock_held)) is not None
         ]
 
     def _secrets(self, rollout: Rollout) -> list[Check]:

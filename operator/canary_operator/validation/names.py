@@ -33,10 +33,29 @@ def target_problem(spec: CanaryRolloutSpec, target: JsonObj) -> str | None:
     return None
 
 
-def taken_problem(spec: CanaryRolloutSpec, kind: str, obj: JsonObj | None) -> str | None:
+def sharing_the_lock(obj: JsonObj, spec: CanaryRolloutSpec) -> bool:
+    """Whether canary-operator made `obj` for a target whose lock this target shares
+    (`web.v1` for `web-v1`): its run holds that lock now, or left it behind."""
+    labels = obj["metadata"].get("labels") or {}
+    made_for = labels.get(objects.TARGET_LABEL)
+    return (
+        objects.ROLE_LABEL in labels
+        and made_for is not None
+        # The key of a target's own lock (lock/keys.py).
+        and objects.target_name_base(made_for) == objects.target_name_base(spec.target.deployment)
+    )
+
+
+def taken_problem(
+    spec: CanaryRolloutSpec, kind: str, obj: JsonObj | None, lock_held: bool
+) -> str | None:
     """The name of a run's object, taken by one canary-operator did not make for this
-    target (None: free, or one of this target's from an earlier run)."""
+    target (None: free, or one of this target's from an earlier run). One made for a
+    target sharing this lock is a verdict only once the lock is held: until then that
+    target's run may still be going on, and this run waits for the lock behind it."""
     if obj is None or made_for_target(obj, spec):
+        return None
+    if not lock_held and sharing_the_lock(obj, spec):
         return None
     name = obj["metadata"]["name"]
     return (
