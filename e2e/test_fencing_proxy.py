@@ -35,7 +35,7 @@ from e2e import manifests as m
 from e2e.api_proxy import ApiProxy, Exchange, deletes, is_dry_run, releases_lease
 from e2e.conftest import OperatorProcess, get_rollout, stable_image
 from e2e.lock_evidence import Evidence, rv_of, timeline
-from e2e.test_lock_keys import absent_for, run_of
+from e2e.test_lock_keys_e2e import absent_for, run_of
 from e2e.watch import RUNNING, TERMINAL, Seen, verified_end
 from tests.harness.cluster import Cluster, wait_for
 
