@@ -360,7 +360,7 @@ def test_a_required_cleanup_webhook_still_blocks_and_its_retries_are_one_event(
         wait_for(
             lambda: (
                 (lease(kube_cluster, namespace).get("spec") or {}).get("holderIdentity")
-                == get_rollout(kube_cluster, namespace, "web-a")["metadata"]["uid"]
+                == f"{get_rollout(kube_cluster, namespace, 'web-a')['metadata']['uid']}/1"
             ),
             60,
             interval=0.3,
@@ -383,7 +383,8 @@ def test_a_required_cleanup_webhook_still_blocks_and_its_retries_are_one_event(
         a = get_rollout(kube_cluster, namespace, "web-a")
         assert a["status"]["phase"] == "CleaningUp"
         assert condition(a, "CleanupVerified")["reason"] == "CleanupBlocked"
-        assert lease(kube_cluster, namespace)["spec"]["holderIdentity"] == a["metadata"]["uid"]
+        holder = f"{a['metadata']['uid']}/1"  # run 1 of web-a holds it
+        assert lease(kube_cluster, namespace)["spec"]["holderIdentity"] == holder
         assert get_rollout(kube_cluster, namespace, "web-b")["status"]["phase"] == "Queued"
         assert len(endpoints.calls_to("status/400")) >= 3
         assert "HTTP 400" in a["status"]["cleanup"]["lastError"], "the Secret's URL was called"

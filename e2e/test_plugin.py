@@ -204,7 +204,8 @@ def test_promote_skips_to_promotion(
     kube_cluster: Cluster, namespace: str, operator: OperatorProcess, plugin: Plugin
 ) -> None:
     kube_cluster.apply(m.app(), namespace)
-    steps = [CANARY, HOLD, {"setWeight": 50}, HOLD, PROMOTE]
+    # Step names are unique (the CRD refuses two alike): the second hold named apart.
+    steps = [CANARY, HOLD, {"setWeight": 50}, {**HOLD, "name": "hold-again"}, PROMOTE]
     kube_cluster.apply(m.rollout("web-v1", steps), namespace)
     wait_at_step(kube_cluster, namespace, "web-v1", 1)
 

@@ -184,6 +184,9 @@ def test_replicas_router_split_measured_by_requests(
     ]
     docs = real_example("seed-pipeline.yaml", "v1", "v2", replicas=9, steps=steps)
     docs[2]["spec"].pop("cleanup", None)
+    # The split measured here is mode Add's (canary pods beside the 9 stable ones);
+    # e2e/test_replicas_shift.py measures Shift, the default of a new rollout.
+    docs[2]["spec"]["trafficRouting"] = {"replicas": {"mode": "Add"}}
     cluster.apply(dump(docs[:2]), namespace)
     _wait_serving(cluster, namespace, 9)
     results: list[tuple[int, int, Measurement, float]] = []
@@ -247,6 +250,7 @@ def test_abort_and_deletion_leave_all_traffic_on_stable(
     ]
     docs = real_example("seed-pipeline.yaml", "v1", "v2", steps=steps)
     docs[2]["spec"].pop("cleanup", None)
+    docs[2]["spec"]["trafficRouting"] = {"replicas": {"mode": "Add"}}  # pods counted as Add's
     cluster.apply(dump(docs[:2]), namespace)
     _wait_serving(cluster, namespace, 3)
     cluster.apply(dump(docs[2:]), namespace)

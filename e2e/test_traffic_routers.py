@@ -491,7 +491,7 @@ def test_istio_destination_rule_subsets(
     ("routing", "message"),
     [
         # The replicas router's Shift options (e2e/test_replicas_shift.py runs them).
-        ({"replicas": {"minStableReplicas": 2}}, "minStableReplicas applies to mode Shift only"),
+        # (minStableReplicas with no mode is valid: a new rollout's mode is Shift.)
         (
             {"replicas": {"mode": "Add", "minStableReplicas": 2}},
             "minStableReplicas applies to mode Shift only",
