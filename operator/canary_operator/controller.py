@@ -20,9 +20,10 @@ from canary_operator.kube.api import Kube
 from canary_operator.kube.cache import Cache, CachedKube, Informer
 from canary_operator.kube.events import EventRecorder
 from canary_operator.lock import queue
+from canary_operator.lock.holder import queue_uid
 from canary_operator.lock.keys import lock_keys
 from canary_operator.lock.lease import LOCK_KEY_ANNOTATION, LOCK_LABEL, LeaseLock, lease_name
-from canary_operator.lock.renewer import LeaseRenewer, run_of, uid_of
+from canary_operator.lock.renewer import LeaseRenewer
 from canary_operator.metrics import Metrics
 from canary_operator.notifications.notifier import Notifier
 from canary_operator.reconcile.context import Collaborators
@@ -191,12 +192,8 @@ class Controller:
     def _wake_queue(self, ns: str, lock_key: str, holder: str | None, skip: str = "") -> None:
         """Wake who can act on the lock now (its holder, the head of its queue, and under
         Supersede the newest waiter); the others later, coalesced."""
-        holder_uid, holder_run = uid_of(holder), run_of(holder)
         sharing = self.index.sharing_lock(ns, lock_key)
-        if any(c.uid == holder_uid and holder_run not in (None, c.run) for c in sharing):
-            # An earlier run of a rollout holds it: that rollout's current run waits in
-            # its place in the queue, as lock/lease.py ranks it.
-            holder_uid = None
+        holder_uid = queue_uid(holder, sharing)  # as lock/lease.py ranks the queue
         now: set[str] = {c.name for c in sharing if c.uid == holder_uid}
         ordered = queue.order(sharing, holder_uid)
         if ordered:

@@ -42,6 +42,13 @@ from dataclasses import dataclass
 from canary_operator.engine.types import LockView
 from canary_operator.kube.api import Conflict, JsonObj, Kube
 from canary_operator.lock import queue
+from canary_operator.lock.holder import (
+    HOLDER_ANNOTATION,
+    IDENTITY_ANNOTATION,
+    LEASE_DURATION_SECONDS,
+    Holder,
+    earlier_run,
+)
 from canary_operator.lock.queue import Candidate
 from canary_operator.lock.renewer import (
     LeaseRenewer,
@@ -50,13 +57,12 @@ from canary_operator.lock.renewer import (
     lease_path,
     micro_time,
     run_identity,
-    run_of,
-    uid_of,
 )
 
 __all__ = [
     "HISTORY_ANNOTATION",
     "HOLDER_ANNOTATION",
+    "IDENTITY_ANNOTATION",
     "LEASE_DURATION_SECONDS",
     "LOCK_LABEL",
     "LeaseLock",
@@ -64,16 +70,10 @@ __all__ = [
     "micro_time",
 ]
 
-LEASE_DURATION_SECONDS = 30
 TAKEOVER_GRACE_SECONDS = 5.0
-HOLDER_ANNOTATION = "canary-operator.dev/holder"
 HISTORY_ANNOTATION = "canary-operator.dev/history"
 LOCK_LABEL = "canary-operator.dev/lock"
 LOCK_KEY_ANNOTATION = "canary-operator.dev/lock-key"
-# The holderIdentity this operator wrote: a Lease whose holderIdentity differs was
-# written by someone else (a foreign holder), whatever other annotations it kept.
-IDENTITY_ANNOTATION = "canary-operator.dev/holder-identity"
-UID_LENGTH = 36  # a Kubernetes uid (a UUID in its text form)
 HISTORY_LENGTH = 30
 
 # Asks the API server (fresh, not a cache) whether a holder run (namespace, rollout
@@ -100,63 +100,6 @@ class Look:
     lease: JsonObj | None = None  # the version a take is conditional on
     may_take: bool = False  # free (or its holder replaceable) and this run is next
     stale_holder: str | None = None  # whom a take would replace
-
-
-@dataclass(frozen=True)
-class _Holder:
-    """Who holds a Lease, as a run that does not hold it judges."""
-
-    identity: str | None
-    rollout: str | None  # the holder rollout's name, for a run of ours
-    shown: str | None  # how status names the holder
-    phase: str | None
-    queue_uid: str | None  # the holder as the queue leaves it out
-    maybe_free: bool  # nobody holds it, or its holder may have ended (checked fresh)
-
-    @classmethod
-    def of(cls, lease: JsonObj | None, me: Candidate, candidates: list[Candidate]) -> _Holder:
-        identity = holder_of(lease)[0] if lease is not None else None
-        if lease is None or identity is None:
-            return cls(None, None, None, None, None, maybe_free=True)
-        annotations = lease["metadata"].get("annotations") or {}
-        if not _ours(identity, annotations):
-            # Someone else's holder: left alone until its lease expires (_may_take_over).
-            duration = (lease.get("spec") or {}).get("leaseDurationSeconds")
-            shown = (
-                f"{identity}, not a run of this operator: taken once unrenewed for "
-                f"{duration or LEASE_DURATION_SECONDS}s"
-            )
-            return cls(identity, None, shown, None, None, maybe_free=True)
-        name = annotations.get(HOLDER_ANNOTATION)
-        uid, run = uid_of(identity), run_of(identity)
-        if uid == me.uid:
-            # An earlier run of this very rollout (this run does not hold it): that run
-            # ended, and its release is on its way or was lost.
-            return cls(identity, name, name or identity, None, None, maybe_free=True)
-        holder = {c.uid: c for c in candidates}.get(uid or "")
-        moved_on = holder is not None and run not in (None, holder.run)
-        ended = holder is None or not holder.active or moved_on
-        phase = holder.phase.value if holder is not None else None
-        # A rollout gone on to a later run waits for the lock in its place in the queue
-        # (that run's arrival), like anyone else: only the holding run is left out.
-        queue_uid = None if moved_on else uid
-        return cls(identity, name, name or identity, phase, queue_uid, maybe_free=ended)
-
-
-def _earlier_run(identity: str | None, me: Candidate) -> bool:
-    """Whether `identity` names a run of `me`'s rollout before `me`'s run."""
-    run = run_of(identity)
-    return uid_of(identity) == me.uid and run is not None and run < me.run
-
-
-def _ours(identity: str, annotations: dict[str, str]) -> bool:
-    """Whether a run of this operator wrote the holder: the identity it wrote is kept
-    beside it. (Written before runs were named: a bare rollout uid with the holder
-    annotation.)"""
-    written = annotations.get(IDENTITY_ANNOTATION)
-    if written is not None:
-        return written == identity
-    return HOLDER_ANNOTATION in annotations and len(identity) == UID_LENGTH
 
 
 @dataclass
@@ -232,11 +175,11 @@ class LeaseLock:
         identity = holder_of(lease)[0] if lease is not None else None
         if lease is not None and is_run(identity, me.uid, me.run):
             return Look(lock_key, self._held_view(namespace, lease, me, candidates), held=True)
-        if _earlier_run(identity, me) and self.renewer.holder(namespace, name) == identity:
+        if earlier_run(identity, me) and self.renewer.holder(namespace, name) == identity:
             # That run ended: this process no longer keeps its lease alive (renewals
             # would reset the grace a takeover waits for, again and again).
             self.renewer.drop(namespace, name)
-        holder = _Holder.of(lease, me, candidates)
+        holder = Holder.of(lease, me, candidates)
         qv = queue.view(me, candidates, holder.queue_uid, holder.maybe_free)
         busy_view = LockView(
             name=name,
@@ -303,7 +246,7 @@ class LeaseLock:
         )
 
     async def _may_take_over(
-        self, namespace: str, lease: JsonObj, holder: _Holder, holder_running: HolderCheck
+        self, namespace: str, lease: JsonObj, holder: Holder, holder_running: HolderCheck
     ) -> bool:
         unchanged = self._unchanged_for(namespace, lease)
         if holder.rollout:
