@@ -359,16 +359,15 @@ def _candidates(items: list[JsonObj], lock_key: str) -> list[tuple[Candidate, Js
 
 async def cmd_lock(session: Session, args: argparse.Namespace) -> int:
     ns = session.namespace
+    rollouts = await client.list_rollouts(session, ns)
     # A lock group's key as given; a target Deployment's as its lock is named.
-    groups = {
-        (b.get("spec") or {}).get("lockGroup") for b in await client.list_rollouts(session, ns)
-    }
+    groups = {(b.get("spec") or {}).get("lockGroup") for b in rollouts}
     key = args.target if args.target in groups else target_key(args.target)
     name = lease_name(key)
     lease = await client.call(
         session, session.kube.get(path("coordination.k8s.io", "v1", "leases", ns, name))
     )
-    found = _candidates(await client.list_rollouts(session, ns), key)
+    found = _candidates(rollouts, key)
     candidates = [c for c, _ in found]
     spec = (lease or {}).get("spec") or {}
     annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
