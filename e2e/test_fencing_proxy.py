@@ -233,6 +233,9 @@ def test_a_process_whose_dry_runs_take_15s_writes_nothing_after_its_run_lost_the
         ev.rollouts.wait("r2", verified_end, 60)
         broken = untouched_until(ev, "r2", asked)
         a_writes = target_writes_of(proxy, ns, a_froze)
+        if broken:
+            print(f"--- web\n{timeline(ev, 'cro-lock-web', 'web')}")
+            print(f"--- what A wrote (answer rv)\n{a_wrote(proxy, ns)}")
         assert_verdict(ev)
     print(f"A's dry-runs delayed: {len(sent)}; A's target writes after: {describe(a_writes)}")
     assert sent, "A sent no dry-run after r0 ended: nothing was delayed"

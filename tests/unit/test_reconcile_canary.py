@@ -229,6 +229,25 @@ async def test_a_recovery_deletes_what_a_previous_holder_left(cluster: Cluster) 
     assert cluster.kube.stored(CANARY) is None
 
 
+async def test_a_recovery_spares_what_the_run_about_to_start_made(cluster: Cluster) -> None:
+    """Another process started this very run a moment ago (its canary is up, its status
+    write not seen here): the recovery deletes the previous holder's leftovers only."""
+    ctx = await cluster.running()
+    theirs = another_runs(cluster)
+    cluster.kube.put(f"{PODS}/c1", pod("c1", "canary"))
+    cluster.clear()
+    await canary.delete(ctx, DeleteCanaryObjects(), cluster.kube, None, spare=RUN)
+    assert all(cluster.kube.stored(where) is None for where in theirs)
+    assert cluster.kube.stored(CANARY) is not None
+    assert cluster.kube.stored(f"{SERVICES}/web-canary") is not None
+    assert cluster.kube.stored(f"{PODS}/c1") is not None
+    assert sorted(what for what, _ in cluster.kube.deletions) == [
+        "jobs/theirs",
+        "jobs/unmarked",
+        "pods/their-pod",
+    ]
+
+
 async def test_an_object_made_again_since_it_was_listed_is_not_deleted(cluster: Cluster) -> None:
     """A process frozen after the confirmation of its delete (the one window fencing
     leaves), while the next run made the canary Service again under its name: the

@@ -146,10 +146,13 @@ async def execute(
         case ResetRoute():
             await ctx.router(ctx.obs.lock.token, kube).reset()
         case DeleteCanaryObjects():
-            # A recovery deletes what a previous holder left; a run's own cleanup,
-            # only what this run made.
-            recovery = canary.recovering(planned.phase)
-            await canary.delete(ctx, action, kube, None if recovery else this_run)
+            # A recovery deletes what a previous holder left (never what the run about
+            # to start made: this run, started a moment ago by another process); a
+            # run's own cleanup, only what this run made.
+            if canary.recovering(planned.phase):
+                await canary.delete(ctx, action, kube, None, spare=this_run)
+            else:
+                await canary.delete(ctx, action, kube, this_run)
         case EnsureJob():
             await jobs.ensure(ctx, action, kube, this_run)
         case DeleteJob(name=name):

@@ -4,14 +4,16 @@ cache does not show as last applied), and their deletion by cleanup.
 Each object a run makes carries the run (RUN_ANNOTATION, "<rollout uid>/<run>"; the
 canary's pods carry it through their template), so that a run's cleanup deletes its
 own objects and nothing of another run; only the recovery cleanup of a run that has
-not started yet deletes whatever a previous holder left. Every deletion names the
+not started yet deletes whatever a previous holder left (but what the run about to
+start made: another operator process may have started it a moment ago, its status
+write not seen yet). Every deletion names the
 uid of the object as read: one deleted and made again under its name since (by the
 next run) is not touched."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from canary_operator.api.models import Phase
 from canary_operator.engine.types import DeleteCanaryObjects
@@ -55,6 +57,12 @@ def recovering(planned: Phase) -> bool:
     end of the previous run), and it makes the target clean of whatever a previous
     holder left. Any other cleanup (CleaningUp) is a run's own."""
     return planned in (Phase.PENDING, Phase.QUEUED)
+
+
+def marked_run(obj: JsonObj) -> str | None:
+    """The run `obj` is marked with (RUN_ANNOTATION), if any."""
+    value = (obj["metadata"].get("annotations") or {}).get(RUN_ANNOTATION)
+    return None if value is None else str(value)
 
 
 def made_by(ctx: ReconcileContext, obj: JsonObj, run: str) -> bool:
@@ -126,34 +134,47 @@ async def _wanted(ctx: ReconcileContext, replicas: int) -> list[tuple[str, JsonO
 
 
 async def delete(
-    ctx: ReconcileContext, action: DeleteCanaryObjects, kube: Kube, run: str | None
+    ctx: ReconcileContext,
+    action: DeleteCanaryObjects,
+    kube: Kube,
+    run: str | None,
+    spare: str | None = None,
 ) -> None:
     """Cleanup's deletions: canary and baseline Deployments, the canary Service, the
     test Jobs (those kept for their logs are relabelled instead), and the pods.
     `run`: the run whose objects these are (a run's own cleanup); None for a
-    recovery, which deletes whatever a previous holder left. Objects of another run
-    are left alone, and named (NotThisRun) once this run's are deleted."""
+    recovery, which deletes whatever a previous holder left but what `spare` (the
+    run about to start) made. Objects of another run are left alone, and named
+    (NotThisRun) once this run's are deleted."""
     ns, spec = ctx.namespace, ctx.rollout.spec
     target = objects.target_selector(spec)
     others: list[str] = []
+
+    def spared(listed: Iterable[JsonObj]) -> list[JsonObj]:
+        return [o for o in listed if spare is None or marked_run(o) != spare]
+
     deployments = path("apps", "v1", "deployments", ns)
     listed = await kube.list(deployments, f"{target},{objects.ROLE_LABEL}")
-    others += await _delete_each(ctx, kube, deployments, listed, run, "Foreground")
+    others += await _delete_each(ctx, kube, deployments, spared(listed), run, "Foreground")
     services = path("", "v1", "services", ns)
     listed = await kube.list(services, f"{target},{objects.ROLE_LABEL}")
-    others += await _delete_each(ctx, kube, services, listed, run)
-    others += await _delete_test_jobs(ctx, frozenset(action.keep_jobs), kube, run)
+    others += await _delete_each(ctx, kube, services, spared(listed), run)
+    others += await _delete_test_jobs(ctx, frozenset(action.keep_jobs), kube, run, spared)
     # Pods of a deleted ReplicaSet go through the garbage collector; delete them
     # directly too, so verification does not wait on it.
     pods = path("", "v1", "pods", ns)
     listed = await kube.list(pods, objects.any_role_selector(spec))
-    others += await _delete_each(ctx, kube, pods, listed, run)
+    others += await _delete_each(ctx, kube, pods, spared(listed), run)
     if others:
         raise NotThisRun(run or "", others)
 
 
 async def _delete_test_jobs(
-    ctx: ReconcileContext, keep: frozenset[str], kube: Kube, run: str | None
+    ctx: ReconcileContext,
+    keep: frozenset[str],
+    kube: Kube,
+    run: str | None,
+    spared: Callable[[Iterable[JsonObj]], list[JsonObj]],
 ) -> list[str]:
     spec = ctx.rollout.spec
     jobs = path("batch", "v1", "jobs", ctx.namespace)
@@ -161,7 +182,7 @@ async def _delete_test_jobs(
         jobs, f"{objects.operator_jobs_selector(spec)},{objects.PURPOSE_LABEL}=test"
     )
     going = []
-    for job in listed:
+    for job in spared(listed):
         meta = job["metadata"]
         if meta["name"] in keep and views.owned_by(job, ctx.rollout.uid):
             # Kept for its logs (keepFailedJobs): relabelled so that no cleanup, of this

@@ -66,6 +66,8 @@ class Targets:
     version_before_read: str | None = None
     """Read fresh before this reconcile took the lock: the Lease's version just before
     that read (see RunLock.read_stands)."""
+    rollout_read_at: float | None = None
+    """When the start's fresh read of the rollout was made (monotonic seconds)."""
 
 
 @dataclass

@@ -5,6 +5,7 @@ asks again. Each need is answered at most once per reconcile."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 
 from canary_operator.checks.evidence import job_log_tails
@@ -16,6 +17,9 @@ from canary_operator.reconcile import status, views
 from canary_operator.reconcile.context import ReconcileContext
 from canary_operator.reconcile.errors import TRANSIENT, StaleView
 from canary_operator.reconcile.observe import observe, observe_lock, target_path
+
+# Seconds of checks after which the start's read of the rollout is made again.
+RECHECK_AFTER = 1.0
 
 # Every need once, and the plan that decides.
 ROUNDS = len(Need) + 1
@@ -88,6 +92,7 @@ async def _fresh_for_start(ctx: ReconcileContext) -> Observed:
     if rollout is None or _version(rollout) != _version(ctx.body):
         raise StaleView(rollout)
     ctx.targets.target, ctx.targets.fresh = target, True
+    ctx.targets.rollout_read_at = time.monotonic()
     return replace(obs, target=views.workload(target))
 
 
@@ -108,7 +113,22 @@ async def _validation(ctx: ReconcileContext) -> Observed:
     if fresh is not None:
         problems = await ctx.deps.validator.problems(ctx.rollout, fresh, targets.service)
         obs = replace(obs, spec_problems=tuple(problems))
+    await _still_unstarted(ctx)
     return obs
+
+
+async def _still_unstarted(ctx: ReconcileContext) -> None:
+    """The start's fresh read of the rollout, made again when the checks since took
+    long enough (slow dry-runs, admission webhooks) for another process to have
+    started the run in the meantime: acting on the old read would apply the first
+    step's canary over a run that is further on. A quick check keeps its read (the
+    status write's precondition catches the rest)."""
+    read_at = ctx.targets.rollout_read_at
+    if read_at is None or time.monotonic() - read_at < RECHECK_AFTER:
+        return
+    rollout = await ctx.deps.fresh.get(rollout_path(ctx.namespace, ctx.rollout.name))
+    if rollout is None or _version(rollout) != _version(ctx.body):
+        raise StaleView(rollout)
 
 
 async def _job_logs(ctx: ReconcileContext) -> Observed:

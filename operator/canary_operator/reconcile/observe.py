@@ -8,13 +8,14 @@ import asyncio
 from datetime import UTC, datetime
 
 from canary_operator.api.job_policy import job_service_account_problems
-from canary_operator.api.models import MeasurementStatus
+from canary_operator.api.models import MeasurementStatus, Phase
 from canary_operator.engine import machine
 from canary_operator.engine.types import CheckResult, LockView, Observed
 from canary_operator.index import candidate
 from canary_operator.kube import objects
 from canary_operator.kube.api import JsonObj, Kube, path
 from canary_operator.lock.run_lock import StillAsRead
+from canary_operator.reconcile import canary as canary_objects
 from canary_operator.reconcile import views
 from canary_operator.reconcile.context import ReconcileContext, Targets
 
@@ -56,6 +57,16 @@ async def observe(ctx: ReconcileContext, reads: Kube, lock: LockView | None = No
     answers, running = ctx.deps.checks.observe(ctx.ref)
     uid = ctx.rollout.uid
     jobs = [j for j in jobs if views.owned_by(j, uid) or views.purpose(j) == "test"]
+    if (unstarted := _unstarted_run(ctx)) is not None:
+        # What the run about to start made is no previous holder's leftover: another
+        # process started this run a moment ago (its status write not seen yet), or a
+        # start whose status write was lost made it. The start takes it over as is.
+        canary, baseline, canary_service = (
+            None if o is not None and canary_objects.marked_run(o) == unstarted else o
+            for o in (canary, baseline, canary_service)
+        )
+        pods = [p for p in pods if canary_objects.marked_run(p) != unstarted]
+        jobs = [j for j in jobs if canary_objects.marked_run(j) != unstarted]
     going = [("deployment", canary), ("deployment", baseline), ("service", canary_service)]
     return Observed(
         now=datetime.now(UTC),
@@ -75,6 +86,15 @@ async def observe(ctx: ReconcileContext, reads: Kube, lock: LockView | None = No
         in_flight=running,
         policy_problems=tuple(job_service_account_problems(spec, ns, ctx.deps.allowed_accounts)),
     )
+
+
+def _unstarted_run(ctx: ReconcileContext) -> str | None:
+    """The run (as objects are marked with it) of a rollout whose run has not started
+    yet, or None."""
+    status = ctx.rollout.status
+    if status.phase in (Phase.PENDING, Phase.QUEUED) and status.started_at is None:
+        return canary_objects.run_of(ctx, status.run)
+    return None
 
 
 async def observe_lock(ctx: ReconcileContext, wants: bool) -> LockView:
