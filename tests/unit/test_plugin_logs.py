@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from canary_operator.cli.client import CliError
-from canary_operator.cli.kubectl_canary import build_parser, render_logs
+from canary_operator.cli.commands_view import render_logs
+from canary_operator.cli.kubectl_canary import build_parser
 
 
 def body(steps: list[dict[str, Any]], run: int = 1) -> dict[str, Any]:
