@@ -3,7 +3,7 @@
 - `/healthz`: the process and its event loop answer;
 - `/readyz`: the controller has started its work queue (or, under leader election,
   this replica is a warm standby);
-- `/metrics`: Prometheus text format (see `metrics.py`);
+- `/metrics`: Prometheus text format (see `metrics/`);
 - `/status/{namespace}/{name}`: read-only `{"phase": ...}` for a Spinnaker Webhook
   stage polling with `statusJsonPath: $.phase`; `Pending` until the operator has
   seen the rollout's current generation;

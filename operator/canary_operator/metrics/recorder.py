@@ -20,7 +20,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -30,8 +29,6 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from canary_operator.api.models import (
     TERMINAL_PHASES,
@@ -40,6 +37,7 @@ from canary_operator.api.models import (
     Phase,
 )
 from canary_operator.api.timestamps import parse_any_time, parse_time
+from canary_operator.metrics.gauges import Key, RolloutGauges, StateCollector
 
 log = logging.getLogger(__name__)
 
@@ -54,93 +52,6 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 RECENT_TERMINAL = 20
 _FINISHED = ("Succeeded", "Failed", "Cancelled")
 
-Key = tuple[str, str]  # (namespace, name)
-
-
-@dataclass
-class _Rollout:
-    """What the per-rollout gauges show of one rollout."""
-
-    phase: str
-    weight: int | None = None
-    lock: str | None = None
-    lock_acquired: float | None = None
-    cleanup_blocked: bool = False
-    queue: tuple[str, int] | None = None  # (lock, waiting)
-
-    @property
-    def terminal(self) -> bool:
-        return self.phase in {p.value for p in TERMINAL_PHASES}
-
-
-class _StateCollector(Collector):
-    """Gauges computed at scrape time from the rollouts this process knows."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        m = self.metrics
-        by_phase = GaugeMetricFamily(
-            "canary_operator_rollouts", "CanaryRollouts by phase.", labels=["namespace", "phase"]
-        )
-        counts: dict[tuple[str, str], int] = {}
-        for (namespace, _), rollout in m._rollouts.items():
-            counts[(namespace, rollout.phase)] = counts.get((namespace, rollout.phase), 0) + 1
-        for labels, count in sorted(counts.items()):
-            by_phase.add_metric(list(labels), count)
-        yield by_phase
-
-        queues = GaugeMetricFamily(
-            "canary_operator_queue_length",
-            "Rollouts waiting for each lock.",
-            labels=["namespace", "lock"],
-        )
-        waiting: dict[tuple[str, str], int] = {}
-        for (namespace, _), rollout in m._rollouts.items():
-            if rollout.queue is not None:
-                lock, n = rollout.queue
-                waiting[(namespace, lock)] = max(waiting.get((namespace, lock), 0), n)
-        for labels, n in sorted(waiting.items()):
-            queues.add_metric(list(labels), n)
-        yield queues
-
-        phase = GaugeMetricFamily(
-            "canary_operator_rollout_phase",
-            "1 for the current phase of each running or recently ended rollout.",
-            labels=["namespace", "name", "phase"],
-        )
-        weight = GaugeMetricFamily(
-            "canary_operator_rollout_weight_percent",
-            "Observed share of traffic sent to the canary.",
-            labels=["namespace", "name"],
-        )
-        blocked = GaugeMetricFamily(
-            "canary_operator_cleanup_blocked",
-            "1 while a rollout's cleanup retries after a failure, or waits for objects "
-            "whose deletion is overdue (status.cleanup.blockedBy); its lock is kept.",
-            labels=["namespace", "name"],
-        )
-        held = GaugeMetricFamily(
-            "canary_operator_lock_held_since_seconds",
-            "Unix time at which the holder of each lock acquired it.",
-            labels=["namespace", "lock", "holder"],
-        )
-        for (namespace, name), rollout in m._shown():
-            phase.add_metric([namespace, name, rollout.phase], 1)
-            if rollout.weight is not None:
-                weight.add_metric([namespace, name], rollout.weight)
-            if rollout.terminal:
-                continue
-            if rollout.cleanup_blocked:
-                blocked.add_metric([namespace, name], 1)
-            if rollout.lock is not None and rollout.lock_acquired is not None:
-                held.add_metric([namespace, rollout.lock, name], rollout.lock_acquired)
-        yield phase
-        yield weight
-        yield blocked
-        yield held
-
 
 class Metrics:
     """Counters, gauges and histograms of one operator process."""
@@ -151,7 +62,7 @@ class Metrics:
         self.clock = clock
         self.recent_terminal = recent_terminal
         self.registry = CollectorRegistry()
-        self._rollouts: dict[Key, _Rollout] = {}
+        self._rollouts: dict[Key, RolloutGauges] = {}
         self._ended: OrderedDict[Key, None] = OrderedDict()  # terminal ones, oldest first
         self._queued_since: dict[Key, float] = {}
         self._released: dict[tuple[str, str], float] = {}  # (namespace, lock) -> when
@@ -257,7 +168,7 @@ class Metrics:
             ["verb", "resource", "code"],
             registry=r,
         )
-        r.register(_StateCollector(self))
+        r.register(StateCollector(self._rollouts, self._shown))
 
     # ------------------------------------------------------- plain values (web.py)
 
@@ -315,7 +226,7 @@ class Metrics:
             return
         rollout = self._rollouts.get(key)
         if rollout is None:
-            rollout = self._rollouts[key] = _Rollout(phase=phase or Phase.PENDING.value)
+            rollout = self._rollouts[key] = RolloutGauges(phase=phase or Phase.PENDING.value)
         else:
             rollout.phase = phase or Phase.PENDING.value
         self._track_end(key, rollout)
@@ -348,7 +259,7 @@ class Metrics:
         now = self.clock()
         same_run = old is not None and old.run == new.run
         before = old if same_run else None
-        rollout = self._rollouts.setdefault(key, _Rollout(phase=new.phase.value))
+        rollout = self._rollouts.setdefault(key, RolloutGauges(phase=new.phase.value))
         rollout.phase = new.phase.value
         rollout.weight = new.weight
         rollout.queue = (new.queue.lock, new.queue.waiting) if new.queue is not None else None
@@ -373,14 +284,14 @@ class Metrics:
             self.completed.labels(namespace=namespace, result=result).inc()
         self._track_end(key, rollout)
 
-    def _track_end(self, key: Key, rollout: _Rollout) -> None:
+    def _track_end(self, key: Key, rollout: RolloutGauges) -> None:
         if not rollout.terminal:
             self._ended.pop(key, None)
             return
         self._ended[key] = None
         self._ended.move_to_end(key)
 
-    def _shown(self) -> Iterator[tuple[Key, _Rollout]]:
+    def _shown(self) -> Iterator[tuple[Key, RolloutGauges]]:
         """Rollouts with per-rollout series: the unfinished and the recently ended."""
         recent = set(list(self._ended)[-self.recent_terminal :]) if self.recent_terminal else set()
         for key, rollout in sorted(self._rollouts.items()):
