@@ -32,16 +32,7 @@ async def test_a_stale_view_of_a_started_run_deletes_nothing_and_decides_again(
 ) -> None:
     started = await cluster.progressing()  # process 1 started the run: its canary is up
     assert cluster.kube.stored(f"{DEPLOYMENTS}/web-canary") is not None
-    stale = copy.deepcopy(started)
-    stale["metadata"]["resourceVersion"] = str(int(started["metadata"]["resourceVersion"]) - 1)
-    stale["status"] = {
-        "phase": "Queued",
-        "run": 1,
-        "observedGeneration": 1,
-        "fingerprint": started["status"]["fingerprint"],
-        "versionSince": started["status"]["versionSince"],
-        "queuedAt": started["status"]["queuedAt"],
-    }
+    stale = behind_by_one(started)
     behind = RolloutIndex()  # process 2's watch has not seen the run start
     behind.update(stale)
     process2 = Reconciler(dataclasses.replace(cluster.deps, index=behind))
