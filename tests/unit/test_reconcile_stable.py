@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from canary_operator.engine.types import PromoteStable, ScaleStable
+from canary_operator.engine.types import PromoteStable, ScaleStable, UndoPromotion
 from canary_operator.kube import objects
-from canary_operator.kube.api import Conflict, FencedWrites
+from canary_operator.kube.api import Conflict, FencedWrites, JsonObj
 from canary_operator.reconcile import stable, views
-from tests.harness.reconcile_fixtures import DEPLOYMENTS, NAME, UID, Cluster, fake_cluster
+from tests.harness.reconcile_fixtures import (
+    DEPLOYMENTS,
+    NAME,
+    SELECTOR,
+    UID,
+    Cluster,
+    fake_cluster,
+    rollout_body,
+    spec,
+)
 
 TARGET = f"{DEPLOYMENTS}/web"
 
@@ -86,3 +96,83 @@ async def test_scaling_the_stable_writes_its_size_and_the_record_once(cluster: C
     cluster.clear()
     await stable.scale(ctx, action, cluster.kube)  # as written: nothing to write
     assert "PATCH deployments/web" not in cluster.kube.requests
+
+
+# ------------------------------------------------ the rollback window (issue 25, item 3)
+
+WINDOW = "canary-operator.dev/rollback-window"
+
+
+async def _promoted(cluster: Cluster, **spec_fields: Any) -> tuple[JsonObj, JsonObj]:
+    """The target before and after a promotion by a rollout of spec(**spec_fields)."""
+    if cluster.kube.stored(TARGET) is None:
+        cluster.with_target()
+    ctx = await cluster.observed(cluster.add_rollout(rollout_body(spec(**spec_fields))))
+    before = cluster.kube.stored(TARGET)
+    assert before is not None
+    exact = "template" in spec_fields
+    await stable.promote(ctx, PromoteStable(run_id=f"{UID}/1", exact=exact), cluster.kube)
+    after = cluster.kube.stored(TARGET)
+    assert after is not None
+    return before, after
+
+
+def _window(body: JsonObj) -> list[JsonObj]:
+    kept: list[JsonObj] = json.loads(body["metadata"]["annotations"][WINDOW])
+    return kept
+
+
+async def test_a_promotion_keeps_the_template_it_replaces_in_the_rollback_window(
+    cluster: Cluster,
+) -> None:
+    before, after = await _promoted(cluster)
+    [kept] = _window(after)
+    assert kept["template"] == before["spec"]["template"]
+    assert kept["images"] == {"app": "web:1"}
+    assert (kept["replacedBy"], kept["promotedBy"], kept["expiresAt"]) == (f"{UID}/1", None, None)
+    assert after["spec"]["template"]["spec"]["containers"][0]["image"] == "web:2"
+
+
+async def test_the_window_is_bounded_by_the_promoting_rollouts_spec(cluster: Cluster) -> None:
+    cluster.with_target()
+    older = [{"template": {"spec": {}}, "revision": str(n)} for n in (3, 2, 1)]
+    stored = cluster.kube.stored(TARGET)
+    assert stored is not None
+    stored["metadata"]["annotations"] = {WINDOW: json.dumps(older)}
+    cluster.kube.put(TARGET, stored)
+    _, after = await _promoted(cluster, rollbackWindow={"revisions": 2, "maxAge": "1h"})
+    kept = _window(after)
+    assert [k.get("revision") for k in kept] == [None, "3"]
+    assert kept[0]["expiresAt"] is not None
+
+
+async def test_revisions_zero_keeps_no_window(cluster: Cluster) -> None:
+    _, after = await _promoted(cluster, rollbackWindow={"revisions": 0})
+    assert WINDOW not in after["metadata"]["annotations"]
+
+
+async def test_an_undos_promotion_replaces_the_whole_template_exactly(cluster: Cluster) -> None:
+    kept = {
+        "metadata": {"labels": {"app": "web", "version": "1"}},
+        "spec": {"containers": [{"name": "app", "image": "web:0.9"}]},
+    }
+    before, after = await _promoted(cluster, images=None, template=kept)
+    # Written whole (a PUT), not applied field by field: the port the template had
+    # since is gone, as it was not in the version put back.
+    assert "PUT deployments/web" in cluster.kube.requests
+    assert after["spec"]["template"]["spec"] == kept["spec"]
+    assert after["spec"]["template"]["metadata"]["labels"] == {**SELECTOR, "version": "1"}
+    annotations = after["metadata"]["annotations"]
+    assert annotations[objects.PROMOTED_BY] == f"{UID}/1"
+    assert json.loads(annotations[objects.PRE_PROMOTION])["template"] == before["spec"]["template"]
+    assert _window(after)[0]["template"] == before["spec"]["template"]
+
+
+async def test_undoing_a_promotion_midway_takes_it_out_of_the_window(cluster: Cluster) -> None:
+    await _promoted(cluster)
+    ctx = await cluster.observed(cluster.rollout())
+    await stable.undo(ctx, UndoPromotion(run_id=f"{UID}/1"), cluster.kube)
+    undone = cluster.kube.stored(TARGET)
+    assert undone is not None
+    assert undone["spec"]["template"]["spec"]["containers"][0]["image"] == "web:1"
+    assert WINDOW not in undone["metadata"].get("annotations", {})

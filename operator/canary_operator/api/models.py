@@ -722,6 +722,24 @@ class CleanupPolicy(ApiModel):
     )
 
 
+class RollbackWindow(ApiModel):
+    """What a promotion keeps of the version it replaces, for `kubectl canary undo`: the
+    replaced pod templates, in an annotation on the target (no pods, no ReplicaSets)."""
+
+    revisions: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="How many previous versions to keep (newest first); 0 keeps none.",
+    )
+    max_age: str | None = Field(
+        default=None,
+        pattern=DURATION,
+        description="How long a replaced version can be put back (e.g. 24h); default: "
+        "until the window's later promotions push it out.",
+    )
+
+
 class CanaryRolloutSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -811,6 +829,12 @@ class CanaryRolloutSpec(ApiModel):
         description="The rollout fails if it has not finished its steps this long after it "
         "started (time spent paused does not count).",
     )
+    rollback_window: RollbackWindow | None = Field(
+        default=None,
+        description="What this rollout's promotion keeps of the version it replaces, for "
+        "`kubectl canary undo` (default: the one previous version, for as long as it is the "
+        "previous one). Changing it starts no run.",
+    )
     paused: bool = Field(default=False, description="Hold the rollout at its current step.")
     abort: bool = Field(default=False, description="Stop the rollout; cleanup runs.")
 
@@ -847,7 +871,9 @@ class CanaryRolloutSpec(ApiModel):
         import hashlib
         import json
 
-        body = self.model_dump(by_alias=True, exclude={"paused", "abort"}, exclude_none=True)
+        body = self.model_dump(
+            by_alias=True, exclude={"paused", "abort", "rollback_window"}, exclude_none=True
+        )
         replicas = body.get("trafficRouting", {}).get("replicas")
         if replicas is not None:  # as before mode lost its default: no new run on upgrade
             replicas.setdefault("mode", ReplicasMode.ADD.value)
@@ -888,6 +914,7 @@ class Result(StrEnum):
     SPEC_CHANGED = "SpecChanged"
     REJECTED = "LockBusy"
     OLDER_THAN_LIVE = "OlderThanLive"  # a newer version was promoted since this spec
+    UNDO_OUTDATED = "UndoOutdated"  # an undo whose promotion is no longer the live one
     INVALID = "InvalidSpec"
     TARGET_NOT_FOUND = "TargetNotFound"
     LOCK_LOST = "LockLost"
@@ -900,6 +927,7 @@ class Result(StrEnum):
             Result.DELETED: Phase.ABORTED,
             Result.SUPERSEDED: Phase.SUPERSEDED,
             Result.OLDER_THAN_LIVE: Phase.SUPERSEDED,
+            Result.UNDO_OUTDATED: Phase.SUPERSEDED,
         }.get(self, Phase.FAILED)
 
 

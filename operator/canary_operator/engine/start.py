@@ -16,6 +16,7 @@ from canary_operator.api.models import (
     StepStatus,
 )
 from canary_operator.api.timestamps import iso, precise
+from canary_operator.engine import undo_run
 from canary_operator.engine.annotations import RETRY_ANNOTATION, retry_requested
 from canary_operator.engine.context import POLL_WAITING, Context
 from canary_operator.engine.lock_records import record_lock, record_queue
@@ -119,6 +120,9 @@ def start_refusal(ctx: Context, when: str, validated: bool) -> tuple[Result, str
         return Result.INVALID, "; ".join(problems)
     # Before anything touches the target, also right after the lock is taken (while it
     # is held no other run can promote): a version older than the live one never runs.
+    outdated = undo_run.refusal(ctx)
+    if outdated:
+        return Result.UNDO_OUTDATED, outdated
     older = older_than_live(ctx)
     if older:
         return Result.OLDER_THAN_LIVE, older
@@ -228,6 +232,7 @@ def _start(ctx: Context) -> None:
     status.steps = [fresh_step_status(s) for s in spec.steps]
     ctx.enter(Phase.PROGRESSING, "started")
     ctx.set_condition("Progressing", True, "Started", "rollout started")
+    undo_run.announce(ctx)
     # The first step starts in this same plan, with no second status write and no trip
     # through the work queue: the observation is as fresh as a run's start wants it
     # (the reconciler read it from the API server), and nothing above acted on the

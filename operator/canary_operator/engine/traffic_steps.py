@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from canary_operator.api.models import ReplicasMode
 from canary_operator.api.timestamps import precise
+from canary_operator.engine import undo_run
+from canary_operator.engine.annotations import undoes
 from canary_operator.engine.context import POLL_RUNNING, Context, StepResult
 from canary_operator.engine.labels import run_id
 from canary_operator.engine.types import (
@@ -186,7 +188,8 @@ def promote(ctx: Context) -> StepResult:
     # serves beside it meanwhile); the ResetRoute below then scales it back to its
     # original replicas and waits for them before the canary goes.
     if target.promoted_by != rid:
-        ctx.act(PromoteStable(rid, ctx.status.version_since or precise(ctx.now)))
+        exact = undoes(ctx.rollout) is not None
+        ctx.act(PromoteStable(rid, ctx.status.version_since or precise(ctx.now), exact))
         ctx.plan.requeue(POLL_RUNNING)
         return None
     if not target.rolled_out:
@@ -197,4 +200,4 @@ def promote(ctx: Context) -> StepResult:
         ctx.plan.requeue(1)
         return None
     ctx.status.weight = 0
-    return True, "stable runs the new version and takes 100% of traffic"
+    return True, undo_run.done(ctx) or "stable runs the new version and takes 100% of traffic"

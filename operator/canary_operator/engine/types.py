@@ -287,6 +287,9 @@ class PromoteStable:
 
     run_id: str
     version_since: str = ""
+    # An undo (engine/undo_run.py): the target's whole pod template becomes the one in
+    # the spec, exactly (a replace), not an apply of only the fields the spec names.
+    exact: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from canary_operator.api.models import LiveVersion, Phase
 from canary_operator.api.timestamps import parse_any_time, precise
-from canary_operator.engine.annotations import ALLOW_OLDER_ANNOTATION
+from canary_operator.engine.annotations import ALLOW_OLDER_ANNOTATION, undoes
 from canary_operator.engine.context import Context
 from canary_operator.engine.types import PromotionRecord
 
@@ -55,11 +55,13 @@ def older_than_live(ctx: Context) -> str | None:
     "Older" compares the ages of the two specs, never version strings: this run's
     status.versionSince against the versionSince recorded with the target's last
     promotion. A run of the very spec that is live (same rollout, same fingerprint) is
-    never older. The user may let one run through (annotation allow-older=<run>)."""
+    never older. The user may let one run through (annotation allow-older=<run>); an
+    undo is the user's explicit choice of an earlier version (engine/undo_run.py checks
+    instead that what it undoes is still live)."""
     target = ctx.obs.target
     record = target.promotion if target is not None else None
     status, rollout = ctx.status, ctx.rollout
-    if record is None or status.version_since is None:
+    if record is None or status.version_since is None or undoes(rollout) is not None:
         return None
     if record.uid == rollout.uid and record.fingerprint == status.fingerprint:
         return None

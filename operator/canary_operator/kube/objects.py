@@ -30,6 +30,7 @@ PROMOTION = "canary-operator.dev/promotion"
 # JSON, written with a promotion: what it replaced (the run promoting, the pod template,
 # the previous promotion record and promoted-by), so that a cleanup can undo it.
 PRE_PROMOTION = "canary-operator.dev/pre-promotion"
+REVISION = "deployment.kubernetes.io/revision"  # set by the Deployment controller
 # JSON on the target while a Shift run (replicas router) has it scaled down: the replicas
 # to restore, the replicas last written and the floor (engine.types.StableRecord).
 STABLE_REPLICAS = "canary-operator.dev/stable-replicas"
