@@ -20,6 +20,7 @@ RESUME_ANNOTATION = "canary-operator.dev/resume"
 RETRY_ANNOTATION = "canary-operator.dev/retry"
 PROMOTE_ANNOTATION = "canary-operator.dev/promote"
 RESET_LABEL = "canary-operator.dev/reset"
+UNDO_LABEL = "canary-operator.dev/undo"  # = "true": an undo rollout (kubectl canary undo)
 TERMINAL = frozenset({"Succeeded", "Failed", "Aborted", "Superseded"})
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "RESUME_ANNOTATION",
     "RETRY_ANNOTATION",
     "TERMINAL",
+    "UNDO_LABEL",
     "effective_phase",
     "observed_generation",
     "outcome_properties",

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[list[str], str | None]] = {
     "logs": ([], "rollout"),
     "lock": (["--history"], "target"),
     "reset": (["--timeout", "--no-wait", "--http-route", "--service"], "target"),
+    "undo": (["--to-revision", "--timeout", "--no-wait"], "target"),
     "completion": ([], "shell"),
     "wait": (["--timeout", "--abort-on-term", "--quiet"], "rollout"),
 }
@@ -44,6 +45,7 @@ TAKES_VALUE = {"-n", "--namespace", "--kubeconfig", "--context", "-o", "--output
     "--history",
     "--http-route",
     "--service",
+    "--to-revision",
 }
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from canary_operator.api import models
-from canary_operator.cli import client, live, wait
+from canary_operator.cli import client, commands_undo, live, wait
 from canary_operator.cli.client import Session
 from canary_operator.cli.commands_lock import cmd_lock, cmd_reset
 from canary_operator.cli.commands_steer import (
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the target's HTTPRoute (gatewayAPI routing); default: as the target's last rollout",
     )
     p.add_argument("--service", help="the target's stable Service; default: as its last rollout")
+    p = command("undo", commands_undo.cmd_undo, "put back the version a target ran before")
+    commands_undo.add_arguments(p)
     p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
     p.add_argument("shell", choices=["bash", "zsh"])
     help_ = "wait for a rollout's current spec to end (the Spinnaker waiter)"
