@@ -91,6 +91,9 @@ class RolloutIndex:
         # parsed once per change; rollouts whose spec cannot be read are left out.
         self._entries: dict[tuple[str, str], tuple[Candidate, tuple[str, ...], str]] = {}
         self._by_lock: dict[tuple[str, str], set[str]] = {}  # (namespace, lock key) -> names
+        # (namespace, target Deployment) -> names: a Deployment's events find its
+        # rollouts without walking every rollout (ended ones of other targets included).
+        self._by_target: dict[tuple[str, str], set[str]] = {}
         self._phases: dict[tuple[str, str], Phase] = {}  # (namespace, uid) -> phase
         self._uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
 
@@ -113,6 +116,7 @@ class RolloutIndex:
         if old is not None:
             for lock_key in old[1]:
                 self._by_lock.get((key[0], lock_key), set()).discard(key[1])
+            _discard(self._by_target, (key[0], old[2]), key[1])
         if deleted:
             self._phases.pop(by_uid, None)
             self._bodies.pop(key, None)
@@ -129,6 +133,7 @@ class RolloutIndex:
         self._entries[key] = (me, keys, spec.target.deployment)
         for lock_key in keys:
             self._by_lock.setdefault((key[0], lock_key), set()).add(key[1])
+        self._by_target.setdefault((key[0], spec.target.deployment), set()).add(key[1])
 
     def body(self, namespace: str, name: str) -> JsonObj | None:
         """The rollout as last seen (a copy: the reconcile may change it)."""
@@ -149,8 +154,14 @@ class RolloutIndex:
         return [self._entries[(namespace, n)][0] for n in sorted(names)]
 
     def targeting(self, namespace: str, deployment: str) -> list[Candidate]:
-        return [
-            c
-            for (ns, _name), (c, _k, t) in list(self._entries.items())
-            if ns == namespace and t == deployment
-        ]
+        names = self._by_target.get((namespace, deployment), set())
+        return [self._entries[(namespace, n)][0] for n in sorted(names)]
+
+
+def _discard(groups: dict[tuple[str, str], set[str]], key: tuple[str, str], name: str) -> None:
+    """Take `name` out of its group, and the group once empty (targets come and go)."""
+    group = groups.get(key)
+    if group is not None:
+        group.discard(name)
+        if not group:
+            del groups[key]
