@@ -9,7 +9,8 @@ available and the promotion stays under way; a rollout of 3.0 applied then is Qu
 behind the undo. Once `minReadySeconds` is lifted, the undo finishes (the plugin
 exits 0), the target is read back on 1.0's template, the undo's outcome and Events
 are there, and only then does the 3.0 rollout start. Nothing here waits by sleeping:
-each wait polls for a state."""
+each wait polls for a state. Last, the 3.0 rollout is resumed and promotes as usual
+over the undone target, keeping 1.0 in the window."""
 
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def test_undo_puts_the_previous_template_back_as_a_run_under_the_lock(
             undo.kill()
             undo.communicate()
     assert undo.returncode == 0, out + err
-    assert f"canaryrollout/{name} created: web back to" in out
+    assert f"canaryrollout/{name} created: web back to revision 1 (web:1.0)" in out
     assert "undo of web: Succeeded" in out
 
     # The undo, recorded as a run of its own: outcome, steps, live version, Events.
@@ -135,3 +136,20 @@ def test_undo_puts_the_previous_template_back_as_a_run_under_the_lock(
     assert json.loads(annotations["canary-operator.dev/promotion"])["rollout"] == name
     # web-v3 started only once the undo had ended (its lock released).
     assert next_run["status"]["startedAt"] >= status["completedAt"]
+
+    # A promotion after the undo goes as any other: web-v3 resumed promotes 3.0, and
+    # keeps 1.0 (which it replaced) in the window.
+    resumed = subprocess.run(
+        [*PLUGIN, "-n", ns, "resume", "web-v3"],
+        env=kube_cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    wait_phase(kube_cluster, ns, "web-v3", "Succeeded", timeout=180)
+    target = _target(kube_cluster, ns)
+    assert _image(target["spec"]["template"]) == NEXT
+    [kept] = json.loads(target["metadata"]["annotations"][WINDOW])
+    assert kept["template"] == before
