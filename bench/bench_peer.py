@@ -208,7 +208,7 @@ def main() -> int:
         scenario_table(result, "single", f"one 10-step rollout, 3 replicas: {how}",
                        "wall: apply -> done (s)")  # fmt: skip
         scenario_table(result, "concurrent", f"{args.concurrent} rollouts at once: {how}",
-                       "wall: all applied -> all done (s)")  # fmt: skip
+                       "wall: all applied -> all done (s)", "{:.1f}")  # fmt: skip
         targets_table(result, args.concurrent)
         if handoff is not None:
             ours_header(f"lock handoff ({first.name}; target: issue 9)")

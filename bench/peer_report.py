@@ -97,9 +97,9 @@ def _pods(s: Sample) -> float:
     return s.per_rollout.pods_created
 
 
-def figures(wall: str) -> list[Figure]:
+def figures(wall: str, wall_fmt: str) -> list[Figure]:
     return [
-        Figure(wall, _seconds, "{:.2f}"),
+        Figure(wall, _seconds, wall_fmt),
         Figure("  API requests per rollout, until quiet", _requests, "{:.0f}"),
         Figure("    until done", _requests_to_done, "{:.0f}"),
         Figure("  controller CPU per rollout (s)", _cpu, "{:.2f}"),
@@ -125,10 +125,12 @@ class SideBySide:
         return ratio([pick(s) for s in runs[mode]], [pick(s) for s in runs[self.peer]])
 
 
-LABEL, VALUE, VS = 42, 19, 13
+LABEL, VALUE, VS = 42, 21, 13
 
 
-def scenario_table(result: SideBySide, scenario: str, title: str, wall: str) -> None:
+def scenario_table(
+    result: SideBySide, scenario: str, title: str, wall: str, wall_fmt: str = "{:.2f}"
+) -> None:
     """Per figure: each mode's median (min-max), Argo's, then each mode's ratio to it."""
     if not result.has(scenario):
         return
@@ -140,7 +142,7 @@ def scenario_table(result: SideBySide, scenario: str, title: str, wall: str) -> 
         + "".join(f"{c:>{VALUE}}" for c in columns)
         + "".join(f"{m + '/argo':>{VS}}" for m in result.modes)
     )
-    for figure in figures(wall):
+    for figure in figures(wall, wall_fmt):
         values = {c: [figure.pick(s) for s in runs[c]] for c in columns}
         print(
             f"{figure.label:{LABEL}}"
