@@ -95,3 +95,10 @@ bench-peer: deps $(VENV)/.installed ## canary-operator vs Argo Rollouts (built f
 	@hack/cluster/build.sh >/dev/null
 	hack/peer/argo-rollouts.sh >/dev/null
 	$(VENV)/bin/python bench/bench_peer.py $(BENCH_ARGS)
+
+# Holds /tmp/canary-bench.lock while it runs, so that no other benchmark shares the machine.
+.PHONY: bench-scale
+bench-scale: deps $(VENV)/.installed ## 1,000 and 10,000 rollouts: RSS, restart, handoff, requests; Argo Rollouts beside
+	@hack/cluster/build.sh >/dev/null
+	hack/peer/argo-rollouts.sh >/dev/null
+	flock /tmp/canary-bench.lock $(VENV)/bin/python bench/bench_scale.py $(BENCH_ARGS)
