@@ -159,39 +159,48 @@ def main() -> int:
             for crd in sorted(binary.parent.glob("*-crd.yaml")):
                 cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        # canary-operator at every scale first, then Argo Rollouts: each controller's
+        # figures complete on their own, whatever comes after.
+        plan: list[tuple[Controller, int, int]] = []
         for n, t in scales:
+            plan.append(
+                (CanaryOperator(f"canary-operator-{n}", cluster, f"scale-{n}-ours", workdir), n, t)
+            )
+        for n, t in scales if binary is not None else []:
+            argo = ArgoRollouts(f"argo-rollouts-{n}", cluster, f"scale-{n}-argo", workdir)
+            argo.binary = binary
+            plan.append((argo, n, t))
+        for ctl, n, t in plan:
+            controllers.append(ctl)
             targets = [f"t{i:04d}" for i in range(t)]
             wave, per = t // 2, n // t
-            ours = CanaryOperator(f"canary-operator-{n}", cluster, f"scale-{n}-ours", workdir)
-            pair: list[Controller] = [ours]
-            if binary is not None:
-                argo = ArgoRollouts(f"argo-rollouts-{n}", cluster, f"scale-{n}-argo", workdir)
-                argo.binary = binary
-                pair.append(argo)
-            controllers += pair
-            for ctl in pair:
-                ctl.setup_identity()
-                who = "ours" if ctl is ours else "argo"
-                began = time.monotonic()
-                if isinstance(ctl, CanaryOperator):
-                    s = seed_ours(ctl, targets, per, wave, min(args.sample, t))
-                else:
-                    assert isinstance(ctl, ArgoRollouts)
-                    s = seed_argo(ctl, targets, per, wave)
-                seeded[(who, n)] = s
-                print(f"  {n:,} {ctl.name}: history made in {s.seconds:.0f} s (not measured): "
-                      f"{s.real} run for real, {s.written} written"
-                      + (f", {s.revisions} ReplicaSets per Rollout" if s.revisions else "")
-                      + f"; the controller's first pass over it: {s.first_pass_requests:.0f} "
-                      "requests", flush=True)  # fmt: skip
-                m = measure(ctl, targets, wave, args.handoff if ctl is ours else 0)
-                results[(who, n)] = m
-                print(f"  {n:,} {ctl.name}: ready {m.ready_s:.2f} s, first step "
-                      f"{m.first_step_s:.2f} s, {m.restart_requests:.0f} requests on restart; "
-                      f"wave of {m.wave}: {m.wave_seconds:.1f} s, "
-                      f"{m.requests_per_rollout:.1f} requests and {m.cpu_per_rollout:.3f} s "
-                      f"CPU per rollout; peak RSS {m.rss_mib:.1f} MiB; measured in "
-                      f"{time.monotonic() - began:.0f} s with the seeding", flush=True)  # fmt: skip
+            ctl.setup_identity()
+            ours = isinstance(ctl, CanaryOperator)
+            who = "ours" if ours else "argo"
+            began = time.monotonic()
+            if isinstance(ctl, CanaryOperator):
+                s = seed_ours(ctl, targets, per, wave, min(args.sample, t))
+            else:
+                assert isinstance(ctl, ArgoRollouts)
+                s = seed_argo(ctl, targets, per, wave)
+            seeded[(who, n)] = s
+            print(f"  {n:,} {ctl.name}: history made in {s.seconds:.0f} s (not measured): "
+                  f"{s.real} run for real, {s.written} written"
+                  + (f", {s.revisions} ReplicaSets per Rollout" if s.revisions else "")
+                  + f"; the controller's first pass over it: {s.first_pass_requests:.0f} "
+                  "requests", flush=True)  # fmt: skip
+            m = measure(ctl, targets, wave, args.handoff if ours else 0)
+            results[(who, n)] = m
+            h = m.handoff
+            handoffs = (f"; {h.handoffs} lock handoffs p50 {ms(h.events_ms, 50)} ms, p99 "
+                        f"{ms(h.events_ms, 99)} ms" if h else "")  # fmt: skip
+            print(f"  {n:,} {ctl.name}: ready {m.ready_s:.2f} s, first step "
+                  f"{m.first_step_s:.2f} s, {m.restart_requests:.0f} requests and "
+                  f"{m.restart_cpu:.2f} s CPU on restart; wave of {m.wave}: "
+                  f"{m.wave_seconds:.1f} s, {m.requests_per_rollout:.1f} requests and "
+                  f"{m.cpu_per_rollout:.3f} s CPU per rollout{handoffs}; CPU in all "
+                  f"{m.cpu_total:.1f} s; peak RSS {m.rss_mib:.1f} MiB; measured in "
+                  f"{time.monotonic() - began:.0f} s with the seeding", flush=True)  # fmt: skip
         report(scales, results, seeded, binary is not None)
         print("\nhistory: canary-operator's ended rollouts: a real sample, the rest created "
               "with an ended status written through the status subresource (bench/"
