@@ -12,7 +12,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -601,7 +601,29 @@ class PromoteStepSpec(ApiModel):
     """Roll the new version into the stable Deployment and wait until it is available."""
 
 
-_STEP_KINDS = ["canary", "setWeight", "pause", "test", "parallel", "analysis", "promote"]
+class PreviewStepSpec(ApiModel):
+    """Blue-green only (made from spec.strategy.blueGreen): the preview Deployment at the
+    target's full size, and its preview Service; no traffic of the stable Service."""
+
+
+class SwitchStepSpec(ApiModel):
+    """Blue-green only (made from spec.strategy.blueGreen): all traffic of the stable
+    Service to the preview's pods at once, read back."""
+
+
+_STEP_KINDS = [
+    "canary",
+    "setWeight",
+    "pause",
+    "test",
+    "parallel",
+    "analysis",
+    "promote",
+    "preview",
+    "switch",
+]
+# The kinds a blue-green's steps before and after the switch may use.
+BLUE_GREEN_STEP_KINDS = ("pause", "test", "parallel", "analysis")
 _PARALLEL_KINDS = ["pause", "test", "analysis"]
 
 
@@ -662,6 +684,12 @@ class Step(ApiModel):
     )
     analysis: AnalysisStepSpec | None = None
     promote: PromoteStepSpec | None = None
+    preview: PreviewStepSpec | None = Field(
+        default=None, description="Blue-green only: set by spec.strategy.blueGreen, never here."
+    )
+    switch: SwitchStepSpec | None = Field(
+        default=None, description="Blue-green only: set by spec.strategy.blueGreen, never here."
+    )
 
     @property
     def kind(self) -> str:
@@ -740,6 +768,130 @@ class RollbackWindow(ApiModel):
     )
 
 
+def _blue_green_steps(item: str) -> JsonDict:
+    """The schema extra of a blue-green's steps: names unique, only the kinds that run
+    something (pause, test, parallel, analysis)."""
+    extra = unique_names(item)
+    rules = list(extra["x-kubernetes-validations"])  # type: ignore[arg-type]
+    rules.append(
+        cel(
+            "self.all(s, " + " && ".join(f"!has(s.{k})" for k in _STEP_KINDS_MOVING) + ")",
+            "a blue-green's steps are pause, test, parallel or analysis steps "
+            "(the preview, the switch and the promotion are the strategy's own)",
+        )
+    )
+    return {"x-kubernetes-validations": rules}
+
+
+_STEP_KINDS_MOVING = [k for k in _STEP_KINDS if k not in BLUE_GREEN_STEP_KINDS]
+
+
+class BlueGreenStrategy(ApiModel):
+    """Blue-green: the new version runs beside the stable at full size (the preview, its
+    own Deployment and preview Service), the steps before the switch run against it,
+    all traffic of the stable Service is switched to it at once, the steps after the
+    switch run (a failure switches back), and then the target takes the new version and
+    the preview goes. Argo Rollouts' blueGreen: activeService is spec.target.service,
+    prePromotionAnalysis/postPromotionAnalysis are beforeSwitch/afterSwitch."""
+
+    preview_service: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Name of the preview Service, which reaches only the preview's pods "
+        "(made and removed by the operator; default: <target>-canary).",
+    )
+    before_switch: list[Step] | None = Field(
+        default=None,
+        max_length=40,
+        description="Steps run against the preview before the switch (tests, analysis, "
+        "pauses): a failure ends the run with the stable untouched.",
+        json_schema_extra=_blue_green_steps("step"),
+    )
+    after_switch: list[Step] | None = Field(
+        default=None,
+        max_length=40,
+        description="Steps run after the switch, while the previous version is still up: a "
+        "failure switches all traffic back to it.",
+        json_schema_extra=_blue_green_steps("step"),
+    )
+    auto_promotion_enabled: bool = Field(
+        default=True,
+        description="false: the rollout pauses before the switch until resumed "
+        "(`kubectl canary resume` or `promote`).",
+    )
+    scale_down_delay_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=86400,
+        description="How long the previous version stays up after the switch (at least; "
+        "longer while steps after the switch run): until then a switch back is instant.",
+    )
+
+
+class Strategy(ApiModel):
+    blue_green: BlueGreenStrategy | None = Field(
+        default=None,
+        description="Blue-green instead of a canary: spec.steps is then left out.",
+    )
+
+
+# The names of the steps a blue-green is made of (its own; a user's step may not take them).
+PREVIEW_STEP = "preview"
+AWAIT_SWITCH_STEP = "await-switch"
+SWITCH_STEP = "switch"
+PROMOTE_STEP = "promote"
+_BLUE_GREEN_NAMES = (PREVIEW_STEP, AWAIT_SWITCH_STEP, SWITCH_STEP, PROMOTE_STEP)
+
+
+def blue_green_steps(blue_green: BlueGreenStrategy) -> list[Step]:
+    """The steps a blue-green runs: the preview, the steps before the switch, a pause
+    (without auto promotion), the switch, the steps after it, the promotion."""
+    steps = [Step(name=PREVIEW_STEP, preview=PreviewStepSpec())]
+    steps += [s.model_copy(deep=True) for s in blue_green.before_switch or []]
+    if not blue_green.auto_promotion_enabled:
+        steps.append(Step(name=AWAIT_SWITCH_STEP, pause=PauseStepSpec()))
+    steps.append(Step(name=SWITCH_STEP, switch=SwitchStepSpec()))
+    steps += [s.model_copy(deep=True) for s in blue_green.after_switch or []]
+    steps.append(Step(name=PROMOTE_STEP, promote=PromoteStepSpec()))
+    return steps
+
+
+def _blue_green_problems(spec: CanaryRolloutSpec, given: list[Step]) -> list[str]:
+    """What is wrong with a blue-green spec, each naming its field."""
+    bg = spec.strategy.blue_green if spec.strategy else None
+    assert bg is not None
+    where = "spec.strategy.blueGreen"
+    problems = []
+    if given:
+        problems.append(
+            "spec.steps: a blue-green has no spec.steps; its steps are "
+            f"{where}.beforeSwitch and {where}.afterSwitch"
+        )
+    if spec.router_kind != ROUTER_REPLICAS:
+        problems.append(
+            f"{where}: only the replicas router switches so far (spec.trafficRouting."
+            f"{spec.router_kind} is not supported for blue-green yet)"
+        )
+    if not spec.target.service:
+        problems.append(f"{where}: needs spec.target.service (the active Service it switches)")
+    if bg.preview_service is not None and bg.preview_service == spec.target.service:
+        problems.append(f"{where}.previewService: must differ from spec.target.service")
+    for field, steps in (("beforeSwitch", bg.before_switch), ("afterSwitch", bg.after_switch)):
+        for n, step in enumerate(steps or []):
+            if step.kind not in BLUE_GREEN_STEP_KINDS:
+                problems.append(
+                    f"{where}.{field}[{n}]: a {step.kind} step is not allowed here "
+                    f"(only {', '.join(BLUE_GREEN_STEP_KINDS)})"
+                )
+            if step.name in _BLUE_GREEN_NAMES:
+                problems.append(
+                    f"{where}.{field}[{n}].name: {step.name!r} is the name of the "
+                    "blue-green's own step"
+                )
+    return problems
+
+
 class CanaryRolloutSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -757,15 +909,38 @@ class CanaryRolloutSpec(ApiModel):
                     ".target.service",
                 ),
                 cel(
+                    "has(self.steps) != (has(self.strategy) && has(self.strategy.blueGreen))",
+                    "set spec.steps (a canary) or spec.strategy.blueGreen (a blue-green), not both",
+                    ".steps",
+                ),
+                cel(
+                    "!has(self.steps) || self.steps.all(s, !has(s.preview) && !has(s.switch))",
+                    "preview and switch steps are a blue-green's own (spec.strategy.blueGreen)",
+                    ".steps",
+                ),
+                cel(
+                    "!has(self.strategy) || !has(self.strategy.blueGreen) || "
+                    "has(self.target.service)",
+                    "a blue-green needs spec.target.service (the active Service it switches)",
+                    ".target.service",
+                ),
+                cel(
+                    "!has(self.strategy) || !has(self.strategy.blueGreen) || "
+                    "!has(self.trafficRouting) || has(self.trafficRouting.replicas)",
+                    "a blue-green switches with the replicas router only (so far)",
+                    ".strategy.blueGreen",
+                ),
+                cel(
                     "(has(self.trafficRouting) && (has(self.trafficRouting.gatewayAPI)"
                     " || has(self.trafficRouting.nginx) || has(self.trafficRouting.istio)))"
+                    " || !has(self.steps)"
                     " || self.steps.all(s, !has(s.setWeight) || s.setWeight < 100)",
                     "the replicas router cannot send 100% to the canary; use promote",
                     ".steps",
                 ),
                 cel(
                     # A weight needs canary pods, which only a canary step starts.
-                    "!self.steps.exists(s, has(s.setWeight)) || "
+                    "!has(self.steps) || !self.steps.exists(s, has(s.setWeight)) || "
                     "(self.steps.exists(s, has(s.canary)) && "
                     "self.steps.map(s, has(s.canary)).indexOf(true) < "
                     "self.steps.map(s, has(s.setWeight)).indexOf(true))",
@@ -803,10 +978,15 @@ class CanaryRolloutSpec(ApiModel):
         default=None, description="How traffic is split (default: replicas)."
     )
     steps: list[Step] = Field(
+        default_factory=list,
         min_length=1,
         max_length=100,
-        description="The rollout, in order. Their names (optional) must differ.",
+        description="The rollout, in order (at least one step). Their names (optional) must "
+        "differ. Left out for a blue-green (spec.strategy.blueGreen), whose steps it makes.",
         json_schema_extra=unique_names("step"),
+    )
+    strategy: Strategy | None = Field(
+        default=None, description="Blue-green instead of a canary (default: a canary)."
     )
     cleanup: list[CleanupStep] | None = Field(
         default=None,
@@ -837,6 +1017,33 @@ class CanaryRolloutSpec(ApiModel):
     )
     paused: bool = Field(default=False, description="Hold the rollout at its current step.")
     abort: bool = Field(default=False, description="Stop the rollout; cleanup runs.")
+
+    @model_validator(mode="after")
+    def _made_steps(self) -> CanaryRolloutSpec:
+        """A blue-green's steps are made from spec.strategy.blueGreen (in memory only:
+        the object keeps no spec.steps). Parsing a spec made so again gives it again."""
+        bg = self.strategy.blue_green if self.strategy else None
+        if bg is None:
+            if not self.steps:
+                raise ValueError("spec.steps: at least one step (or spec.strategy.blueGreen)")
+            for n, step in enumerate(self.steps):
+                if step.kind in ("preview", "switch"):
+                    raise ValueError(
+                        f"spec.steps[{n}].{step.kind}: a blue-green's own step "
+                        "(spec.strategy.blueGreen)"
+                    )
+            return self
+        made = blue_green_steps(bg)
+        given = [] if self.steps == made else self.steps
+        problems = _blue_green_problems(self, given)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.steps = made
+        return self
+
+    @property
+    def blue_green(self) -> BlueGreenStrategy | None:
+        return self.strategy.blue_green if self.strategy else None
 
     @property
     def lock_key(self) -> str:

@@ -9,7 +9,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from canary_operator.rollout_view import JsonObj
 
-STEP_KINDS = ("canary", "setWeight", "pause", "test", "parallel", "analysis", "promote")
+STEP_KINDS = (
+    "canary",
+    "setWeight",
+    "pause",
+    "test",
+    "parallel",
+    "analysis",
+    "promote",
+    "preview",
+    "switch",
+)
 
 
 def step_kind(step: JsonObj) -> str:
@@ -36,5 +46,18 @@ def describe_step(step: JsonObj) -> str:
 
 
 def raw_steps(body: JsonObj) -> list[JsonObj]:
-    steps: list[JsonObj] = (body.get("spec") or {}).get("steps") or []
-    return steps
+    """The steps the run goes through: spec.steps, or a blue-green's as its strategy
+    makes them (api/models.py blue_green_steps)."""
+    spec = body.get("spec") or {}
+    blue_green = (spec.get("strategy") or {}).get("blueGreen")
+    if blue_green is None:
+        steps: list[JsonObj] = spec.get("steps") or []
+        return steps
+    made: list[JsonObj] = [{"name": "preview", "preview": {}}]
+    made += blue_green.get("beforeSwitch") or []
+    if blue_green.get("autoPromotionEnabled") is False:
+        made.append({"name": "await-switch", "pause": {}})
+    made.append({"name": "switch", "switch": {}})
+    made += blue_green.get("afterSwitch") or []
+    made.append({"name": "promote", "promote": {}})
+    return made
