@@ -19,7 +19,7 @@ from canary_operator.api.models import (
     parse_duration,
 )
 from canary_operator.api.timestamps import iso, parse_time
-from canary_operator.engine import analysis
+from canary_operator.engine import analysis, blue_green
 from canary_operator.engine.annotations import PROMOTE_ANNOTATION, RESUME_ANNOTATION
 from canary_operator.engine.context import POLL_RUNNING, POLL_WAITING, Context, StepResult
 from canary_operator.engine.labels import job_name
@@ -210,7 +210,11 @@ def _run_step(ctx: Context, index: int, step: Step, st: StepStatus) -> StepResul
         assert step.set_weight is not None
         return set_weight(ctx, step.set_weight)
     if kind == "promote":
-        return promote(ctx)
+        return blue_green.promote_after_delay(ctx) if ctx.spec.blue_green else promote(ctx)
+    if kind == "preview":
+        return blue_green.preview(ctx)
+    if kind == "switch":
+        return blue_green.switch(ctx)
     if kind == "parallel":
         assert step.parallel is not None
         return _parallel(ctx, index, step.parallel, st)
@@ -353,12 +357,15 @@ def timed_out(ctx: Context, timeout: str | None, st: ChildStepStatus) -> str | N
 
 def skip_to_promotion(ctx: Context, index: int) -> None:
     """`kubectl canary promote`: the remaining steps before the promote step are skipped
-    (a running step's Jobs are cancelled); without a promote step the run just ends."""
+    (a running step's Jobs are cancelled); without a promote step the run just ends. A
+    blue-green skips to its switch (as Argo Rollouts' promote does), once its preview
+    is up; the steps after the switch still run."""
     if ctx.rollout.annotations.get(PROMOTE_ANNOTATION) != str(ctx.status.run):
         return
     steps = ctx.rollout.spec.steps
-    promote_at = next((i for i, s in enumerate(steps) if s.kind == "promote"), len(steps))
-    if index >= promote_at:
+    to = ("switch", "promote") if ctx.spec.blue_green else ("promote",)
+    promote_at = next((i for i, s in enumerate(steps) if s.kind in to), len(steps))
+    if index >= promote_at or (ctx.spec.blue_green and index == 0):  # the preview first
         return
     assert ctx.status.steps is not None
     for i in range(index, promote_at):
