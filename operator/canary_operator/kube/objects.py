@@ -63,6 +63,14 @@ def canary_name(spec: CanaryRolloutSpec) -> str:
     return f"{_name_base(spec, 56)}-canary"
 
 
+def canary_service_name(spec: CanaryRolloutSpec) -> str:
+    """Name of the canary Service (a blue-green's preview Service: its previewService)."""
+    blue_green = spec.blue_green
+    if blue_green is not None and blue_green.preview_service:
+        return blue_green.preview_service
+    return canary_name(spec)
+
+
 def baseline_name(spec: CanaryRolloutSpec) -> str:
     return f"{_name_base(spec, 54)}-baseline"
 
@@ -333,7 +341,7 @@ def canary_service(
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": owned_metadata(
-            spec, "canary", canary_name(spec), namespace, rollout_name, rollout_uid
+            spec, "canary", canary_service_name(spec), namespace, rollout_name, rollout_uid
         ),
         "spec": {"selector": selector_labels(spec), "ports": ports},
     }
@@ -355,7 +363,7 @@ def job_manifest(
     job_spec.setdefault("backoffLimit", 0)
     pod = job_spec.setdefault("template", {}).setdefault("spec", {})
     pod.setdefault("restartPolicy", "Never")
-    canary_host = f"{canary_name(spec)}.{namespace}.svc"
+    canary_host = f"{canary_service_name(spec)}.{namespace}.svc"
     env = [
         {"name": "ROLLOUT_NAME", "value": rollout_name},
         {"name": "ROLLOUT_NAMESPACE", "value": namespace},

@@ -126,7 +126,7 @@ async def _wanted(ctx: ReconcileContext, replicas: int) -> list[tuple[str, JsonO
         )
     wanted.append(
         (
-            path("", "v1", "services", ns, objects.canary_name(spec)),
+            path("", "v1", "services", ns, objects.canary_service_name(spec)),
             objects.canary_service(spec, name, uid, ns, service, target),
         )
     )

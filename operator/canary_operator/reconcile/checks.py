@@ -65,7 +65,7 @@ def webhook_context(rollout: Rollout, obs: Observed | None) -> dict[str, Any]:
         "run": status.run,
         "target": spec.target.deployment,
         "weight": obs.route.weight if obs else status.weight,
-        "canaryService": f"{objects.canary_name(spec)}.{ns}.svc",
+        "canaryService": f"{objects.canary_service_name(spec)}.{ns}.svc",
         "stableService": f"{spec.target.service or spec.target.deployment}.{ns}.svc",
         "newVersion": [i.model_dump() for i in images] or "template",
         "version": ",".join(f"{i.container}={i.image}" for i in images) or "template",

@@ -49,7 +49,7 @@ async def observe(ctx: ReconcileContext, reads: Kube, lock: LockView | None = No
     observed_lock, (canary, baseline), canary_service, pods, jobs, route = await asyncio.gather(
         _given(lock) if lock is not None else observe_lock(ctx, wants),
         _role_deployments(ctx, reads),
-        reads.get(path("", "v1", "services", ns, objects.canary_name(spec))),
+        reads.get(path("", "v1", "services", ns, objects.canary_service_name(spec))),
         reads.list(path("", "v1", "pods", ns), objects.any_role_selector(spec)),
         reads.list(path("batch", "v1", "jobs", ns), objects.operator_jobs_selector(spec)),
         ctx.router(None, reads).read(),

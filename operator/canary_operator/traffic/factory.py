@@ -28,6 +28,7 @@ from canary_operator.traffic.gateway_api import GatewayAPIRouter
 from canary_operator.traffic.istio import IstioRouter
 from canary_operator.traffic.nginx import NginxRouter
 from canary_operator.traffic.replicas import ReplicasRouter, RestoresStable
+from canary_operator.traffic.service_switch import ServiceSwitchRouter
 
 # (the rollout, what its writes are fenced with: "NAME/TOKEN", the client it reads with)
 Builder = Callable[[Rollout, str, Kube], TrafficRouter]
@@ -105,6 +106,20 @@ ROUTERS: Mapping[str, Builder] = MappingProxyType(
         ROUTER_ISTIO: _istio,
     }
 )
+
+
+def _service_switch(rollout: Rollout, by: str, reads: Kube) -> TrafficRouter:
+    spec = rollout.spec
+    assert spec.target.service is not None  # a blue-green names it (api/models.py)
+    return ServiceSwitchRouter(
+        reads, rollout.namespace, spec.target.service, objects.selector_labels(spec, "canary")
+    )
+
+
+# A blue-green's switch, by router kind (spec.strategy.blueGreen): all traffic at once to
+# the preview (a weight of 100), and back. The other kinds' switches are to come; the API
+# refuses a blue-green with them (api/models.py).
+SWITCHES: Mapping[str, Builder] = MappingProxyType({ROUTER_REPLICAS: _service_switch})
 # Not an `assert` (python -O drops those): a kind without a router must never load.
 if tuple(ROUTERS) != ROUTER_KINDS:
     raise ImportError(f"routers for {tuple(ROUTERS)}, but the API's kinds are {ROUTER_KINDS}")
@@ -113,7 +128,7 @@ if tuple(ROUTERS) != ROUTER_KINDS:
 def route_router_for(rollout: Rollout, token: int | None, reads: Kube) -> TrafficRouter:
     """The router of the rollout's kind, alone: it moves traffic, and that is all."""
     kind = rollout.spec.router_kind
-    build = ROUTERS.get(kind)
+    build = (SWITCHES if rollout.spec.blue_green is not None else ROUTERS).get(kind)
     if build is None:
         raise ValueError(f"no router of kind {kind!r} (known: {', '.join(ROUTERS)})")
     return build(rollout, f"{rollout.name}/{token}", reads)

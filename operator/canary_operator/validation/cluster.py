@@ -91,7 +91,7 @@ class ClusterValidator:
         # Checked before the lock is asked for (Pending), and again once it is held.
         lock_held = rollout.status.phase != Phase.PENDING
         wanted = [("Deployment", "deployments", objects.canary_name(spec))]
-        wanted.append(("Service", "services", objects.canary_name(spec)))
+        wanted.append(("Service", "services", objects.canary_service_name(spec)))
         if spec.baseline:
             wanted.append(("Deployment", "deployments", objects.baseline_name(spec)))
         found = await asyncio.gather(

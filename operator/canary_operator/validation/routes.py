@@ -73,18 +73,30 @@ class RouteChecks:
         self.kube = kube
         self.rollout = rollout
         self.namespace = rollout.namespace
+        self.service = service
         self.selector: dict[str, str] = ((service or {}).get("spec") or {}).get("selector") or {}
         self.stable_service = rollout.spec.target.service or rollout.spec.target.deployment
 
     async def problems(self) -> list[str]:
         routing = self.rollout.spec.traffic_routing
         kind = self.rollout.spec.router_kind
+        if self.rollout.spec.blue_green is not None:
+            return self._active_service()
         if kind == ROUTER_GATEWAY_API and routing and routing.gateway_api:
             return await self._gateway_api(routing.gateway_api)
         if kind == ROUTER_NGINX and routing and routing.nginx:
             return await self._nginx(routing.nginx)
         if kind == ROUTER_ISTIO and routing and routing.istio:
             return await self._istio(routing.istio)
+        return []
+
+    def _active_service(self) -> list[str]:
+        """A blue-green switches its active Service's selector: one must be there."""
+        name = self.stable_service
+        if self.service is None:
+            return [f"spec.target.service: Service {name} not found (a blue-green switches it)"]
+        if not self.selector:
+            return [f"spec.target.service: Service {name} has no selector to switch"]
         return []
 
     async def _read(self, group: str, version: str, plural: str, name: str) -> JsonObj | None:
