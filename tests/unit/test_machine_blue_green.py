@@ -65,11 +65,9 @@ def bg_spec(
     return CanaryRolloutSpec.model_validate(body)
 
 
-def test(name: str) -> dict[str, Any]:
+def job(name: str) -> dict[str, Any]:
+    """A test step running a Job (its result: World.results by suffix s<step>)."""
     return {"name": name, "test": {"job": JOB}}
-
-
-test.__test__ = False  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -155,9 +153,9 @@ def kinds(sim: Sim) -> list[str]:
 
 
 def test_the_steps_of_a_blue_green() -> None:
-    spec = bg_spec([test("smoke")], [test("after")])
+    spec = bg_spec([job("smoke")], [job("after")])
     assert [s.kind for s in spec.steps] == ["preview", "test", "switch", "test", "promote"]
-    manual = bg_spec([test("smoke")], autoPromotionEnabled=False)
+    manual = bg_spec([job("smoke")], autoPromotionEnabled=False)
     assert [s.name for s in manual.steps] == [
         "preview",
         "smoke",
@@ -216,7 +214,7 @@ def test_a_canary_may_not_use_the_blue_green_steps(kind: str) -> None:
 
 
 def test_preview_at_full_size_then_switch_then_promotion_after_the_delay() -> None:
-    sim = bg_sim(bg_spec([test("before")], [test("after")]))
+    sim = bg_sim(bg_spec([job("before")], [job("after")]))
     world = bg_world(sim)
     sim.run_until(lambda s: s.world.canary is not None)
     # The preview at the target's size, and no traffic of the active Service.
@@ -251,7 +249,7 @@ def test_the_promotion_waits_for_the_delay_after_the_switch() -> None:
 
 
 def test_a_failed_step_before_the_switch_leaves_the_traffic_and_the_target_alone() -> None:
-    sim = bg_sim(bg_spec([test("before")], [test("after")]), results={"s2": False})
+    sim = bg_sim(bg_spec([job("before")], [job("after")]), results={"s2": False})
     sim.finish()
     world = bg_world(sim)
     assert sim.status.outcome is not None and sim.status.outcome.result == Result.STEP_FAILED
@@ -261,7 +259,7 @@ def test_a_failed_step_before_the_switch_leaves_the_traffic_and_the_target_alone
 
 
 def test_a_failed_step_after_the_switch_switches_back_first() -> None:
-    sim = bg_sim(bg_spec([test("before")], [test("after")]), results={"s4": False})
+    sim = bg_sim(bg_spec([job("before")], [job("after")]), results={"s4": False})
     sim.finish()
     world = bg_world(sim)
     assert sim.status.outcome is not None and sim.status.outcome.result == Result.STEP_FAILED
@@ -282,7 +280,7 @@ def test_a_preview_that_cannot_start_fails_before_any_switch() -> None:
 
 
 def test_without_auto_promotion_the_run_pauses_before_the_switch() -> None:
-    sim = bg_sim(bg_spec([test("before")], autoPromotionEnabled=False))
+    sim = bg_sim(bg_spec([job("before")], autoPromotionEnabled=False))
     sim.run_until(Phase.PAUSED)
     assert sim.status.current_step == 2 and not bg_world(sim).switched
     for _ in range(3):
@@ -294,7 +292,7 @@ def test_without_auto_promotion_the_run_pauses_before_the_switch() -> None:
 
 
 def test_promote_by_the_user_skips_to_the_switch_not_past_it() -> None:
-    sim = bg_sim(bg_spec([{"pause": {}}], [test("after")], autoPromotionEnabled=False))
+    sim = bg_sim(bg_spec([{"pause": {}}], [job("after")], autoPromotionEnabled=False))
     sim.run_until(Phase.PAUSED)
     sim.annotate(PROMOTE_ANNOTATION, str(sim.status.run))
     sim.finish()
@@ -316,7 +314,7 @@ def test_promote_by_the_user_skips_to_the_switch_not_past_it() -> None:
 
 
 def _ticks_of_a_run() -> int:
-    sim = bg_sim(bg_spec([test("before")], [test("after")]))
+    sim = bg_sim(bg_spec([job("before")], [job("after")]))
     sim.finish(limit=400)
     return len(sim.plans)
 
@@ -325,7 +323,7 @@ TICKS = _ticks_of_a_run()
 
 
 def _ended_at(tick: int, how: str) -> Sim:
-    sim = bg_sim(bg_spec([test("before")], [test("after")]))
+    sim = bg_sim(bg_spec([job("before")], [job("after")]))
     for _ in range(tick):
         if sim.phase().terminal:
             break

@@ -118,3 +118,44 @@ async def test_the_switch_waits_for_the_preview_then_points_the_active_service_a
     assert ORIGINAL_SELECTOR not in (active["metadata"].get("annotations") or {})
     assert cluster.kube.stored(PREVIEW) is None
     assert cluster.kube.stored(f"{SERVICES}/web-preview") is None
+
+
+async def test_a_canary_after_a_blue_green_left_switched_switches_back_first(
+    cluster: Cluster,
+) -> None:
+    """A blue-green's rollout gone without its cleanup (finalizer removed by hand): the
+    Service still selects its preview's pods. The next rollout, a canary, recovers the
+    target: the Service back on the target's pods before the preview is deleted."""
+    await started(cluster, scaleDownDelaySeconds=3600)
+    ready(cluster, PREVIEW)
+    await cluster.reconcile()
+    await cluster.reconcile()
+    assert stored(cluster, ACTIVE)["spec"]["selector"] == ROLE
+    gone = cluster.rollout()
+    cluster.kube.store.objects = {
+        k: v
+        for k, v in cluster.kube.store.objects.items()
+        if k[1] not in ("canaryrollouts", "leases")
+    }
+    cluster.deps.index.update(gone, deleted=True)
+    canary_spec = {
+        "target": {"deployment": "web", "service": "web"},
+        "images": [{"container": "app", "image": "web:3"}],
+        "steps": [{"canary": {"replicas": 1}}, {"promote": {}}],
+    }
+    cluster.add_rollout(rollout_body(canary_spec, name="web-v3", uid="uid-v3"))
+    cluster.clear()
+    for _ in range(10):
+        body = await cluster.reconcile("web-v3")
+        if (cluster.kube.stored(PREVIEW) or {}).get("spec", {}).get("replicas") == 0:
+            ready(cluster, PREVIEW)  # scaled to zero by the replicas router's reset
+        if body["status"].get("phase") == "Progressing":
+            break
+    assert body["status"]["phase"] == "Progressing", body["status"].get("message")
+    writes = [r for r in cluster.kube.requests if r.startswith(("PATCH", "DELETE"))]
+    back = writes.index("PATCH services/web")
+    preview_writes = [i for i, w in enumerate(writes) if w.endswith("deployments/web-canary")]
+    assert preview_writes and back < min(preview_writes), writes
+    active = stored(cluster, ACTIVE)
+    assert active["spec"]["selector"] == SELECTOR
+    assert ORIGINAL_SELECTOR not in (active["metadata"].get("annotations") or {})

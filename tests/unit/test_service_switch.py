@@ -15,7 +15,7 @@ from canary_operator.api.models import CanaryRolloutSpec, CanaryRolloutStatus
 from canary_operator.engine.types import Rollout
 from canary_operator.kube.api import Conflict
 from canary_operator.traffic.base import PermanentRouteError
-from canary_operator.traffic.factory import route_router_for
+from canary_operator.traffic.factory import route_router_for, router_for
 from canary_operator.traffic.replicas import ReplicasRouter
 from canary_operator.traffic.service_switch import ORIGINAL_SELECTOR, ServiceSwitchRouter
 from tests.harness.fake_kube import FakeKube
@@ -155,3 +155,19 @@ def _rollout(**strategy: Any) -> Rollout:
 async def test_the_factory_gives_a_blue_green_its_switch(kube: FakeKube) -> None:
     assert isinstance(route_router_for(_rollout(blueGreen={}), 1, kube), ServiceSwitchRouter)
     assert isinstance(route_router_for(_rollout(), 1, kube), ReplicasRouter)
+
+
+async def test_a_canary_s_router_switches_back_what_a_blue_green_left_switched(
+    kube: FakeKube,
+) -> None:
+    """A recovery by a canary of the target (it took the lock over) must not delete the
+    preview's pods while the Service still selects them: its reset switches back first."""
+    await router(kube).set_weight(100)
+    canary = _rollout()
+    plain = router_for(canary, 1, kube, kube)
+    assert (await plain.read()).reset  # not told: the replicas router alone sees nothing
+    told = router_for(canary, 1, kube, kube, switched=True)
+    assert not (await told.read()).reset
+    await told.reset()
+    assert selector(kube) == ORIGINAL and recorded(kube) is None
+    assert (await told.read()).reset

@@ -21,6 +21,7 @@ from canary_operator.lock.lease import LeaseLock
 from canary_operator.lock.run_lock import RunLock
 from canary_operator.traffic.base import TrafficRouter
 from canary_operator.traffic.factory import router_for
+from canary_operator.traffic.service_switch import recorded_selector
 from canary_operator.validation import SpecValidator
 
 # Called after each status write: (namespace, name, old status, new status).
@@ -129,4 +130,7 @@ class ReconcileContext:
 
     def router(self, token: int | None, kube: Kube | None = None) -> TrafficRouter:
         """The rollout's router, reading (and writing) through `kube`."""
-        return router_for(self.rollout, token, kube or self.deps.kube, self.deps.fresh)
+        targets: Targets | None = getattr(self, "targets", None)  # not read yet
+        service = targets.service if targets is not None else None
+        switched = service is not None and recorded_selector(service) is not None
+        return router_for(self.rollout, token, kube or self.deps.kube, self.deps.fresh, switched)

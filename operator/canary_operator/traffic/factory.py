@@ -28,7 +28,7 @@ from canary_operator.traffic.gateway_api import GatewayAPIRouter
 from canary_operator.traffic.istio import IstioRouter
 from canary_operator.traffic.nginx import NginxRouter
 from canary_operator.traffic.replicas import ReplicasRouter, RestoresStable
-from canary_operator.traffic.service_switch import ServiceSwitchRouter
+from canary_operator.traffic.service_switch import RestoresSelector, ServiceSwitchRouter
 
 # (the rollout, what its writes are fenced with: "NAME/TOKEN", the client it reads with)
 Builder = Callable[[Rollout, str, Kube], TrafficRouter]
@@ -134,12 +134,21 @@ def route_router_for(rollout: Rollout, token: int | None, reads: Kube) -> Traffi
     return build(rollout, f"{rollout.name}/{token}", reads)
 
 
-def router_for(rollout: Rollout, token: int | None, reads: Kube, fresh: Kube) -> TrafficRouter:
+def router_for(
+    rollout: Rollout, token: int | None, reads: Kube, fresh: Kube, switched: bool = False
+) -> TrafficRouter:
     """The rollout's router; whichever it is, its reset first restores a stable
     Deployment that a Shift run scaled down (traffic/replicas.py). `reads` serves the
-    router's reads (and its writes), `fresh` the restore's reads that must be current."""
+    router's reads (and its writes), `fresh` the restore's reads that must be current.
+    `switched`: the stable Service, as this reconcile read it, is left switched by a
+    blue-green; a canary's router then switches it back first (service_switch.py)."""
+    router = route_router_for(rollout, token, reads)
+    if switched and rollout.spec.blue_green is None and rollout.spec.target.service:
+        switch = _service_switch(rollout, f"{rollout.name}/{token}", reads)
+        assert isinstance(switch, ServiceSwitchRouter)
+        router = RestoresSelector(router, switch)
     return RestoresStable(
-        route_router_for(rollout, token, reads),
+        router,
         reads,
         rollout.namespace,
         rollout.spec.target.deployment,

@@ -15,12 +15,14 @@ canary. Setting a weight of 100 switches, any other weight switches back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 
 from canary_operator.engine.types import RouteView
 from canary_operator.kube.api import JsonObj, Kube, path
-from canary_operator.traffic.base import PermanentRouteError
+from canary_operator.traffic.base import PermanentRouteError, TrafficRouter
 
 # JSON on the active Service while it is switched: the selector to put back.
 ORIGINAL_SELECTOR = "canary-operator.dev/original-selector"
@@ -56,17 +58,18 @@ class ServiceSwitchRouter:
         self.service = service
         self.preview = dict(preview_selector)
 
-    def _path(self) -> str:
+    @property
+    def path(self) -> str:
         return path("", "v1", "services", self.namespace, self.service)
 
     async def _get(self) -> JsonObj:
-        body = await self.kube.get(self._path())
+        body = await self.kube.get(self.path)
         if body is None:
             raise PermanentRouteError(f"Service {self.service} (spec.target.service) not found")
         return body
 
     async def read(self) -> RouteView:
-        body = await self.kube.get(self._path())
+        body = await self.kube.get(self.path)
         if body is None:
             return RouteView(weight=0, error=f"Service {self.service} not found")
         switched = _selector(body) == self.preview
@@ -92,13 +95,13 @@ class ServiceSwitchRouter:
                 raise PermanentRouteError(f"Service {self.service} has no selector to switch")
             patch_meta["annotations"] = {ORIGINAL_SELECTOR: json.dumps(have, sort_keys=True)}
         await self.kube.merge_patch(
-            self._path(),
+            self.path,
             {"metadata": patch_meta, "spec": {"selector": selector_patch(have, self.preview)}},
         )
 
     async def reset(self) -> None:
         """Back to the selector recorded by the switch, and the record removed."""
-        body = await self.kube.get(self._path())
+        body = await self.kube.get(self.path)
         if body is None:
             return
         original = recorded_selector(body)
@@ -106,7 +109,7 @@ class ServiceSwitchRouter:
             return
         meta = body["metadata"]
         await self.kube.merge_patch(
-            self._path(),
+            self.path,
             {
                 "metadata": {
                     "resourceVersion": meta["resourceVersion"],
@@ -119,7 +122,39 @@ class ServiceSwitchRouter:
     async def canary_labels_to_drop(self, service_selector: dict[str, str]) -> set[str]:
         """The active Service's own selector (as recorded, once switched): the preview's
         pods must not carry it, or the Service would reach them before the switch."""
-        body = await self.kube.get(self._path())
+        body = await self.kube.get(self.path)
         original = recorded_selector(body) if body is not None else None
         selector = original if original is not None else service_selector
         return {k for k in selector if k not in self.preview}
+
+
+class RestoresSelector:
+    """A canary's router, with a blue-green's switch undone first. A recovery runs with
+    the router of the rollout that took the lock over (a canary of the same target,
+    say), and a blue-green whose cleanup never ran (its operator gone and its lock
+    taken over, its finalizer removed by hand) may have left the active Service on its
+    preview's pods, which that cleanup would delete. Made only when the Service, as
+    the reconcile read it, carries the record (reconcile/context.py): read, the record
+    names the canary; reset, the selector goes back before the router's own reset."""
+
+    def __init__(self, inner: TrafficRouter, switch: ServiceSwitchRouter) -> None:
+        self.inner = inner
+        self.switch = switch
+
+    async def read(self) -> RouteView:
+        view, service = await asyncio.gather(
+            self.inner.read(), self.switch.kube.get(self.switch.path)
+        )
+        if service is None or recorded_selector(service) is None:
+            return view
+        return replace(view, references_canary=True)
+
+    async def set_weight(self, weight: int) -> None:
+        await self.inner.set_weight(weight)
+
+    async def reset(self) -> None:
+        await self.switch.reset()
+        await self.inner.reset()
+
+    async def canary_labels_to_drop(self, service_selector: dict[str, str]) -> set[str]:
+        return await self.inner.canary_labels_to_drop(service_selector)
