@@ -26,7 +26,7 @@ from e2e.conftest import (
     wait_phase,
 )
 from e2e.watch import Seen, Watch, verified_end
-from tests.harness.cluster import Cluster, wait_for
+from tests.harness.cluster import Cluster, KubectlError, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -220,3 +220,35 @@ def test_blue_green_switches_promotes_and_a_second_one_waits_then_switches_back(
         assert canary_objects(cluster, namespace) == []
         conditions = {c["type"]: c["status"] for c in failed["status"]["conditions"]}
         assert conditions.get("CleanupVerified") == "True"
+
+
+BAD = [
+    ({"steps": [{"promote": {}}]}, "spec.steps"),
+    ({"target": {"deployment": "web"}}, "spec.target.service"),
+    ({"trafficRouting": {"gatewayAPI": {"httpRoute": "web"}}}, "spec.strategy.blueGreen"),
+    ({"bg": {"beforeSwitch": [{"setWeight": 10}]}}, "spec.strategy.blueGreen.beforeSwitch"),
+    ({"bg": {"afterSwitch": [{"promote": {}}]}}, "spec.strategy.blueGreen.afterSwitch"),
+    ({"bg": {"scaleDownDelaySeconds": -1}}, "spec.strategy.blueGreen.scaleDownDelaySeconds"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD, ids=[f for _, f in BAD])
+def test_a_wrong_blue_green_is_refused_at_apply_naming_the_field(
+    crd_installed: Cluster, namespace: str, change: dict[str, Any], field: str
+) -> None:
+    spec: dict[str, Any] = {
+        "target": {"deployment": "web", "service": "web"},
+        "images": [{"container": "app", "image": NEW}],
+        "strategy": {"blueGreen": change.pop("bg", {})},
+        **change,
+    }
+    body = {
+        "apiVersion": "canary-operator.dev/v1alpha1",
+        "kind": "CanaryRollout",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    with pytest.raises(KubectlError) as err:
+        crd_installed.apply(yaml.safe_dump(body), namespace)
+    assert field in str(err.value), str(err.value)
+    assert crd_installed.kubectl("get", "cro", "-n", namespace, "-o", "name").stdout.strip() == ""
