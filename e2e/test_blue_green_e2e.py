@@ -229,10 +229,20 @@ BAD = [
     ({"bg": {"beforeSwitch": [{"setWeight": 10}]}}, "spec.strategy.blueGreen.beforeSwitch"),
     ({"bg": {"afterSwitch": [{"promote": {}}]}}, "spec.strategy.blueGreen.afterSwitch"),
     ({"bg": {"scaleDownDelaySeconds": -1}}, "spec.strategy.blueGreen.scaleDownDelaySeconds"),
+    ({"bg": {"beforeSwitch": [{"name": "switch", "pause": {}}]}}, "spec.strategy.blueGreen"),
+    (
+        {
+            "bg": {
+                "beforeSwitch": [{"name": "a", "pause": {}}],
+                "afterSwitch": [{"name": "a", "pause": {}}],
+            }
+        },
+        "spec.strategy.blueGreen.afterSwitch",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("change", "field"), BAD, ids=[f for _, f in BAD])
+@pytest.mark.parametrize(("change", "field"), BAD, ids=[f"{n}-{f}" for n, (_, f) in enumerate(BAD)])
 def test_a_wrong_blue_green_is_refused_at_apply_naming_the_field(
     crd_installed: Cluster, namespace: str, change: dict[str, Any], field: str
 ) -> None:

@@ -184,6 +184,10 @@ def test_the_steps_of_a_blue_green() -> None:
             "spec.strategy.blueGreen.afterSwitch[0].name",
         ),
         ({"bg": {"previewService": "web"}}, "spec.strategy.blueGreen.previewService"),
+        (
+            {"bg": {"beforeSwitch": [job("a")], "afterSwitch": [job("a")]}},
+            "spec.strategy.blueGreen.afterSwitch[0].name: 'a' is also a step before",
+        ),
     ],
 )
 def test_a_wrong_blue_green_is_refused_naming_the_field(change: dict[str, Any], field: str) -> None:

@@ -768,6 +768,15 @@ class RollbackWindow(ApiModel):
     )
 
 
+# The names of the steps a blue-green is made of (its own; a user's step may not take them).
+PREVIEW_STEP = "preview"
+AWAIT_SWITCH_STEP = "await-switch"
+SWITCH_STEP = "switch"
+PROMOTE_STEP = "promote"
+_BLUE_GREEN_NAMES = (PREVIEW_STEP, AWAIT_SWITCH_STEP, SWITCH_STEP, PROMOTE_STEP)
+_STEP_KINDS_MOVING = [k for k in _STEP_KINDS if k not in BLUE_GREEN_STEP_KINDS]
+
+
 def _blue_green_steps(item: str) -> JsonDict:
     """The schema extra of a blue-green's steps: names unique, only the kinds that run
     something (pause, test, parallel, analysis)."""
@@ -780,10 +789,14 @@ def _blue_green_steps(item: str) -> JsonDict:
             "(the preview, the switch and the promotion are the strategy's own)",
         )
     )
+    names = ", ".join(f"'{n}'" for n in _BLUE_GREEN_NAMES)
+    rules.append(
+        cel(
+            f"self.all(s, !has(s.name) || !(s.name in [{names}]))",
+            f"{names} are the names of a blue-green's own steps",
+        )
+    )
     return {"x-kubernetes-validations": rules}
-
-
-_STEP_KINDS_MOVING = [k for k in _STEP_KINDS if k not in BLUE_GREEN_STEP_KINDS]
 
 
 class BlueGreenStrategy(ApiModel):
@@ -793,6 +806,21 @@ class BlueGreenStrategy(ApiModel):
     switch run (a failure switches back), and then the target takes the new version and
     the preview goes. Argo Rollouts' blueGreen: activeService is spec.target.service,
     prePromotionAnalysis/postPromotionAnalysis are beforeSwitch/afterSwitch."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.beforeSwitch) || !has(self.afterSwitch) || self.afterSwitch.all("
+                    "a, !has(a.name) || !self.beforeSwitch.exists(b, has(b.name) && "
+                    "b.name == a.name))",
+                    "a step after the switch has the name of a step before it: step names "
+                    "must be unique",
+                    ".afterSwitch",
+                )
+            ]
+        }
+    )
 
     preview_service: str | None = Field(
         default=None,
@@ -836,14 +864,6 @@ class Strategy(ApiModel):
     )
 
 
-# The names of the steps a blue-green is made of (its own; a user's step may not take them).
-PREVIEW_STEP = "preview"
-AWAIT_SWITCH_STEP = "await-switch"
-SWITCH_STEP = "switch"
-PROMOTE_STEP = "promote"
-_BLUE_GREEN_NAMES = (PREVIEW_STEP, AWAIT_SWITCH_STEP, SWITCH_STEP, PROMOTE_STEP)
-
-
 def blue_green_steps(blue_green: BlueGreenStrategy) -> list[Step]:
     """The steps a blue-green runs: the preview, the steps before the switch, a pause
     (without auto promotion), the switch, the steps after it, the promotion."""
@@ -877,12 +897,17 @@ def _blue_green_problems(spec: CanaryRolloutSpec, given: list[Step]) -> list[str
         problems.append(f"{where}: needs spec.target.service (the active Service it switches)")
     if bg.preview_service is not None and bg.preview_service == spec.target.service:
         problems.append(f"{where}.previewService: must differ from spec.target.service")
+    before = {s.name for s in bg.before_switch or [] if s.name}
     for field, steps in (("beforeSwitch", bg.before_switch), ("afterSwitch", bg.after_switch)):
         for n, step in enumerate(steps or []):
             if step.kind not in BLUE_GREEN_STEP_KINDS:
                 problems.append(
                     f"{where}.{field}[{n}]: a {step.kind} step is not allowed here "
                     f"(only {', '.join(BLUE_GREEN_STEP_KINDS)})"
+                )
+            if step.name and field == "afterSwitch" and step.name in before:
+                problems.append(
+                    f"{where}.{field}[{n}].name: {step.name!r} is also a step before the switch"
                 )
             if step.name in _BLUE_GREEN_NAMES:
                 problems.append(
