@@ -102,3 +102,12 @@ bench-scale: deps $(VENV)/.installed ## 1,000 and 10,000 rollouts: RSS, restart,
 	@hack/cluster/build.sh >/dev/null
 	hack/peer/argo-rollouts.sh >/dev/null
 	flock /tmp/canary-bench.lock $(VENV)/bin/python bench/bench_scale.py $(BENCH_ARGS)
+
+# The real node needs root (docs/realnode.md); holds /tmp/canary-bench.lock while it runs.
+.PHONY: bench-undo
+bench-undo: deps $(VENV)/.installed ## kubectl canary undo on the real node: seconds to 100 % of requests on the previous version
+	@hack/cluster/build.sh >/dev/null
+	hack/realnode/deps.sh
+	hack/realnode/build.sh >/dev/null
+	hack/realnode/images/build.sh >/dev/null
+	flock /tmp/canary-bench.lock $(VENV)/bin/python bench/bench_undo.py $(BENCH_ARGS)
