@@ -20,7 +20,7 @@ from canary_operator.engine.types import (
     PromotionRecord,
     ReleaseLock,
 )
-from canary_operator.kube import objects
+from canary_operator.kube.promotion import promotion
 from tests.unit.test_machine import (
     CANARY,
     ME,
@@ -278,7 +278,7 @@ def _spec(**fields: Any) -> CanaryRolloutSpec:
 
 
 def test_promotion_applies_only_the_images_it_changes_with_a_precondition() -> None:
-    body = objects.promotion(_spec(), _target(), {"a": "b"})
+    body = promotion(_spec(), _target(), {"a": "b"})
     assert body["metadata"]["resourceVersion"] == "42"
     assert body["metadata"]["annotations"] == {"a": "b"}
     assert body["spec"] == {
@@ -302,9 +302,7 @@ def test_promotion_keeps_applying_images_an_earlier_promotion_owns() -> None:
             }
         },
     }
-    containers = objects.promotion(_spec(), _target([owned]), {})["spec"]["template"]["spec"][
-        "containers"
-    ]
+    containers = promotion(_spec(), _target([owned]), {})["spec"]["template"]["spec"]["containers"]
     assert containers == [
         {"name": "app", "image": "web:2"},
         {"name": "sidecar", "image": "proxy:1"},
@@ -312,12 +310,7 @@ def test_promotion_keeps_applying_images_an_earlier_promotion_owns() -> None:
     # Another manager's ownership is not ours to keep applying.
     other = {**owned, "manager": "kubectl"}
     assert (
-        len(
-            objects.promotion(_spec(), _target([other]), {})["spec"]["template"]["spec"][
-                "containers"
-            ]
-        )
-        == 1
+        len(promotion(_spec(), _target([other]), {})["spec"]["template"]["spec"]["containers"]) == 1
     )
 
 
@@ -327,7 +320,7 @@ def test_after_a_full_template_promotion_the_whole_template_stays_applied() -> N
         "operation": "Apply",
         "fieldsV1": {"f:spec": {"f:template": {"f:metadata": {"f:labels": {"f:app": {}}}}}},
     }
-    template = objects.promotion(_spec(), _target([owned]), {})["spec"]["template"]
+    template = promotion(_spec(), _target([owned]), {})["spec"]["template"]
     assert template["metadata"]["labels"] == {"app": "web"}
     assert template["spec"]["containers"][0]["ports"] == [{"containerPort": 80}]
     assert template["spec"]["containers"][0]["image"] == "web:2"
@@ -339,7 +332,7 @@ def test_a_template_promotion_applies_the_whole_new_template() -> None:
         images=None,
         template={"spec": {"containers": [{"name": "app", "image": "web:3"}]}},
     )
-    template = objects.promotion(spec, _target(), {})["spec"]["template"]
+    template = promotion(spec, _target(), {})["spec"]["template"]
     assert template["spec"]["containers"] == [{"name": "app", "image": "web:3"}]
     assert template["metadata"]["labels"] == {"app": "web"}, "the selector still matches"
     assert workload(1).promotion is None

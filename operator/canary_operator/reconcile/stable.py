@@ -14,7 +14,7 @@ from canary_operator.api.models import CanaryRolloutSpec, RollbackWindow
 from canary_operator.api.timestamps import precise
 from canary_operator.engine import rollback_window
 from canary_operator.engine.types import PromoteStable, ScaleStable, UndoPromotion
-from canary_operator.kube import objects
+from canary_operator.kube import objects, promotion
 from canary_operator.kube.api import Kube
 from canary_operator.reconcile import views
 from canary_operator.reconcile.context import ReconcileContext
@@ -82,7 +82,7 @@ async def promote(ctx: ReconcileContext, action: PromoteStable, kube: Kube) -> N
     if action.exact:
         await kube.replace(where, exact_promotion(spec, target, written))
         return
-    await kube.apply(where, objects.promotion(spec, target, written))  # resourceVersion
+    await kube.apply(where, promotion.promotion(spec, target, written))  # resourceVersion
 
 
 def _window(
