@@ -6,15 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import sys
 from dataclasses import replace
 
 from pydantic import ValidationError
 
 from canary_operator.api import models
 from canary_operator.api.models import CanaryRolloutSpec, Phase
-from canary_operator.cli import client, wait
+from canary_operator.cli import client
 from canary_operator.cli.client import CliError, Session
+from canary_operator.cli.made_rollouts import create_then_wait
 from canary_operator.cli.status_view import recorded_phase
 from canary_operator.index import candidate
 from canary_operator.kube.api import JsonObj, path
@@ -138,20 +138,15 @@ async def cmd_reset(session: Session, args: argparse.Namespace) -> int:
         "metadata": {"name": name, "namespace": ns, "labels": {RESET_LABEL: "true"}},
         "spec": spec,
     }
-    await client.call(session, session.kube.create(client.rollout_path(ns), body))
-    print(f"canaryrollout/{name} created: built-in cleanup of {args.target} under lock {locks}")
-    if args.no_wait:
-        return 0
-    timeout = models.parse_duration(args.timeout).total_seconds()
-    waited = await wait.wait_settled(session, name, ns, timeout, sys.stdout)
-    last = waited.body
-    if not waited.done or last is None:
-        print(
-            f"error: the reset did not finish within {args.timeout}; see: kubectl canary "
-            f"status {name}",
-            file=sys.stderr,
-        )
-        return 2
+    last = await create_then_wait(
+        session,
+        body,
+        f"canaryrollout/{name} created: built-in cleanup of {args.target} under lock {locks}",
+        "reset",
+        args,
+    )
+    if isinstance(last, int):
+        return last
     status = last.get("status") or {}
     verified: JsonObj = next(
         (c for c in status.get("conditions") or [] if c.get("type") == "CleanupVerified"), {}

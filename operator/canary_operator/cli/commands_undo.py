@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import sys
 from datetime import UTC, datetime
 
 from canary_operator.api import models
-from canary_operator.cli import client, wait
+from canary_operator.cli import client
 from canary_operator.cli.client import CliError, Session
+from canary_operator.cli.made_rollouts import create_then_wait
 from canary_operator.engine import rollback_window
 from canary_operator.engine.annotations import UNDO_ANNOTATION
 from canary_operator.kube import objects
@@ -115,23 +115,16 @@ async def cmd_undo(session: Session, args: argparse.Namespace) -> int:
     name = body["metadata"]["name"]
     spec = models.CanaryRolloutSpec.model_validate(body["spec"])
     locks = ", ".join(lease_name(key) for key in lock_keys(spec))
-    await client.call(session, session.kube.create(client.rollout_path(ns), body))
-    print(
+    last = await create_then_wait(
+        session,
+        body,
         f"canaryrollout/{name} created: {args.target} back to {back_to} under lock {locks} "
-        "(it queues for the lock like any run)"
+        "(it queues for the lock like any run)",
+        "undo",
+        args,
     )
-    if args.no_wait:
-        return 0
-    timeout = models.parse_duration(args.timeout).total_seconds()
-    waited = await wait.wait_settled(session, name, ns, timeout, sys.stdout)
-    last = waited.body
-    if not waited.done or last is None:
-        print(
-            f"error: the undo did not finish within {args.timeout}; see: kubectl canary "
-            f"status {name}",
-            file=sys.stderr,
-        )
-        return 2
+    if isinstance(last, int):
+        return last
     outcome = (last.get("status") or {}).get("outcome") or {}
     phase = effective_phase(last)
     print(f"undo of {args.target}: {phase} ({outcome.get('result')}: {outcome.get('message')})")
